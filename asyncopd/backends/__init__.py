@@ -1,0 +1,1 @@
+"""Backends for rollout, teacher scoring and learning (torch/transformers; vLLM optional)."""

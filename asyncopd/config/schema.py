@@ -1,0 +1,194 @@
+"""One config schema for the simulator and the trainer (pydantic v2, ``extra="forbid"``).
+
+Every section is validated up front; cross-section rules (layout fits the cluster, the loss
+is supported, ...) live in ``OPDConfig._cross_checks`` so a bad config fails before anything
+starts, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from asyncopd.control.policies import FullyAsyncPolicy, Policy, StepOffPolicy, SyncPolicy, parse_policy
+from asyncopd.task.config import TaskConfig
+
+BUILTIN_MODELS = ("builtin-teacher", "builtin-student")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunConfig(_Section):
+    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    output_dir: str = "runs"
+    total_steps: int = Field(30, ge=1, description="learner updates in the run")
+
+
+class ModelSpec(_Section):
+    """Either a built-in tiny model (trained locally once and cached) or a local HF checkpoint."""
+
+    preset: Optional[Literal["builtin-teacher", "builtin-student"]] = None
+    path: Optional[str] = Field(None, description="local directory with config.json (+ weights, tokenizer)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelSpec":
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("give exactly one of 'preset' or 'path'")
+        return self
+
+
+class ModelsConfig(_Section):
+    student: ModelSpec = ModelSpec(preset="builtin-student")
+    teacher: ModelSpec = ModelSpec(preset="builtin-teacher")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class RolloutConfig(_Section):
+    backend: Literal["torch", "vllm"] = "torch"
+    max_num_seqs: int = Field(8, ge=1, description="concurrent sequences per rollout worker")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class TeacherConfig(_Section):
+    backend: Literal["torch", "vllm"] = "torch"
+    top_k: int = Field(8, ge=1, description="teacher-score cache: top-k ids per position")
+    max_batch_samples: int = Field(16, ge=1, description="most samples one teacher prefill takes")
+
+
+class LearnerConfig(_Section):
+    batch_size: int = Field(16, ge=1, description="samples per learner update (B)")
+    micro_batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class AlgorithmConfig(_Section):
+    loss: Literal["forward_kl_topk"] = "forward_kl_topk"
+
+
+class PipelineConfig(_Section):
+    """``policy`` accepts a string (``sync``, ``step_off(2)``, ``fully_async(eta=2, max_staleness=4)``)
+    or a mapping (``{kind: fully_async, eta: 2}``)."""
+
+    policy: str | dict[str, Any] = "fully_async(eta=2)"
+    pause_mode: Literal["keep", "abort", "recompute"] = "keep"
+
+    @field_validator("policy")
+    @classmethod
+    def _parse(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        policy_from(v)  # raises ValueError with a precise message
+        return v
+
+    def build_policy(self) -> Policy:
+        return policy_from(self.policy)
+
+
+def policy_from(v: str | dict[str, Any]) -> Policy:
+    if isinstance(v, str):
+        return parse_policy(v)
+    d = dict(v)
+    kind = d.pop("kind", None)
+    classes = {"sync": SyncPolicy, "step_off": StepOffPolicy, "fully_async": FullyAsyncPolicy}
+    if kind not in classes:
+        raise ValueError(f"policy.kind must be one of {sorted(classes)}, got {kind!r}")
+    allowed = {"sync": set(), "step_off": {"n"}, "fully_async": {"eta", "max_staleness", "on_exceed"}}[kind]
+    unknown = set(d) - allowed
+    if unknown:
+        raise ValueError(f"policy {kind}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return classes[kind](**d)
+
+
+class RoleLayout(_Section):
+    workers: int = Field(1, ge=1)
+    devices: list[int] = Field(default_factory=lambda: [0], min_length=1,
+                               description="device indices this role's workers share")
+
+
+class LayoutConfig(_Section):
+    rollout: RoleLayout = RoleLayout(workers=1, devices=[0])
+    teacher: RoleLayout = RoleLayout(workers=1, devices=[1])
+    learner: RoleLayout = RoleLayout(workers=1, devices=[1])
+
+    @field_validator("learner")
+    @classmethod
+    def _one_learner(cls, v: RoleLayout) -> RoleLayout:
+        if v.workers != 1:
+            raise ValueError("exactly one learner worker is supported (data parallelism inside it is future work)")
+        return v
+
+
+class ClusterConfig(_Section):
+    device_type: Literal["cpu", "cuda"] = "cpu"
+    num_devices: int = Field(2, ge=1, description="CPU cores (device_type=cpu) or GPUs")
+    ray_address: Optional[str] = Field(None, description="connect to this Ray cluster instead of starting one")
+
+
+class LengthDistribution(_Section):
+    """Response lengths for the simulator. ``task``: the built-in task's reference lengths."""
+
+    kind: Literal["task", "fixed", "lognormal"] = "task"
+    mean: float = Field(32.0, gt=0)
+    cv: float = Field(0.5, ge=0)
+    max: int = Field(64, ge=1)
+
+
+class SimCosts(_Section):
+    """Simple parametric cost model (seconds). Defaults were measured for the built-in task on a
+    2-core x86 box; ``asyncopd calibrate`` replaces them."""
+
+    decode_step_s: float = Field(0.004, ge=0, description="fixed time per decode step of a batch")
+    decode_per_seq_s: float = Field(0.0005, ge=0, description="extra time per active sequence per step")
+    prefill_per_token_s: float = Field(2e-5, ge=0, description="rollout prefill, per prompt token")
+    teacher_fixed_s: float = Field(0.01, ge=0)
+    teacher_per_token_s: float = Field(5e-5, ge=0)
+    learner_fixed_s: float = Field(0.05, ge=0)
+    learner_per_token_s: float = Field(2e-4, ge=0)
+    sync_fixed_s: float = Field(0.02, ge=0, description="weight sync: part that pauses the worker")
+    sync_bytes_per_s: float = Field(1e9, gt=0)
+    model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes; None: from the model")
+    startup_s: float = Field(0.0, ge=0, description="time before the first event (model load, warm-up)")
+
+
+class SimConfig(_Section):
+    costs: SimCosts = SimCosts()
+    response_length: LengthDistribution = LengthDistribution()
+    prompt_tokens_mean: Optional[float] = Field(None, gt=0, description="None: from the task")
+
+
+class OPDConfig(_Section):
+    run: RunConfig = RunConfig()
+    models: ModelsConfig = ModelsConfig()
+    task: TaskConfig = TaskConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    learner: LearnerConfig = LearnerConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    layout: LayoutConfig = LayoutConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    sim: SimConfig = SimConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "OPDConfig":
+        n = self.cluster.num_devices
+        for role in ("rollout", "teacher", "learner"):
+            for d in getattr(self.layout, role).devices:
+                if not 0 <= d < n:
+                    raise ValueError(f"layout.{role}.devices: device {d} is outside the cluster "
+                                     f"(cluster.num_devices={n})")
+        if self.learner.micro_batch_size > self.learner.batch_size:
+            raise ValueError("learner.micro_batch_size must be <= learner.batch_size")
+        if "vllm" in (self.rollout.backend, self.teacher.backend) and self.cluster.device_type != "cuda":
+            raise ValueError("rollout.backend/teacher.backend 'vllm' needs cluster.device_type: cuda")
+        return self
+
+    def policy(self) -> Policy:
+        return self.pipeline.build_policy()

@@ -1,0 +1,481 @@
+"""The scheduling controller: one event-driven state machine for both drivers.
+
+``Controller.handle(event) -> list[Action]`` is the whole interface (see
+``asyncopd/control/messages.py`` and ``docs/architecture.md``). Pure Python on purpose: no
+torch, ray or simpy, so the SimPy simulator and the Ray trainer run the same decisions.
+
+After every event the controller schedules, in this order:
+
+1. the learner: train when the policy has a consumable batch (evicting over-cap samples);
+2. the teachers: each idle teacher takes up to ``teacher_max_batch`` generated samples;
+3. the rollout workers: fill free slots while the policy admits (worker with most free
+   slots first, ties by index).
+
+Invariants (checked by ``check_invariants`` and the hypothesis tests):
+every attempt ends exactly once as consumed / evicted / aborted(+re-queued) / unfinished;
+no consumed sample exceeds ``policy.staleness_bound``; until the run stops, some work is
+outstanding (or the controller is waiting for ``PromptsAvailable``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from typing import Any, Callable, Protocol, Sequence
+
+from asyncopd.control import ledger as L
+from asyncopd.control.ledger import Attempt, RolloutWorkerState, TeacherWorkerState
+from asyncopd.control.messages import (
+    AbortGeneration, Action, Event, Generate, GenerationAborted, GenerationFinished, PauseMode,
+    PromptsAvailable, RunStarted, Score, ScoringFinished, Stop, SyncWeights, Train,
+    TrainStepFinished, WeightSyncFinished, WorkerFailed, role_of,
+)
+from asyncopd.control.policies import FullyAsyncPolicy, Policy
+from asyncopd.control.staleness import merge_spans
+
+LEARNER = "learner-0"
+
+
+class Observer(Protocol):
+    """Receives what the run directory records. ``RunRecorder`` is the real one."""
+
+    def on_sample(self, record: dict[str, Any]) -> None: ...
+    def on_step(self, record: dict[str, Any]) -> None: ...
+    def on_span(self, name: str, worker: str, lane: int, start: float, end: float, args: dict[str, Any]) -> None: ...
+    def on_stop(self, summary: dict[str, Any]) -> None: ...
+
+
+class ControllerDeadlock(RuntimeError):
+    """Nothing is outstanding and nothing can start: a bug, never a normal outcome."""
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        batch_size: int,
+        total_steps: int,
+        rollout_slots: Sequence[int],
+        n_teachers: int,
+        teacher_max_batch: int,
+        pause_mode: PauseMode = "keep",
+        observer: Observer | None = None,
+    ) -> None:
+        if batch_size < 1 or total_steps < 1 or n_teachers < 1 or teacher_max_batch < 1:
+            raise ValueError("batch_size, total_steps, n_teachers and teacher_max_batch must be >= 1")
+        if not rollout_slots or min(rollout_slots) < 1:
+            raise ValueError("need at least one rollout worker, each with >= 1 slot")
+        if pause_mode not in ("keep", "abort", "recompute"):
+            raise ValueError(f"pause_mode must be keep, abort or recompute, got {pause_mode!r}")
+        self.policy = policy
+        self.B = batch_size
+        self.total_steps = total_steps
+        self.teacher_max_batch = teacher_max_batch
+        self.pause_mode: PauseMode = pause_mode
+        self.observer = observer
+        self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n) for i, n in enumerate(rollout_slots)}
+        self.teachers = {f"teacher-{i}": TeacherWorkerState(f"teacher-{i}") for i in range(n_teachers)}
+
+        self.version = 0  # learner's latest version (= updates finished)
+        self.steps_issued = 0
+        self.learner_busy = False
+        self._step_info: dict[str, Any] = {}
+        self.samples: dict[int, Attempt] = {}
+        self._live: set[int] = set()
+        self._next_sample_id = 0
+        self._next_prompt_id = 0
+        self._fresh_admitted = 0
+        self._supply: int | None = 0
+        self._requeue: deque[tuple[int, int | None, int]] = deque()
+        self._score_queue: deque[int] = deque()
+        self._ready: dict[int, None] = {}  # streaming: ready samples in completion order
+        self._batch_generated: Counter[int] = Counter()
+        self._batch_ready: dict[int, list[int]] = {}
+        self._next_score_batch = 0
+        self.counters: Counter[str] = Counter()
+        self.started = False
+        self.done = False
+        self.ok = False
+        self.stop_reason = ""
+        self._out: list[Action] = []
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            RunStarted: self._on_run_started,
+            PromptsAvailable: self._on_prompts,
+            GenerationFinished: self._on_generation_finished,
+            GenerationAborted: self._on_generation_aborted,
+            ScoringFinished: self._on_scoring_finished,
+            TrainStepFinished: self._on_train_finished,
+            WeightSyncFinished: self._on_sync_finished,
+            WorkerFailed: self._on_worker_failed,
+        }
+
+    # ------------------------------------------------------------------ public
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return the actions the driver must start now."""
+        if self.done:
+            return []
+        self._out = []
+        self._handlers[type(event)](event)
+        if not self.done and self.started:
+            self._schedule(event.t)
+            if self.outstanding() == 0 and self._supply != 0:
+                raise ControllerDeadlock(self.describe_state())
+        return self._out
+
+    @property
+    def waiting_for_prompts(self) -> bool:
+        return not self.done and self._supply == 0 and self.outstanding() == 0
+
+    def outstanding(self) -> int:
+        """Actions issued whose completion event has not arrived yet."""
+        gen = sum(len(w.running) for w in self.workers.values() if w.alive)
+        syncs = sum(1 for w in self.workers.values() if w.alive and w.syncing_to is not None)
+        scoring = sum(1 for t in self.teachers.values() if t.alive and t.batch_id is not None)
+        return gen + syncs + scoring + int(self.learner_busy)
+
+    def queue_depths(self) -> dict[str, int]:
+        by_status = Counter(self.samples[s].status for s in self._live)
+        return {
+            "generating": by_status[L.GENERATING],
+            "awaiting_teacher": by_status[L.GENERATED],
+            "scoring": by_status[L.SCORING],
+            "ready": by_status[L.READY],
+            "live": len(self._live),
+            "requeued": len(self._requeue),
+        }
+
+    def describe_state(self) -> str:
+        ws = ", ".join(f"{w.name}(v{w.version}, running={len(w.running)}, syncing={w.syncing_to}, alive={w.alive})"
+                       for w in self.workers.values())
+        return (f"policy={self.policy.describe()} version={self.version} steps_issued={self.steps_issued} "
+                f"learner_busy={self.learner_busy} queues={self.queue_depths()} supply={self._supply} workers: {ws}")
+
+    def check_invariants(self) -> None:
+        live = {sid for sid, a in self.samples.items() if a.status not in L.TERMINAL}
+        assert live == self._live, f"live set drifted: {sorted(live ^ self._live)}"
+        for w in self.workers.values():
+            for slot, sid in w.running.items():
+                a = self.samples[sid]
+                assert a.status == L.GENERATING and a.worker == w.name and a.slot == slot
+        bound = self.policy.staleness_bound
+        if bound is not None:
+            for a in self.samples.values():
+                if a.status == L.CONSUMED:
+                    assert a.staleness is not None and a.staleness.max <= bound, (a.sample_id, a.staleness, bound)
+        c = self.counters
+        assert c["attempts"] == len(self.samples)
+        assert c["consumed"] == self.B * self.steps_issued
+
+    # ---------------------------------------------------------------- handlers
+    def _on_run_started(self, e: RunStarted) -> None:
+        self.started = True
+
+    def _on_prompts(self, e: PromptsAvailable) -> None:
+        if e.count is None:
+            self._supply = None
+        elif self._supply is not None:
+            self._supply += e.count
+
+    def _on_generation_finished(self, e: GenerationFinished) -> None:
+        a = self._running_attempt(e.sample_id, e.worker)
+        if a is None:
+            return
+        a.started_at, a.finished_at = e.started_at, e.t
+        a.spans, a.prompt_tokens = merge_spans(e.spans), e.prompt_tokens
+        self._span("generate", a, e.started_at, e.t, {"tokens": a.response_tokens})
+        if a.doomed or self._over_cap(a):
+            self._evict(a, "over_cap")
+            return
+        a.status = L.GENERATED
+        self._score_queue.append(a.sample_id)
+        if a.batch is not None:
+            self._batch_generated[a.batch] += 1
+
+    def _on_generation_aborted(self, e: GenerationAborted) -> None:
+        a = self._running_attempt(e.sample_id, e.worker)
+        if a is None:
+            return
+        a.started_at, a.finished_at = e.started_at, e.t
+        self._span("generate (aborted)", a, e.started_at, e.t, {"tokens": e.tokens_done, "reason": e.reason})
+        if a.doomed or e.reason == "evict":
+            self._evict(a, "over_cap")
+        else:
+            self._abort_and_requeue(a, e.reason)
+
+    def _on_scoring_finished(self, e: ScoringFinished) -> None:
+        tw = self.teachers.get(e.worker)
+        if tw is None or not tw.alive or tw.batch_id != e.batch_id:
+            return
+        ids, tw.batch_id, tw.sample_ids = tw.sample_ids, None, ()
+        self._emit_span("score", e.worker, 0, e.started_at, e.t, {"samples": len(ids), "batch_id": e.batch_id})
+        for sid in ids:
+            a = self.samples[sid]
+            if a.status != L.SCORING:
+                continue
+            a.score_started_at = e.started_at
+            if a.doomed or self._over_cap(a):
+                self._evict(a, "over_cap")
+                continue
+            a.status, a.ready_at = L.READY, e.t
+            if a.batch is None:
+                self._ready[sid] = None
+            else:
+                self._batch_ready.setdefault(a.batch, []).append(sid)
+
+    def _on_train_finished(self, e: TrainStepFinished) -> None:
+        if not self.learner_busy or e.step != self._step_info.get("step"):
+            return
+        self.learner_busy = False
+        self.version = e.step + 1
+        self._emit_span("train", LEARNER, 0, e.started_at, e.t, {"step": e.step})
+        info = self._step_info
+        if self.observer:
+            self.observer.on_step({
+                **info, "version": self.version, "train_start": e.started_at, "train_end": e.t,
+                "metrics": dict(e.metrics), "counters": dict(self.counters),
+            })
+        if self.version >= self.total_steps:
+            self._stop(True, "completed all learner steps", e.t)
+            return
+        for w in self.workers.values():
+            self._request_sync(w, e.t)
+
+    def _on_sync_finished(self, e: WeightSyncFinished) -> None:
+        w = self.workers.get(e.worker)
+        if w is None or not w.alive or w.syncing_to is None:
+            return
+        w.version, w.syncing_to = max(w.version, e.version), None
+        self._emit_span("sync", w.name, -1, e.started_at, e.t, {"version": e.version})
+        self._request_sync(w, e.t)
+
+    def _on_worker_failed(self, e: WorkerFailed) -> None:
+        role = role_of(e.worker)
+        self.counters[f"failed_{role}"] += 1
+        if role == "rollout":
+            w = self.workers.get(e.worker)
+            if w is None or not w.alive:
+                return
+            w.alive, w.syncing_to = False, None
+            for sid in list(w.running.values()):
+                a = self.samples[sid]
+                a.finished_at = e.t
+                self._abort_and_requeue(a, "worker_failed")
+            w.running.clear()
+            if not any(x.alive for x in self.workers.values()):
+                self._stop(False, f"all rollout workers failed (last: {e.worker}: {e.error})", e.t)
+        elif role == "teacher":
+            tw = self.teachers.get(e.worker)
+            if tw is None or not tw.alive:
+                return
+            tw.alive = False
+            for sid in reversed(tw.sample_ids):
+                a = self.samples[sid]
+                if a.status == L.SCORING:
+                    a.status, a.score_worker, a.score_batch = L.GENERATED, None, None
+                    self._score_queue.appendleft(sid)
+            tw.batch_id, tw.sample_ids = None, ()
+            if not any(t.alive for t in self.teachers.values()):
+                self._stop(False, f"all teacher workers failed (last: {e.worker}: {e.error})", e.t)
+        else:
+            self._stop(False, f"{e.worker} failed: {e.error}", e.t)
+
+    # -------------------------------------------------------------- scheduling
+    def _schedule(self, t: float) -> None:
+        self._maybe_train(t)
+        self._fill_teachers()
+        self._fill_rollout(t)
+
+    def _maybe_train(self, t: float) -> None:
+        if self.learner_busy or self.steps_issued >= self.total_steps:
+            return
+        step = self.steps_issued
+        if self.policy.batched:
+            ids = self._batch_ready.get(step, [])
+            if len(ids) < self.B:
+                return
+            chosen = self._batch_ready.pop(step)
+        else:
+            if self._policy_evicts():
+                for sid in [s for s in self._ready if self._over_cap(self.samples[s])]:
+                    self._evict(self.samples[sid], "over_cap")
+            if len(self._ready) < self.B:
+                return
+            chosen = list(self._ready)[: self.B]
+            for sid in chosen:
+                del self._ready[sid]
+        self._step_info = {"step": step, "issued_at": t, "queues": self.queue_depths()}
+        cap = getattr(self.policy, "max_staleness", None)
+        for sid in chosen:
+            a = self.samples[sid]
+            a.status, a.consumed_step, a.consumed_at = L.CONSUMED, step, t
+            a.staleness = a.staleness_at(step)
+            a.exceeded_cap = cap is not None and a.staleness.max > cap
+            self.counters["exceeded_cap"] += int(a.exceeded_cap)
+            self._finish(a)
+        self.counters["consumed"] += len(chosen)
+        self.learner_busy = True
+        self.steps_issued += 1
+        self._out.append(Train(step, tuple(chosen)))
+        if self._policy_evicts():
+            self._evict_doomed()
+
+    def _fill_teachers(self) -> None:
+        for tw in self.teachers.values():
+            if not tw.alive or tw.batch_id is not None or not self._score_queue:
+                continue
+            take: list[int] = []
+            for sid in self._score_queue:
+                a = self.samples[sid]
+                if self.policy.scoring_barrier and self._batch_generated[a.batch] < self.B:  # type: ignore[index]
+                    continue
+                take.append(sid)
+                if len(take) == self.teacher_max_batch:
+                    break
+            if not take:
+                return
+            taken = set(take)
+            self._score_queue = deque(s for s in self._score_queue if s not in taken)
+            bid = self._next_score_batch
+            self._next_score_batch += 1
+            for sid in take:
+                a = self.samples[sid]
+                a.status, a.score_worker, a.score_batch = L.SCORING, tw.name, bid
+            tw.batch_id, tw.sample_ids = bid, tuple(take)
+            self._out.append(Score(bid, tuple(take), tw.name))
+
+    def _fill_rollout(self, t: float) -> None:
+        progress = True
+        while progress:
+            progress = False
+            order = sorted((w for w in self.workers.values() if w.accepting),
+                           key=lambda w: (len(w.running) - w.slots, int(w.name.rsplit("-", 1)[1])))
+            for w in order:
+                item = self._next_admission(w.version)
+                if item is not None:
+                    self._issue(w, item, t)
+                    progress = True
+                    break
+
+    def _next_admission(self, worker_version: int) -> tuple[int, int | None, int] | None:
+        """Pop the next (prompt_id, batch, attempt) the policy lets start on a worker holding
+        ``worker_version``, or None."""
+        if self.policy.batched:
+            limit = worker_version + self.policy.lead
+            for i, (p, b, k) in enumerate(self._requeue):
+                if b is not None and b <= limit:
+                    del self._requeue[i]
+                    return p, b, k
+            b = self._fresh_admitted // self.B
+            if b >= self.total_steps or b > limit or self._supply == 0:
+                return None
+            return self._take_fresh_prompt(b)
+        assert isinstance(self.policy, FullyAsyncPolicy)
+        live = len(self._live)
+        if live >= self.policy.window(self.B) or self.counters["consumed"] + live >= self.total_steps * self.B:
+            return None
+        if self._requeue:
+            return self._requeue.popleft()
+        if self._supply == 0:
+            return None
+        return self._take_fresh_prompt(None)
+
+    def _take_fresh_prompt(self, batch: int | None) -> tuple[int, int | None, int]:
+        p = self._next_prompt_id
+        self._next_prompt_id += 1
+        self._fresh_admitted += 1
+        if self._supply is not None:
+            self._supply -= 1
+        self.counters["prompts_admitted"] += 1
+        return p, batch, 0
+
+    def _issue(self, w: RolloutWorkerState, item: tuple[int, int | None, int], t: float) -> None:
+        prompt_id, batch, attempt = item
+        sid = self._next_sample_id
+        self._next_sample_id += 1
+        slot = w.free_slots()[0]
+        self.samples[sid] = Attempt(sid, prompt_id, attempt, batch, w.name, slot, w.version, t)
+        w.running[slot] = sid
+        self._live.add(sid)
+        self.counters["attempts"] += 1
+        self._out.append(Generate(sid, prompt_id, w.name, slot))
+
+    def _request_sync(self, w: RolloutWorkerState, t: float) -> None:
+        if w.alive and w.syncing_to is None and w.version < self.version:
+            w.syncing_to, w.sync_issued_at = self.version, t
+            self._out.append(SyncWeights(w.name, self.version, self.pause_mode))
+
+    # ------------------------------------------------------------ evictions
+    def _policy_evicts(self) -> bool:
+        return isinstance(self.policy, FullyAsyncPolicy) and self.policy.evicts
+
+    def _over_cap(self, a: Attempt) -> bool:
+        """Certain to exceed the hard cap: the earliest update that could consume it is
+        ``steps_issued``, and staleness only grows from there."""
+        if not self._policy_evicts():
+            return False
+        return self.steps_issued - a.start_version > self.policy.max_staleness  # type: ignore[union-attr,operator]
+
+    def _evict_doomed(self) -> None:
+        aborts: dict[str, list[int]] = {}
+        for sid in sorted(self._live):
+            a = self.samples[sid]
+            if a.doomed or not self._over_cap(a):
+                continue
+            if a.status == L.GENERATING:
+                a.doomed = True
+                aborts.setdefault(a.worker, []).append(sid)
+            elif a.status == L.SCORING:
+                a.doomed = True
+            else:
+                self._evict(a, "over_cap")
+        for worker, ids in aborts.items():
+            self._out.append(AbortGeneration(worker, tuple(ids), "evict"))
+
+    def _evict(self, a: Attempt, reason: str) -> None:
+        if a.status == L.GENERATED:
+            self._score_queue.remove(a.sample_id)
+            if a.batch is not None:
+                self._batch_generated[a.batch] -= 1
+        self._ready.pop(a.sample_id, None)
+        a.status, a.end_reason = L.EVICTED, reason
+        self.counters["evicted"] += 1
+        self._finish(a)
+
+    def _abort_and_requeue(self, a: Attempt, reason: str) -> None:
+        a.status, a.end_reason = L.ABORTED, reason
+        self.counters["aborted"] += 1
+        self._requeue.append((a.prompt_id, a.batch, a.attempt + 1))
+        self._finish(a)
+
+    # ------------------------------------------------------------- helpers
+    def _running_attempt(self, sample_id: int, worker: str) -> Attempt | None:
+        a = self.samples.get(sample_id)
+        w = self.workers.get(worker)
+        if a is None or w is None or a.status != L.GENERATING or a.worker != worker or not w.alive:
+            return None  # late or duplicate report (e.g. from a worker declared failed)
+        del w.running[a.slot]
+        return a
+
+    def _finish(self, a: Attempt) -> None:
+        """``a`` reached a terminal state: leave the live set and record it."""
+        self._live.discard(a.sample_id)
+        if self.observer:
+            self.observer.on_sample(a.record())
+
+    def _span(self, name: str, a: Attempt, start: float, end: float, args: dict[str, Any]) -> None:
+        self._emit_span(name, a.worker, a.slot, start, end, {"sample_id": a.sample_id, **args})
+
+    def _emit_span(self, name: str, worker: str, lane: int, start: float, end: float, args: dict[str, Any]) -> None:
+        if self.observer:
+            self.observer.on_span(name, worker, lane, start, end, args)
+
+    def _stop(self, ok: bool, reason: str, t: float) -> None:
+        self.done, self.ok, self.stop_reason = True, ok, reason
+        for sid in sorted(self._live):
+            a = self.samples[sid]
+            a.status, a.end_reason = L.UNFINISHED, "run_stopped"
+            self._finish(a)
+        self._out.append(Stop(ok, reason))
+        if self.observer:
+            self.observer.on_stop({"ok": ok, "reason": reason, "t_end": t, "version": self.version,
+                                   "counters": dict(self.counters), "policy": self.policy.describe()})

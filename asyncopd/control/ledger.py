@@ -1,0 +1,122 @@
+"""The controller's bookkeeping: sample attempts and worker states.
+
+A *prompt* is admitted once and may be attempted several times: an attempt aborted by a
+weight sync (pause mode ``abort``) or a worker failure is re-queued as a new attempt of the
+same prompt (same batch under batched policies). Every attempt ends in exactly one terminal
+state: ``consumed``, ``evicted``, ``aborted`` (re-queued) or ``unfinished`` (in flight when
+the run stopped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from asyncopd.control.messages import Spans
+from asyncopd.control.staleness import Staleness, sample_staleness
+
+# Attempt states, in lifecycle order.
+GENERATING = "generating"
+GENERATED = "generated"  # waiting for the teacher
+SCORING = "scoring"
+READY = "ready"  # scored, waiting for the learner
+CONSUMED = "consumed"
+EVICTED = "evicted"
+ABORTED = "aborted"
+UNFINISHED = "unfinished"
+TERMINAL = frozenset({CONSUMED, EVICTED, ABORTED, UNFINISHED})
+
+
+@dataclass(slots=True)
+class Attempt:
+    sample_id: int
+    prompt_id: int
+    attempt: int
+    batch: int | None
+    worker: str
+    slot: int
+    issue_version: int  # the version the worker held when the controller issued Generate
+    issued_at: float
+    status: str = GENERATING
+    started_at: float | None = None
+    finished_at: float | None = None
+    spans: Spans = ()
+    prompt_tokens: int = 0
+    score_batch: int | None = None
+    score_worker: str | None = None
+    score_started_at: float | None = None
+    ready_at: float | None = None
+    consumed_step: int | None = None
+    consumed_at: float | None = None
+    staleness: Staleness | None = None
+    exceeded_cap: bool = False
+    doomed: bool = False  # certain to exceed a hard cap: evict as soon as it surfaces
+    end_reason: str | None = None
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(n for _, n in self.spans)
+
+    @property
+    def start_version(self) -> int:
+        """Oldest version among its tokens (the issue-time version while still generating)."""
+        versions = [v for v, n in self.spans if n > 0]
+        return min(versions) if versions else self.issue_version
+
+    def staleness_at(self, step: int) -> Staleness:
+        return sample_staleness(self.spans, step, self.start_version)
+
+    def record(self) -> dict[str, Any]:
+        """The ``samples.jsonl`` record (schema in docs/trace-format.md)."""
+        st = self.staleness
+        return {
+            "sample_id": self.sample_id,
+            "prompt_id": self.prompt_id,
+            "attempt": self.attempt,
+            "batch": self.batch,
+            "status": self.status,
+            "end_reason": self.end_reason,
+            "worker": self.worker,
+            "slot": self.slot,
+            "issued_at": self.issued_at,
+            "gen_start": self.started_at,
+            "gen_end": self.finished_at,
+            "prompt_tokens": self.prompt_tokens,
+            "response_tokens": self.response_tokens,
+            "version_spans": [list(s) for s in self.spans],
+            "score_worker": self.score_worker,
+            "score_start": self.score_started_at,
+            "ready_at": self.ready_at,
+            "consumed_step": self.consumed_step,
+            "consumed_at": self.consumed_at,
+            "staleness_mean": st.mean if st else None,
+            "staleness_max": st.max if st else None,
+            "staleness_min": st.min if st else None,
+            "exceeded_cap": self.exceeded_cap,
+        }
+
+
+@dataclass(slots=True)
+class RolloutWorkerState:
+    name: str
+    slots: int
+    version: int = 0
+    alive: bool = True
+    syncing_to: int | None = None
+    sync_issued_at: float = 0.0
+    running: dict[int, int] = field(default_factory=dict)  # slot -> sample_id
+
+    def free_slots(self) -> list[int]:
+        return [s for s in range(self.slots) if s not in self.running]
+
+    @property
+    def accepting(self) -> bool:
+        return self.alive and self.syncing_to is None and len(self.running) < self.slots
+
+
+@dataclass(slots=True)
+class TeacherWorkerState:
+    name: str
+    alive: bool = True
+    batch_id: int | None = None
+    sample_ids: tuple[int, ...] = ()

@@ -1,0 +1,148 @@
+"""Events (driver → controller) and actions (controller → driver).
+
+This module is the seam between the pure scheduling controller and its two drivers (the
+SimPy simulator and the Ray trainer). Every event carries ``t``, the driver's clock in
+seconds since the run started (simulated or wall-clock); the controller never reads a clock.
+
+A ``spans`` value lists, in generation order, ``(version, n_tokens)`` runs: the weight
+version that sampled each stretch of the response. A response generated entirely under
+version 3 has ``spans == ((3, n),)``; one that kept generating across a sync to version 4
+has ``((3, a), (4, b))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Union
+
+PauseMode = Literal["keep", "abort", "recompute"]
+Spans = tuple[tuple[int, int], ...]
+
+
+def role_of(worker: str) -> str:
+    """``"rollout-3"`` → ``"rollout"``."""
+    return worker.rsplit("-", 1)[0]
+
+
+# ----------------------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PromptsAvailable:
+    t: float
+    count: int | None  # None: the source is unbounded
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFinished:
+    t: float
+    sample_id: int
+    worker: str
+    started_at: float
+    spans: Spans
+    prompt_tokens: int
+
+    @property
+    def response_tokens(self) -> int:
+        return sum(n for _, n in self.spans)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationAborted:
+    t: float
+    sample_id: int
+    worker: str
+    started_at: float
+    tokens_done: int
+    reason: str  # "sync_abort" | "evict" | "worker_failed" | ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringFinished:
+    t: float
+    batch_id: int
+    worker: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrainStepFinished:
+    t: float
+    step: int
+    started_at: float
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WeightSyncFinished:
+    t: float
+    worker: str
+    version: int
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    t: float
+    worker: str
+    error: str = ""
+
+
+Event = Union[
+    RunStarted,
+    PromptsAvailable,
+    GenerationFinished,
+    GenerationAborted,
+    ScoringFinished,
+    TrainStepFinished,
+    WeightSyncFinished,
+    WorkerFailed,
+]
+
+
+# ---------------------------------------------------------------------------- actions
+@dataclass(frozen=True, slots=True)
+class Generate:
+    sample_id: int
+    prompt_id: int
+    worker: str
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortGeneration:
+    worker: str
+    sample_ids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    batch_id: int
+    sample_ids: tuple[int, ...]
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class Train:
+    step: int
+    sample_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncWeights:
+    worker: str
+    version: int
+    pause_mode: PauseMode
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    ok: bool
+    reason: str
+
+
+Action = Union[Generate, AbortGeneration, Score, Train, SyncWeights, Stop]

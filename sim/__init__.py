@@ -1,0 +1,1 @@
+"""Discrete-event (SimPy) simulator of an async OPD pipeline; drives the shared controller."""
