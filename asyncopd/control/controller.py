@@ -144,6 +144,11 @@ class Controller:
             "requeued": len(self._requeue),
         }
 
+    @property
+    def requeued_prompts(self) -> list[int]:
+        """Prompts whose last attempt was aborted and that wait for a new attempt."""
+        return [p for p, _, _ in self._requeue]
+
     def describe_state(self) -> str:
         ws = ", ".join(f"{w.name}(v{w.version}, running={len(w.running)}, syncing={w.syncing_to}, alive={w.alive})"
                        for w in self.workers.values())
@@ -475,6 +480,8 @@ class Controller:
             a = self.samples[sid]
             a.status, a.end_reason = L.UNFINISHED, "run_stopped"
             self._finish(a)
+        for w in self.workers.values():
+            w.running.clear()
         self._out.append(Stop(ok, reason))
         if self.observer:
             self.observer.on_stop({"ok": ok, "reason": reason, "t_end": t, "version": self.version,

@@ -1,0 +1,1 @@
+"""The run-directory format shared by the simulator and the trainer."""

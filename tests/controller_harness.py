@@ -1,0 +1,124 @@
+"""A driver for the controller whose only clock is a random choice of what finishes next.
+
+Used by the property tests: every outstanding action becomes a pending completion; the
+test picks which one completes next (and sometimes kills a worker), so hypothesis explores
+event orders the real drivers would only hit by luck.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from asyncopd.control import messages as M
+from asyncopd.control.controller import Controller
+
+
+@dataclass
+class InFlight:
+    sample_id: int
+    worker: str
+    started_at: float
+    versions: list[int]  # versions the worker held while this sample was generating
+    abort_requested: bool = False
+
+
+@dataclass
+class FakeCluster:
+    ctrl: Controller
+    rng: random.Random
+    fail_prob: float = 0.0
+    t: float = 0.0
+    worker_version: dict[str, int] = field(default_factory=dict)
+    gens: dict[int, InFlight] = field(default_factory=dict)
+    pending: list[tuple] = field(default_factory=list)  # (kind, payload, issued_at)
+    dead: set[str] = field(default_factory=set)
+    stops: list[M.Stop] = field(default_factory=list)
+    events: int = 0
+
+    def start(self) -> None:
+        for w in self.ctrl.workers:
+            self.worker_version[w] = 0
+        self.send(M.RunStarted(0.0))
+        self.send(M.PromptsAvailable(0.0, None))
+
+    def send(self, ev: M.Event) -> None:
+        self.events += 1
+        for a in self.ctrl.handle(ev):
+            self.apply(a)
+        self.ctrl.check_invariants()
+
+    def apply(self, a: M.Action) -> None:
+        if isinstance(a, M.Generate):
+            self.gens[a.sample_id] = InFlight(a.sample_id, a.worker, self.t, [self.worker_version[a.worker]])
+            self.pending.append(("gen", a.sample_id, self.t))
+        elif isinstance(a, M.AbortGeneration):
+            for sid in a.sample_ids:
+                if sid in self.gens:
+                    self.gens[sid].abort_requested = True
+        elif isinstance(a, M.Score):
+            self.pending.append(("score", a, self.t))
+        elif isinstance(a, M.Train):
+            self.pending.append(("train", a, self.t))
+        elif isinstance(a, M.SyncWeights):
+            self.pending.append(("sync", a, self.t))
+        elif isinstance(a, M.Stop):
+            self.stops.append(a)
+
+    def step(self) -> bool:
+        """Complete one pending item (or fail a worker). False when nothing is pending."""
+        if self.ctrl.done or not self.pending:
+            return False
+        self.t += self.rng.random()
+        if self.fail_prob and self.rng.random() < self.fail_prob:
+            alive = [w for w in list(self.ctrl.workers) + list(self.ctrl.teachers) if w not in self.dead]
+            if alive:
+                w = self.rng.choice(alive)
+                self.dead.add(w)
+                self.pending = [p for p in self.pending if self._owner(p) != w]
+                for sid in [s for s, g in self.gens.items() if g.worker == w]:
+                    del self.gens[sid]
+                self.send(M.WorkerFailed(self.t, w, "injected"))
+                return True
+        kind, payload, issued = self.pending.pop(self.rng.randrange(len(self.pending)))
+        if kind == "gen":
+            g = self.gens.pop(payload, None)
+            if g is None:
+                return True
+            if g.abort_requested and self.rng.random() < 0.8:
+                self.send(M.GenerationAborted(self.t, g.sample_id, g.worker, g.started_at, 0, "evict"))
+            else:
+                self.send(M.GenerationFinished(self.t, g.sample_id, g.worker, g.started_at, self._spans(g), 5))
+        elif kind == "score":
+            self.send(M.ScoringFinished(self.t, payload.batch_id, payload.worker, issued))
+        elif kind == "train":
+            self.send(M.TrainStepFinished(self.t, payload.step, issued, {"loss": 1.0}))
+        elif kind == "sync":
+            w, v = payload.worker, payload.version
+            for sid in [s for s, g in self.gens.items() if g.worker == w]:
+                if payload.pause_mode == "abort":
+                    g = self.gens.pop(sid)
+                    self.pending = [p for p in self.pending if not (p[0] == "gen" and p[1] == sid)]
+                    self.send(M.GenerationAborted(self.t, sid, w, g.started_at, 1, "sync_abort"))
+                else:
+                    self.gens[sid].versions.append(v)
+            self.worker_version[w] = v
+            self.send(M.WeightSyncFinished(self.t, w, v, issued))
+        return True
+
+    def _spans(self, g: InFlight) -> M.Spans:
+        spans, first = [], True
+        for v in g.versions:
+            n = self.rng.randint(1 if first else 0, 6)
+            first = False
+            spans.append((v, n))
+        return tuple(spans)
+
+    def _owner(self, p: tuple) -> str:
+        kind, payload, _ = p
+        if kind == "gen":
+            g = self.gens.get(payload)
+            return g.worker if g else ""
+        if kind == "train":
+            return "learner-0"
+        return payload.worker
