@@ -154,7 +154,6 @@ class SimCosts(_Section):
     sync_fixed_s: float = Field(0.02, ge=0, description="weight sync: part that pauses the worker")
     sync_bytes_per_s: float = Field(1e9, gt=0)
     model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes; None: from the model")
-    startup_s: float = Field(0.0, ge=0, description="time before the first event (model load, warm-up)")
 
 
 class SimConfig(_Section):

@@ -185,9 +185,9 @@ class Controller:
         a = self._running_attempt(e.sample_id, e.worker)
         if a is None:
             return
-        a.started_at, a.finished_at = e.started_at, e.t
+        a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
         a.spans, a.prompt_tokens = merge_spans(e.spans), e.prompt_tokens
-        self._span("generate", a, e.started_at, e.t, {"tokens": a.response_tokens})
+        self._span("generate", a, e.started_at, a.finished_at, {"tokens": a.response_tokens})
         if a.doomed or self._over_cap(a):
             self._evict(a, "over_cap")
             return
@@ -200,8 +200,8 @@ class Controller:
         a = self._running_attempt(e.sample_id, e.worker)
         if a is None:
             return
-        a.started_at, a.finished_at = e.started_at, e.t
-        self._span("generate (aborted)", a, e.started_at, e.t, {"tokens": e.tokens_done, "reason": e.reason})
+        a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
+        self._span("generate (aborted)", a, e.started_at, a.finished_at, {"tokens": e.tokens_done, "reason": e.reason})
         if a.doomed or e.reason == "evict":
             self._evict(a, "over_cap")
         else:

@@ -44,6 +44,7 @@ class GenerationFinished:
     started_at: float
     spans: Spans
     prompt_tokens: int
+    ended_at: float | None = None  # when its last token was sampled, if before delivery ``t``
 
     @property
     def response_tokens(self) -> int:
@@ -58,6 +59,7 @@ class GenerationAborted:
     started_at: float
     tokens_done: int
     reason: str  # "sync_abort" | "evict" | "worker_failed" | ...
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,108 @@
+"""Driver 1: the SimPy discrete-event simulator.
+
+It runs the shared ``Controller`` against simulated workers whose durations come from
+``sim.costs.CostModel`` and whose response lengths come from ``sim.lengths.LengthModel``,
+and records the run with the same ``RunRecorder`` the Ray trainer uses.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import simpy
+from tqdm.auto import tqdm
+
+from asyncopd.config.loader import dump_config
+from asyncopd.config.schema import OPDConfig
+from asyncopd.control import messages as M
+from asyncopd.control.controller import Controller
+from asyncopd.trace.recorder import RunRecorder
+from sim.costs import CostModel
+from sim.lengths import LengthModel
+from sim.rollout import SimRolloutWorker, SimSeq
+
+
+class SimDriver:
+    def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, seed: int | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.seed = cfg.run.seed if seed is None else seed
+        self.env = simpy.Environment()
+        self.costs = CostModel(cfg.sim.costs, cfg.sim.costs.model_bytes or 0.0)
+        self.lengths = LengthModel(cfg, self.seed)
+        self.pause_mode = cfg.pipeline.pause_mode
+        lay = cfg.layout
+        slots = [cfg.rollout.max_num_seqs] * lay.rollout.workers
+        names = {f"rollout-{i}": n for i, n in enumerate(slots)}
+        names |= {f"teacher-{i}": 1 for i in range(lay.teacher.workers)} | {"learner-0": 1}
+        self.recorder = RunRecorder(run_dir, driver="sim", clock="simulated", workers=names, meta={
+            "policy": cfg.policy().describe(), "seed": self.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "python": platform.python_version(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
+        })
+        (Path(run_dir) / "config.yaml").write_text(dump_config(cfg))
+        self.ctrl = Controller(
+            policy=cfg.policy(), batch_size=cfg.learner.batch_size, total_steps=cfg.run.total_steps,
+            rollout_slots=slots, n_teachers=lay.teacher.workers, teacher_max_batch=cfg.teacher.max_batch_samples,
+            pause_mode=cfg.pipeline.pause_mode, observer=self.recorder,
+        )
+        self.rollout = {n: SimRolloutWorker(self, n, s) for n, s in names.items() if n.startswith("rollout")}
+        self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
+        self.finished = self.env.event()
+        self._bar = tqdm(total=cfg.run.total_steps, desc="simulate", unit="step", disable=not progress, leave=False)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        wall0 = time.perf_counter()
+        self.send(M.RunStarted(0.0))
+        self.send(M.PromptsAvailable(0.0, None))
+        self.env.run(until=self.finished)
+        self._bar.close()
+        summary = json.loads((self.recorder.dir / "summary.json").read_text())
+        summary["sim_wall_s"] = time.perf_counter() - wall0
+        (self.recorder.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def send(self, event: M.Event) -> None:
+        if isinstance(event, M.TrainStepFinished):
+            self._bar.update(1)
+        for action in self.ctrl.handle(event):
+            self._dispatch(action)
+
+    # ------------------------------------------------------------- actions
+    def _dispatch(self, a: M.Action) -> None:
+        if isinstance(a, M.Generate):
+            seq = SimSeq(a.sample_id, self.lengths.prompt_tokens(a.prompt_id), self.lengths.response_tokens(a.prompt_id))
+            self.tokens[a.sample_id] = (seq.prompt_tokens, seq.length)
+            self.rollout[a.worker].submit(seq)
+        elif isinstance(a, M.AbortGeneration):
+            self.rollout[a.worker].request_abort(a.sample_ids)
+        elif isinstance(a, M.SyncWeights):
+            self.rollout[a.worker].request_sync(a)
+        elif isinstance(a, M.Score):
+            self.env.process(self._score(a))
+        elif isinstance(a, M.Train):
+            self.env.process(self._train(a))
+        elif isinstance(a, M.Stop):
+            if not self.finished.triggered:
+                self.finished.succeed(a)
+
+    def _batch_tokens(self, ids: tuple[int, ...]) -> int:
+        return sum(p + r for p, r in (self.tokens[i] for i in ids))
+
+    def _score(self, a: M.Score):
+        start = self.env.now
+        yield self.env.timeout(self.costs.teacher(self._batch_tokens(a.sample_ids)))
+        self.send(M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
+
+    def _train(self, a: M.Train):
+        start = self.env.now
+        yield self.env.timeout(self.costs.learner(self._batch_tokens(a.sample_ids)))
+        self.send(M.TrainStepFinished(self.env.now, a.step, start, {}))
+
+
+def simulate(cfg: OPDConfig, run_dir: str | Path, *, seed: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Simulate ``cfg`` into ``run_dir``; return the run summary."""
+    return SimDriver(cfg, run_dir, seed=seed, progress=progress).run()
