@@ -1,0 +1,3 @@
+from asyncopd.cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""``asyncopd`` command line: simulate, train, compare, validate, demo.
+
+Heavy imports (torch, ray, simpy, seaborn) happen inside the commands that need them, so
+``asyncopd --help`` and config checks stay instant.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from asyncopd.config import ConfigError, OPDConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plan, simulate and run asynchronous on-policy distillation.")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+SetOpt = typer.Option(None, "--set", "-s", help="override a config field: --set pipeline.policy='step_off(2)'")
+
+
+def _load(config: Path, overrides: Optional[list[str]]) -> OPDConfig:
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+
+
+def _run_dir(cfg: OPDConfig, kind: str, out: Optional[Path]) -> Path:
+    if out is not None:
+        return out
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.run.output_dir) / f"{cfg.run.name}-{kind}-{stamp}"
+
+
+def _summary_table(title: str, s: dict[str, Any]) -> Table:
+    t = Table(title=title, show_header=False, title_justify="left")
+    st = s.get("staleness") or {}
+    util = s.get("utilisation") or {}
+    rows = [
+        ("policy", s.get("policy")),
+        ("clock", f"{s.get('clock')} ({s.get('duration_s', 0):.1f} s for {s.get('steps')} steps)"),
+        ("samples/s", _f(s.get("samples_per_s"))),
+        ("tokens/s", _f(s.get("tokens_per_s"))),
+        ("learner steps/hour", _f(s.get("steps_per_hour"), 0)),
+        ("staleness mean / std / max", f"{_f(st.get('mean'))} / {_f(st.get('std'))} / {_f(st.get('max'))}"),
+        ("staleness histogram (per-sample max)", str(st.get("hist"))),
+        ("utilisation", ", ".join(f"{k} {v:.0%}" for k, v in util.items())),
+        ("samples", str(s.get("sample_status"))),
+    ]
+    if s.get("accuracy") is not None:
+        rows.append(("held-out accuracy (final student)", f"{s['accuracy']:.1%}"))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    return t
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+@app.command()
+def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
+    """Validate a config and print the resolved version."""
+    from asyncopd.config import dump_config
+
+    cfg = _load(config, set_)
+    console.print(dump_config(cfg))
+    console.print(f"[green]ok[/green]: {config} is valid (policy {cfg.policy().describe()})")
+
+
+@app.command()
+def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
+             out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-sim-TIME)"),
+             seed: Optional[int] = typer.Option(None, help="simulation seed (default: run.seed)"),
+             progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Simulate CONFIG with the SimPy driver; write a run directory."""
+    from sim.driver import simulate as run_sim
+
+    cfg = _load(config, set_)
+    run_dir = _run_dir(cfg, "sim", out)
+    summary = run_sim(cfg, run_dir, seed=seed, progress=progress)
+    console.print(_summary_table(f"simulated: {run_dir}", summary))
+
+
+@app.command()
+def train(config: Path, set_: Optional[list[str]] = SetOpt,
+          out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-train-TIME)"),
+          progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """Run the real Ray trainer on CONFIG; write a run directory."""
+    from asyncopd.runtime.driver import train as run_train
+
+    cfg = _load(config, set_)
+    run_dir = _run_dir(cfg, "train", out)
+    summary = run_train(cfg, run_dir, progress=progress)
+    console.print(_summary_table(f"trained: {run_dir}", summary))
+
+
+@app.command()
+def compare(real_run: Path, sim_run: Path,
+            out: Optional[Path] = typer.Option(None, help="report directory (default: REAL_RUN/compare-SIM)")) -> None:
+    """Compare a measured run with a simulated one: throughput, staleness (KS), plots."""
+    from asyncopd.compare import compare_runs
+
+    try:
+        r = compare_runs(real_run, sim_run, out)
+    except FileNotFoundError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    _print_compare(r)
+
+
+def _print_compare(r: dict[str, Any]) -> None:
+    t = Table(title="measured vs simulated", title_justify="left")
+    t.add_column("")
+    t.add_column(f"{r['real_driver']} (a)")
+    t.add_column(f"{r['sim_driver']} (b)")
+    t.add_row("samples/s", _f(r["samples_per_s"]["real"]), _f(r["samples_per_s"]["sim"]))
+    t.add_row("staleness mean", _f(r["staleness_mean"]["real"]), _f(r["staleness_mean"]["sim"]))
+    for role in sorted(set(r["utilisation"]["real"]) | set(r["utilisation"]["sim"])):
+        t.add_row(f"utilisation {role}", _f(r["utilisation"]["real"].get(role)), _f(r["utilisation"]["sim"].get(role)))
+    console.print(t)
+    console.print(f"throughput ratio b/a = {_f(r['throughput_ratio'], 3)}   "
+                  f"staleness KS = {_f(r['staleness_ks'], 3)} (p = {_f(r['staleness_ks_pvalue'], 3)})   "
+                  f"Wasserstein = {_f(r['staleness_wasserstein'], 3)} versions")
+    console.print(f"report: {r['out_dir']}/compare.json")
+    for name, path in r["plots"].items():
+        console.print(f"plot {name}: {path}")
+
+
+@app.command()
+def validate(run_dir: Path) -> None:
+    """Check a run directory against the documented trace format."""
+    from asyncopd.trace.schema import RunFormatError, validate_run_dir
+
+    try:
+        counts = validate_run_dir(run_dir)
+    except RunFormatError as e:
+        err.print(f"[red]invalid:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]valid[/green]: {run_dir} ({counts})")
+
+
+@app.command()
+def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
+         progress: bool = typer.Option(True, help="show progress bars")) -> None:
+    """simulate → train → compare on CONFIG, then say where everything is."""
+    from asyncopd.compare import compare_runs
+    from asyncopd.runtime.driver import train as run_train
+    from asyncopd.trace.schema import validate_run_dir
+    from sim.driver import simulate as run_sim
+
+    t0 = time.perf_counter()
+    cfg = _load(config, set_)
+    root = Path(cfg.run.output_dir) / f"{cfg.run.name}-demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.rule(f"1/3 simulate ({cfg.policy().describe()})")
+    sim_summary = run_sim(cfg, root / "sim", progress=progress)
+    console.print(_summary_table("simulated", sim_summary))
+    console.rule("2/3 train (real Ray trainer)")
+    real_summary = run_train(cfg, root / "train", progress=progress)
+    console.print(_summary_table("measured", real_summary))
+    for d in (root / "sim", root / "train"):
+        validate_run_dir(d)
+    console.rule("3/3 compare")
+    _print_compare(compare_runs(root / "train", root / "sim", root / "compare"))
+    console.rule("where things are")
+    console.print(f"simulated run : {root / 'sim'}\nmeasured run  : {root / 'train'}\n"
+                  f"comparison    : {root / 'compare'}\nfinal student : {root / 'train' / 'checkpoints' / 'final'}\n"
+                  f"open trace.json of either run in https://ui.perfetto.dev or chrome://tracing\n"
+                  f"demo wall time: {time.perf_counter() - t0:.0f} s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Compare a measured run with a simulated one (or any two runs).
+
+Throughput: ratio of samples/s (b / a) and its relative error. Staleness: the per-sample
+token-weighted mean staleness of consumed samples in each run, compared with the two-sample
+Kolmogorov-Smirnov statistic ``D = sup_x |F_a(x) - F_b(x)|`` (scipy.stats.ks_2samp) and the
+1-Wasserstein distance (mean absolute difference of the quantile functions, in versions).
+Plots: the two staleness histograms side by side, the two CDFs overlaid, and the per-step
+time series, written as PNGs next to ``compare.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asyncopd.trace.schema import read_jsonl
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    d = Path(run_dir)
+    if not (d / "summary.json").is_file():
+        raise FileNotFoundError(f"{d} is not a finished run directory (no summary.json)")
+    samples = [r for r in read_jsonl(d / "samples.jsonl") if r["status"] == "consumed"]
+    return {
+        "dir": d,
+        "summary": json.loads((d / "summary.json").read_text()),
+        "info": json.loads((d / "run.json").read_text()),
+        "staleness": np.array([r["staleness_mean"] for r in samples], dtype=float),
+        "steps": read_jsonl(d / "log.jsonl"),
+    }
+
+
+def compare_runs(real_dir: str | Path, sim_dir: str | Path, out_dir: str | Path | None = None,
+                 *, plots: bool = True) -> dict[str, Any]:
+    from scipy import stats
+
+    a, b = load_run(real_dir), load_run(sim_dir)
+    out = Path(out_dir) if out_dir else a["dir"] / f"compare-{b['dir'].name}"
+    out.mkdir(parents=True, exist_ok=True)
+    ta, tb = a["summary"]["samples_per_s"], b["summary"]["samples_per_s"]
+    ks = stats.ks_2samp(a["staleness"], b["staleness"]) if len(a["staleness"]) and len(b["staleness"]) else None
+    report = {
+        "real": str(a["dir"]), "sim": str(b["dir"]),
+        "real_driver": a["info"]["driver"], "sim_driver": b["info"]["driver"],
+        "samples_per_s": {"real": ta, "sim": tb},
+        "throughput_ratio": (tb / ta) if ta else None,
+        "throughput_error": (tb - ta) / ta if ta else None,
+        "staleness_mean": {"real": _mean(a["staleness"]), "sim": _mean(b["staleness"])},
+        "staleness_ks": float(ks.statistic) if ks else None,
+        "staleness_ks_pvalue": float(ks.pvalue) if ks else None,
+        "staleness_wasserstein": float(stats.wasserstein_distance(a["staleness"], b["staleness"])) if ks else None,
+        "utilisation": {"real": a["summary"].get("utilisation", {}), "sim": b["summary"].get("utilisation", {})},
+        "plots": {},
+    }
+    if plots:
+        report["plots"] = _plot(a, b, out)
+    (out / "compare.json").write_text(json.dumps(report, indent=2))
+    report["out_dir"] = str(out)
+    return report
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(x.mean()) if len(x) else None
+
+
+def _plot(a: dict[str, Any], b: dict[str, Any], out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid")
+    label_a, label_b = f"{a['info']['driver']}: {a['dir'].name}", f"{b['info']['driver']}: {b['dir'].name}"
+    df = pd.concat([pd.DataFrame({"staleness": a["staleness"], "run": label_a}),
+                    pd.DataFrame({"staleness": b["staleness"], "run": label_b})], ignore_index=True)
+    top = max(1.0, float(df["staleness"].max())) if len(df) else 1.0
+    bins = np.arange(0, np.ceil(top) + 0.25, 0.25) - 0.125
+    paths = {}
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True, sharey=True)
+    for ax, (label, data) in zip(axes, [(label_a, a["staleness"]), (label_b, b["staleness"])]):
+        sns.histplot(data, bins=bins, stat="probability", ax=ax, color="C0" if ax is axes[0] else "C1")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("per-sample staleness (token-weighted mean, versions)")
+    fig.suptitle("Staleness of consumed samples")
+    fig.tight_layout()
+    paths["staleness_hist"] = str(out / "staleness_hist.png")
+    fig.savefig(paths["staleness_hist"], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sns.ecdfplot(data=df, x="staleness", hue="run", ax=ax)
+    ax.set_xlabel("per-sample staleness (versions)")
+    fig.tight_layout()
+    paths["staleness_cdf"] = str(out / "staleness_cdf.png")
+    fig.savefig(paths["staleness_cdf"], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for run, label in ((a, label_a), (b, label_b)):
+        steps = [r["step"] for r in run["steps"]]
+        axes[0].plot(steps, [r["t_end"] for r in run["steps"]], label=label)
+        axes[1].plot(steps, [r["staleness"]["mean"] for r in run["steps"]], label=label)
+    axes[0].set(xlabel="learner step", ylabel="time at step end (s)")
+    axes[1].set(xlabel="learner step", ylabel="mean staleness of the batch")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    paths["per_step"] = str(out / "per_step.png")
+    fig.savefig(paths["per_step"], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,1 @@
+"""The real trainer: Ray actors driven by the shared controller."""

@@ -1,0 +1,56 @@
+"""Start-up for the real trainer: resolve (build or load) the models, start or join Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asyncopd.config.schema import ModelSpec, OPDConfig
+
+
+@dataclass
+class ResolvedModels:
+    student: Path
+    teacher: Path
+    codec: Any  # asyncopd.task.TextCodec
+
+
+def _resolve(spec: ModelSpec, cfg: OPDConfig, progress: bool) -> Path:
+    from asyncopd.models import resolve_model
+
+    return resolve_model(spec.preset or spec.path, cfg.task, seed=cfg.run.seed, progress=progress)
+
+
+def resolve_models(cfg: OPDConfig, *, progress: bool = True) -> ResolvedModels:
+    """Built-in presets are trained once and cached; user paths are checked. Both models must
+    share one vocabulary: OPD compares their distributions token by token."""
+    from asyncopd.models import load_codec
+
+    teacher = _resolve(cfg.models.teacher, cfg, progress)
+    student = _resolve(cfg.models.student, cfg, progress)
+    codec, tcodec = load_codec(student), load_codec(teacher)
+    if codec.vocab_size != tcodec.vocab_size:
+        raise ValueError(f"models.student ({student}) and models.teacher ({teacher}) have different vocabularies "
+                         f"({codec.vocab_size} vs {tcodec.vocab_size}); OPD needs a shared tokenizer")
+    return ResolvedModels(student, teacher, codec)
+
+
+def start_ray(cfg: OPDConfig) -> bool:
+    """Join ``cluster.ray_address`` or start a local Ray bound to localhost without a dashboard.
+    Returns True when this call started (and so must shut down) Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "configure_logging": True, "log_to_driver": True}
+    if cfg.cluster.ray_address:
+        ray.init(address=cfg.cluster.ray_address, **kwargs)
+    else:
+        resources = {"num_cpus": cfg.cluster.num_devices} if cfg.cluster.device_type == "cpu" else {}
+        ray.init(_node_ip_address="127.0.0.1", **resources, **kwargs)
+    return True
