@@ -185,8 +185,9 @@ class OPDConfig(_Section):
                                      f"(cluster.num_devices={n})")
         if self.learner.micro_batch_size > self.learner.batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.batch_size")
-        if "vllm" in (self.rollout.backend, self.teacher.backend) and self.cluster.device_type != "cuda":
-            raise ValueError("rollout.backend/teacher.backend 'vllm' needs cluster.device_type: cuda")
+        if "vllm" in (self.rollout.backend, self.teacher.backend):
+            raise ValueError("rollout.backend/teacher.backend 'vllm' is not implemented yet; use 'torch' "
+                             "(it runs on CPU and CUDA)")
         return self
 
     def policy(self) -> Policy:
