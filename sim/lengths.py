@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import math
 import random
+from typing import TYPE_CHECKING
 
 from asyncopd.config.schema import OPDConfig
+from asyncopd.task.builtin import prompt_tokens_for, response_tokens_for
+
+if TYPE_CHECKING:
+    from asyncopd.task import BuiltinTask
 
 
 class LengthModel:
@@ -21,17 +26,16 @@ class LengthModel:
         self.max_new = cfg.rollout.max_new_tokens
         self.rng = random.Random(seed)
         self.prompt_mean = cfg.sim.prompt_tokens_mean
-        self.task = None
+        self.task: BuiltinTask | None = None
         if self.dist.kind == "task" or self.prompt_mean is None:
-            from asyncopd.task import BuiltinTask, CharCodec
+            from asyncopd.task import BuiltinTask
 
             self.task = BuiltinTask(cfg.task, seed=cfg.run.seed)
-            self.codec = CharCodec()
 
     def response_tokens(self, prompt_id: int) -> int:
         d = self.dist
         if d.kind == "task":
-            n = len(self.codec.encode(self.task.problem(prompt_id).target_text)) + 1  # + EOS
+            n = response_tokens_for(self.task.problem(prompt_id).n_terms)
         elif d.kind == "fixed":
             n = d.max
         else:
@@ -42,4 +46,4 @@ class LengthModel:
     def prompt_tokens(self, prompt_id: int) -> int:
         if self.prompt_mean is not None:
             return max(1, round(self.prompt_mean))
-        return len(self.codec.encode(self.task.problem(prompt_id).prompt_text)) + 1  # + BOS
+        return prompt_tokens_for(self.task.problem(prompt_id).n_terms)

@@ -246,7 +246,8 @@ class RayDriver:
                                                r.abort_reason or "evict", ended_at=ended))
                 continue
             sd.result = r
-            text = self.codec.decode_response(r.response_ids)
+            ids = r.response_ids
+            text = self.codec.decode(ids[: ids.index(self.codec.eos_id)] if self.codec.eos_id in ids else ids)
             self.recorder.annotate(r.sample_id, correct=self.task.is_correct(self.task.problem(r.prompt_id), text),
                                    finish_reason=r.finish_reason)
             self._send(M.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(), len(r.prompt_ids),

@@ -1,0 +1,245 @@
+"""The learner: one AdamW update per batch of scored samples, forward KL on the teacher's top-k.
+
+Loss (see :mod:`asyncopd.losses.forward_kl_topk`): for every response position ``t`` of every item,
+``l_t = sum_{v in S_T(t)} p_T(v) (log p_T(v) - log pi_theta(v))`` with ``S_T(t)`` and ``log p_T``
+from the item's :class:`TeacherPayload`; the batch loss is the mean of ``l_t`` over all response
+tokens of the whole batch. With gradient accumulation each micro-batch contributes
+``sum of its l_t / (tokens in the whole batch)``, so the accumulated gradient equals the gradient of
+the whole-batch token mean whatever the micro-batch size.
+
+Student log-probs come from one forward pass over ``prompt + response`` (right-padded, attention
+mask; positions from 0 per row): the logits at position ``P + t - 1`` give ``log pi_theta`` for
+response token ``t``. The model runs in eval mode (dropout off) so that these log-probs are the same
+function of the weights as the rollout's behaviour log-probs.
+
+Versions: ``version`` counts applied updates; ``train_step`` turns ``version`` into
+``version + 1``. The staleness of a token sampled under version ``g`` and consumed by that update is
+``version - g`` (reported in the metrics).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from asyncopd.backends.base import TrainItem, TrainMetrics
+from asyncopd.backends.torch_backend import compat
+from asyncopd.losses.forward_kl_topk import forward_kl_topk_per_token
+
+
+class TorchLearner:
+    """``Learner`` over a transformers causal LM (implements the ``Learner`` protocol).
+
+    Args:
+        model: the student; moved to ``device``; trained in place.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW decoupled weight decay.
+        grad_clip: clip the global grad norm to this value (``<= 0`` or ``inf``: no clipping).
+        micro_batch_size: items per forward/backward (gradient accumulation inside a step).
+        warmup_steps: linear warm-up: update ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``.
+        device: where the model trains.
+        betas, eps: AdamW hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        grad_clip: float = 1.0,
+        micro_batch_size: int,
+        warmup_steps: int = 0,
+        device: str | torch.device = "cpu",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.model.eval()  # dropout off; gradients still flow
+        self.base_lr = float(lr)
+        self.grad_clip = float(grad_clip)
+        self.micro_batch_size = int(micro_batch_size)
+        self.warmup_steps = int(warmup_steps)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.base_lr, weight_decay=float(weight_decay), betas=betas, eps=eps)
+        self.version = 0
+
+    # ------------------------------------------------------------------ schedule
+    def lr_at(self, step: int) -> float:
+        """Learning rate of update ``step`` (0-based; the update that produces version ``step + 1``)."""
+        if self.warmup_steps <= 0:
+            return self.base_lr
+        return self.base_lr * min(1.0, (step + 1) / self.warmup_steps)
+
+    # ------------------------------------------------------------------ training
+    def _micro_batch_loss(self, items: list[TrainItem], total_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Sum over the micro-batch's response tokens of ``l_t``, divided by ``total_tokens``."""
+        dev = self.device
+        seqs = [list(it.prompt_ids) + list(it.response_ids) for it in items]
+        width = max(len(s) for s in seqs)
+        b = len(items)
+        ids = torch.zeros((b, width), dtype=torch.long)
+        attn = torch.zeros((b, width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+            attn[r, : len(s)] = 1
+        t_max = max(len(it.response_ids) for it in items)
+        k_max = max(int(it.teacher.topk_ids.shape[1]) for it in items)
+        pos = torch.zeros((b, t_max), dtype=torch.long)  # absolute position of the logits predicting token t
+        valid = torch.zeros((b, t_max), dtype=torch.bool)
+        t_ids = torch.zeros((b, t_max, k_max), dtype=torch.long)
+        t_logp = torch.full((b, t_max, k_max), float("-inf"), dtype=torch.float32)
+        targets = torch.zeros((b, t_max), dtype=torch.long)
+        behaviour = torch.zeros((b, t_max), dtype=torch.float32)
+        t_sampled = torch.zeros((b, t_max), dtype=torch.float32)
+        for r, it in enumerate(items):
+            p, t = len(it.prompt_ids), len(it.response_ids)
+            if t == 0:
+                continue
+            pay = it.teacher
+            k = pay.topk_ids.shape[1]
+            pos[r, :t] = torch.arange(p - 1, p - 1 + t)
+            valid[r, :t] = True
+            t_ids[r, :t, :k] = torch.from_numpy(pay.topk_ids.astype("int64", copy=False))
+            t_logp[r, :t, :k] = torch.from_numpy(pay.topk_logprobs.astype("float32", copy=False))
+            targets[r, :t] = torch.as_tensor(list(it.response_ids), dtype=torch.long)
+            if len(it.behaviour_logprobs) == t:
+                behaviour[r, :t] = torch.as_tensor(list(it.behaviour_logprobs), dtype=torch.float32)
+            if pay.sampled_logprob.shape[0] == t:
+                t_sampled[r, :t] = torch.from_numpy(pay.sampled_logprob.astype("float32", copy=False))
+        min_prompt = min(len(it.prompt_ids) for it in items)
+        keep = width - min_prompt + 1
+        logits, _ = compat.model_forward(self.model, input_ids=ids.to(dev), attention_mask=attn.to(dev), logits_to_keep=keep)
+        offset = width - logits.shape[1]
+        pos_rel = (pos - offset).clamp(min=0).to(dev)
+        resp_logits = logits.gather(1, pos_rel.unsqueeze(-1).expand(b, t_max, logits.shape[-1]))  # [b, T, V]
+        student_logp = torch.log_softmax(resp_logits.float(), dim=-1)
+        s_topk = student_logp.gather(-1, t_ids.to(dev))
+        valid_d = valid.to(dev)
+        per_token = forward_kl_topk_per_token(s_topk, t_logp.to(dev))
+        loss = torch.where(valid_d, per_token, torch.zeros_like(per_token)).sum() / total_tokens
+
+        with torch.no_grad():
+            s_sampled = student_logp.gather(-1, targets.to(dev).unsqueeze(-1)).squeeze(-1)
+            t_logp_d = t_logp.to(dev)
+            finite = torch.isfinite(t_logp_d)
+            t_mass = torch.where(finite, t_logp_d.exp(), torch.zeros_like(t_logp_d)).sum(-1)
+            s_mass = torch.where(finite, s_topk.exp(), torch.zeros_like(s_topk)).sum(-1)
+            agree = (student_logp.argmax(-1) == t_ids[..., 0].to(dev)).float()
+
+            def tsum(x: torch.Tensor) -> float:
+                return float(torch.where(valid_d, x, torch.zeros_like(x)).sum())
+
+            sums = {
+                "teacher_topk_mass": tsum(t_mass),
+                "student_topk_mass": tsum(s_mass),
+                "student_logprob": tsum(s_sampled),
+                "behaviour_logprob": tsum(behaviour.to(dev)),
+                "teacher_logprob": tsum(t_sampled.to(dev)),
+                "logprob_diff_abs": tsum((s_sampled - behaviour.to(dev)).abs()),
+                "top1_agreement": tsum(agree),
+            }
+        return loss, sums
+
+    def accumulate_gradients(self, batch: list[TrainItem]) -> tuple[float, int, dict[str, float], int]:
+        """Forward/backward over ``batch`` in micro-batches, adding the gradient of the whole-batch
+        token-mean loss to ``.grad`` (no optimizer step, no zeroing).
+
+        Returns ``(loss, tokens, sums, micro_batches)``: the whole-batch token-mean loss, the number
+        of response tokens, and token sums of the diagnostic quantities (see ``train_step``).
+        """
+        for it in batch:
+            t = len(it.response_ids)
+            pay = it.teacher
+            if pay.topk_ids.ndim != 2 or pay.topk_ids.shape != pay.topk_logprobs.shape or pay.topk_ids.shape[0] != t:
+                raise ValueError(
+                    f"sample {pay.sample_id}: teacher payload has shape {tuple(pay.topk_ids.shape)} / "
+                    f"{tuple(pay.topk_logprobs.shape)}, response has {t} tokens"
+                )
+        total_tokens = sum(len(it.response_ids) for it in batch)
+        loss_value = 0.0
+        sums: dict[str, float] = {}
+        micro_batches = 0
+        scored = [it for it in batch if len(it.response_ids) > 0]
+        for start in range(0, len(scored), self.micro_batch_size):
+            chunk = scored[start : start + self.micro_batch_size]
+            loss, chunk_sums = self._micro_batch_loss(chunk, total_tokens)
+            loss.backward()
+            loss_value += float(loss.detach())
+            for key, val in chunk_sums.items():
+                sums[key] = sums.get(key, 0.0) + val
+            micro_batches += 1
+        return loss_value, total_tokens, sums, micro_batches
+
+    def train_step(self, batch: list[TrainItem]) -> TrainMetrics:
+        """One AdamW update on ``batch`` (token-mean loss over the whole batch); ``version += 1``.
+
+        Metrics: ``loss`` (the whole-batch token mean, before the update), ``grad_norm`` (global L2
+        norm before clipping), ``lr``, ``tokens``; ``extra``: token means of the teacher's top-k
+        mass, the student's mass on the teacher's top-k, log-probs of the sampled tokens (student now,
+        behaviour, teacher), ``|log pi_theta - log mu|`` at the sampled tokens, the student/teacher
+        top-1 agreement, token-weighted staleness (mean, max), ``micro_batches``, ``step_seconds``.
+        """
+        if not batch:
+            raise ValueError("train_step needs at least one item")
+        t0 = time.time()
+        step = self.version
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value, total_tokens, sums, micro_batches = self.accumulate_gradients(batch)
+        grad_norm = self._clip()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
+
+        extra = {key: val / max(total_tokens, 1) for key, val in sums.items()}
+        staleness = [step - v for it in batch for v in it.token_versions]
+        extra["staleness_mean"] = float(sum(staleness) / len(staleness)) if staleness else 0.0
+        extra["staleness_max"] = float(max(staleness)) if staleness else 0.0
+        extra["micro_batches"] = float(micro_batches)
+        extra["samples"] = float(len(batch))
+        extra["step_seconds"] = time.time() - t0
+        return TrainMetrics(loss=loss_value, grad_norm=grad_norm, lr=lr, tokens=total_tokens, extra=extra)
+
+    def _clip(self) -> float:
+        grads = [p for p in self.params if p.grad is not None]
+        if not grads:
+            return 0.0
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
+        return float(norm)
+
+    # ------------------------------------------------------------------ weights and checkpoints
+    def weights_for_sync(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of every entry of the model's ``state_dict`` (safe to ship and to
+        mutate: they share no storage with the model)."""
+        return {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: model weights (CPU copies), optimizer state, version.
+
+        The optimizer entry is ``torch.optim.Optimizer.state_dict()``, which references the live
+        state tensors: serialise it (``torch.save``) or deep-copy it before training on."""
+        return {
+            "model": self.weights_for_sync(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
