@@ -115,8 +115,9 @@ class RunRecorder:
             "tokens_per_s": tokens / step_time if step_time > 0 else None,
             "samples_per_s_cum": self._consumed / t_end if t_end > 0 else None,
             "counters": info["counters"],
-            **{k: _finite(v) for k, v in info["metrics"].items()},
         }
+        for k, v in info["metrics"].items():  # learner metrics never overwrite the recorder's fields
+            rec[k if k not in rec else f"learner_{k}"] = _finite(v)
         if correct:
             rec["accuracy"] = sum(bool(c) for c in correct) / len(correct)
         self._log.write(json.dumps(rec) + "\n")
