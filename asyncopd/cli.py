@@ -24,10 +24,18 @@ err = Console(stderr=True, soft_wrap=True)
 SetOpt = typer.Option(None, "--set", "-s", help="override a config field: --set pipeline.policy='step_off(2)'")
 
 
-def _load(config: Path, overrides: Optional[list[str]]) -> OPDConfig:
+CostsOpt = typer.Option(None, "--costs", help="calibration profile (from `asyncopd calibrate`) for sim.costs")
+
+
+def _load(config: Path, overrides: Optional[list[str]], costs: Optional[Path] = None) -> OPDConfig:
     try:
-        return load_config(config, overrides or [])
-    except ConfigError as e:
+        extra: list[str] = []
+        if costs is not None:
+            from calibration.from_run import profile_overrides
+
+            extra = profile_overrides(costs)
+        return load_config(config, [*extra, *(overrides or [])])
+    except (ConfigError, FileNotFoundError, ValueError) as e:
         err.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
 
@@ -79,11 +87,12 @@ def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
 def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
              out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-sim-TIME)"),
              seed: Optional[int] = typer.Option(None, help="simulation seed (default: run.seed)"),
+             costs: Optional[Path] = CostsOpt,
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Simulate CONFIG with the SimPy driver; write a run directory."""
     from sim.driver import simulate as run_sim
 
-    cfg = _load(config, set_)
+    cfg = _load(config, set_, costs)
     run_dir = _run_dir(cfg, "sim", out)
     summary = run_sim(cfg, run_dir, seed=seed, progress=progress)
     console.print(_summary_table(f"simulated: {run_dir}", summary))
@@ -132,6 +141,26 @@ def _print_compare(r: dict[str, Any]) -> None:
     console.print(f"report: {r['out_dir']}/compare.json")
     for name, path in r["plots"].items():
         console.print(f"plot {name}: {path}")
+
+
+@app.command()
+def calibrate(from_run: Path = typer.Option(..., "--from-run", help="a finished run directory (real or simulated)"),
+              out: Optional[Path] = typer.Option(None, help="profile path (default: FROM_RUN/calibration.yaml)")) -> None:
+    """Fit the simulator's cost model to a recorded run; write a calibration profile."""
+    from calibration.from_run import fit_run, write_profile
+
+    if not (from_run / "trace.json").is_file():
+        err.print(f"[red]error:[/red] {from_run} has no trace.json; is it a run directory?")
+        raise typer.Exit(2)
+    cal = fit_run(from_run)
+    path = write_profile(cal, out or from_run / "calibration.yaml")
+    t = Table(title=f"cost model fitted to {from_run}", title_justify="left")
+    for col in ("stage", "parameters", "MAPE", "n"):
+        t.add_column(col)
+    for stage, fit in cal.stages.items():
+        t.add_row(stage, ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items()), f"{fit.mape:.1%}", str(fit.n))
+    console.print(t)
+    console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
 
 
 @app.command()

@@ -212,7 +212,8 @@ class Controller:
         if tw is None or not tw.alive or tw.batch_id != e.batch_id:
             return
         ids, tw.batch_id, tw.sample_ids = tw.sample_ids, None, ()
-        self._emit_span("score", e.worker, 0, e.started_at, e.t, {"samples": len(ids), "batch_id": e.batch_id})
+        self._emit_span("score", e.worker, 0, e.started_at, e.t,
+                        {"samples": len(ids), "batch_id": e.batch_id, "tokens": self._tokens(ids)})
         for sid in ids:
             a = self.samples[sid]
             if a.status != L.SCORING:
@@ -232,7 +233,8 @@ class Controller:
             return
         self.learner_busy = False
         self.version = e.step + 1
-        self._emit_span("train", LEARNER, 0, e.started_at, e.t, {"step": e.step})
+        self._emit_span("train", LEARNER, 0, e.started_at, e.t,
+                        {"step": e.step, "samples": self.B, "tokens": self._step_info["tokens"]})
         info = self._step_info
         if self.observer:
             self.observer.on_step({
@@ -308,7 +310,7 @@ class Controller:
             chosen = list(self._ready)[: self.B]
             for sid in chosen:
                 del self._ready[sid]
-        self._step_info = {"step": step, "issued_at": t, "queues": self.queue_depths()}
+        self._step_info = {"step": step, "issued_at": t, "queues": self.queue_depths(), "tokens": self._tokens(chosen)}
         cap = getattr(self.policy, "max_staleness", None)
         for sid in chosen:
             a = self.samples[sid]
@@ -460,6 +462,10 @@ class Controller:
             return None  # late or duplicate report (e.g. from a worker declared failed)
         del w.running[a.slot]
         return a
+
+    def _tokens(self, ids: Sequence[int]) -> int:
+        """Prompt + response tokens of these samples (what a teacher or learner pass reads)."""
+        return sum(self.samples[i].prompt_tokens + self.samples[i].response_tokens for i in ids)
 
     def _finish(self, a: Attempt) -> None:
         """``a`` reached a terminal state: leave the live set and record it."""
