@@ -29,7 +29,17 @@ class RunConfig(_Section):
 
 
 class ModelSpec(_Section):
-    """Either a built-in tiny model (trained locally once and cached) or a local HF checkpoint."""
+    """Either a built-in tiny model (trained locally once and cached) or a local HF checkpoint.
+
+    A bare string is accepted as shorthand: ``builtin-student`` → ``{preset: builtin-student}``,
+    anything else → ``{path: ...}`` (so ``--set models.student=/ckpt/dir`` works)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"preset": v} if v in BUILTIN_MODELS else {"path": v}
+        return v
 
     preset: Optional[Literal["builtin-teacher", "builtin-student"]] = None
     path: Optional[str] = Field(None, description="local directory with config.json (+ weights, tokenizer)")

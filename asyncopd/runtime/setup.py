@@ -45,9 +45,13 @@ def start_ray(cfg: OPDConfig) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    for k, v in quiet.items():
+        os.environ.setdefault(k, v)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "configure_logging": True, "log_to_driver": True}
+                              "configure_logging": True, "log_to_driver": True,
+                              "runtime_env": {"env_vars": quiet}}
     if cfg.cluster.ray_address:
         ray.init(address=cfg.cluster.ray_address, **kwargs)
     else:

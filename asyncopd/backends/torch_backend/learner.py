@@ -110,13 +110,13 @@ class TorchLearner:
             k = pay.topk_ids.shape[1]
             pos[r, :t] = torch.arange(p - 1, p - 1 + t)
             valid[r, :t] = True
-            t_ids[r, :t, :k] = torch.from_numpy(pay.topk_ids.astype("int64", copy=False))
-            t_logp[r, :t, :k] = torch.from_numpy(pay.topk_logprobs.astype("float32", copy=False))
+            t_ids[r, :t, :k] = torch.from_numpy(pay.topk_ids.astype("int64"))
+            t_logp[r, :t, :k] = torch.from_numpy(pay.topk_logprobs.astype("float32"))
             targets[r, :t] = torch.as_tensor(list(it.response_ids), dtype=torch.long)
             if len(it.behaviour_logprobs) == t:
                 behaviour[r, :t] = torch.as_tensor(list(it.behaviour_logprobs), dtype=torch.float32)
             if pay.sampled_logprob.shape[0] == t:
-                t_sampled[r, :t] = torch.from_numpy(pay.sampled_logprob.astype("float32", copy=False))
+                t_sampled[r, :t] = torch.from_numpy(pay.sampled_logprob.astype("float32"))
         min_prompt = min(len(it.prompt_ids) for it in items)
         keep = width - min_prompt + 1
         logits, _ = compat.model_forward(self.model, input_ids=ids.to(dev), attention_mask=attn.to(dev), logits_to_keep=keep)
