@@ -66,6 +66,13 @@ def _spans(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in events if e.get("ph") == "X" and e.get("name") == name]
 
 
+def _paused(sync_span: dict[str, Any]) -> float:
+    """Seconds the worker stopped generating for this sync: recorded by the simulator; for real
+    runs (not measured yet) the whole span, an upper bound."""
+    paused = sync_span["args"].get("paused_s")
+    return float(paused) if paused is not None else sync_span["dur"] / 1e6
+
+
 def fit_run(run_dir: str | Path) -> RunCalibration:
     d = Path(run_dir)
     events = read_trace(d / "trace.json")
@@ -78,7 +85,7 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
             cal.stages[prefix] = _linear(X, y, [f"{prefix}_fixed_s", f"{prefix}_per_token_s"])
     syncs = _spans(events, "sync")
     if syncs:
-        durs = np.array([s["dur"] / 1e6 for s in syncs])
+        durs = np.array([_paused(s) for s in syncs])
         cal.stages["sync"] = StageFit({"sync_fixed_s": float(durs.mean()), "model_bytes": 0.0},
                                       float(np.mean(np.abs(durs - durs.mean()) / np.maximum(durs, 1e-9))), len(durs))
     rollout = _fit_rollout(read_jsonl(d / "samples.jsonl"), syncs)
@@ -95,7 +102,8 @@ def _fit_rollout(samples: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> 
             waves[(r["worker"], round(r["gen_start"], 6))].append(r)
     pauses: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for s in syncs:
-        pauses[s["args"]["worker"]].append((s["ts"] / 1e6, (s["ts"] + s["dur"]) / 1e6))
+        end = (s["ts"] + s["dur"]) / 1e6
+        pauses[s["args"]["worker"]].append((end - _paused(s), end))
     rows, ys = [], []
     for (worker, start), wave in waves.items():
         prompt = sum(r["prompt_tokens"] for r in wave)

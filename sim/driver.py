@@ -21,7 +21,7 @@ from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
 from asyncopd.trace.recorder import RunRecorder
-from sim.costs import CostModel
+from sim.costs import make_cost_model
 from sim.lengths import LengthModel
 from sim.rollout import SimRolloutWorker, SimSeq
 
@@ -31,7 +31,7 @@ class SimDriver:
         self.cfg = cfg
         self.seed = cfg.run.seed if seed is None else seed
         self.env = simpy.Environment()
-        self.costs = CostModel(cfg.sim.costs, cfg.sim.costs.model_bytes or 0.0)
+        self.costs = make_cost_model(cfg)
         self.lengths = LengthModel(cfg, self.seed)
         self.pause_mode = cfg.pipeline.pause_mode
         lay = cfg.layout
@@ -48,7 +48,10 @@ class SimDriver:
             rollout_slots=slots, n_teachers=lay.teacher.workers, teacher_max_batch=cfg.teacher.max_batch_samples,
             pause_mode=cfg.pipeline.pause_mode, observer=self.recorder,
         )
-        self.rollout = {n: SimRolloutWorker(self, n, s) for n, s in names.items() if n.startswith("rollout")}
+        mode = cfg.sim.rollout_batching
+        if mode == "auto":
+            mode = "wave" if cfg.rollout.backend == "torch" else "continuous"
+        self.rollout = {n: SimRolloutWorker(self, n, s, mode) for n, s in names.items() if n.startswith("rollout")}
         self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
         self.finished = self.env.event()
         self._bar = tqdm(total=cfg.run.total_steps, desc="simulate", unit="step", disable=not progress, leave=False)
@@ -94,12 +97,12 @@ class SimDriver:
 
     def _score(self, a: M.Score):
         start = self.env.now
-        yield self.env.timeout(self.costs.teacher(self._batch_tokens(a.sample_ids)))
+        yield self.env.timeout(self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids)))
         self.send(M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
 
     def _train(self, a: M.Train):
         start = self.env.now
-        yield self.env.timeout(self.costs.learner(self._batch_tokens(a.sample_ids)))
+        yield self.env.timeout(self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids)))
         self.send(M.TrainStepFinished(self.env.now, a.step, start, {}))
 
 

@@ -1,25 +1,32 @@
-"""A simulated rollout worker that batches like the torch backend: in *waves*.
+"""A simulated rollout worker: batched decode advanced analytically between events.
 
-The worker takes every queued request (up to its slots) into one batch, prefills it, then
-decodes one token per active sequence per step, ``t_step(n) = a + b*n`` for ``n`` active
-sequences. Sequences leave the batch as they finish; new requests wait for the next wave.
-Results are reported when the wave ends, each with its own finish time.
+Batching modes (``sim.rollout_batching``):
 
-No event per token: between two "interesting" instants (the next completion, a weight
-sync or an abort arriving) the active count is constant, so progress advances in one
-timeout of ``k * t_step(n)``. A sync that arrives mid-step takes effect after that step,
-as in the real engine (updates are applied between decode steps).
+- ``wave`` — what the torch backend does: take every queued request (up to the slots) into
+  one batch, decode until all have finished, report the results together at the end of the
+  wave (each with its own finish time); requests that arrive meanwhile wait for the next wave.
+- ``continuous`` — what vLLM does: requests join at the next decode iteration (after their
+  prefill) and leave as soon as they finish; each completion is reported at once.
+
+No event per token: the worker keeps a global decode-step counter ``S``. A sequence that
+joins at step ``s0`` with response length ``L`` finishes at step ``s0 + L``; a heap gives the
+next completion. Between events the number of active sequences is constant, so the time of
+``k`` steps is ``segment_time`` (closed form) and the steps done by an interrupt (a new
+request, a weight sync, an eviction) come from ``segment_steps_within``. A request that arrives
+mid-step takes effect after that step, as in the real engines. Weight versions are recorded
+as ``(step, version)`` change points, so a sequence's version spans are read off in
+O(log changes) when it finishes.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import simpy
-
 from asyncopd.control import messages as M
+from sim.costs import segment_steps_within, segment_time
 
 if TYPE_CHECKING:
     from sim.driver import SimDriver
@@ -29,138 +36,218 @@ if TYPE_CHECKING:
 class SimSeq:
     sample_id: int
     prompt_tokens: int
-    length: int  # response tokens it will produce if not aborted
+    length: int  # response tokens it produces unless aborted
     started_at: float = 0.0
     finished_at: float = 0.0
-    spans: list[list[int]] = field(default_factory=list)  # [[version, n], ...]
+    s0: int = 0  # global decode step at which it joined
+    spans: tuple[tuple[int, int], ...] = ()
+    generated: int = 0
     aborted: str = ""
 
-    @property
-    def generated(self) -> int:
-        return sum(n for _, n in self.spans)
 
-    def add(self, version: int, n: int) -> None:
-        if n <= 0:
-            return
-        if self.spans and self.spans[-1][0] == version:
-            self.spans[-1][1] += n
-        else:
-            self.spans.append([version, n])
+@dataclass
+class _Batch:
+    active: dict[int, SimSeq] = field(default_factory=dict)
+    ends: list[tuple[int, int]] = field(default_factory=list)  # heap of (end step, sample_id)
+    kv: int = 0  # KV tokens held by active sequences
 
 
 class SimRolloutWorker:
-    def __init__(self, driver: "SimDriver", name: str, slots: int) -> None:
-        self.d, self.env, self.name, self.slots = driver, driver.env, name, slots
+    def __init__(self, driver: "SimDriver", name: str, slots: int, mode: str) -> None:
+        if mode not in ("wave", "continuous"):
+            raise ValueError(f"rollout batching must be 'wave' or 'continuous', got {mode!r}")
+        self.d, self.env, self.name, self.slots, self.mode = driver, driver.env, name, slots, mode
         self.version = 0
+        self.changes: list[tuple[int, int]] = [(0, 0)]  # (first step, version)
+        self.S = 0
         self.queue: list[SimSeq] = []
+        self.batch = _Batch()
+        self.done: list[SimSeq] = []  # finished in the current wave, not yet reported
         self.pending_sync: M.SyncWeights | None = None
-        self.sync_requested_at = 0.0
+        self.sync_ready = False  # overlap phase over: apply at the next step boundary
+        self.sync_started = 0.0
         self.evict: set[int] = set()
-        self.alive = True
-        self.busy = False
         self._wake = self.env.event()
-        self.proc = self.env.process(self._loop())
+        self.env.process(self._loop())
 
-    # --------------------------------------------------------- driver calls
+    # ------------------------------------------------------------- driver calls
     def submit(self, seq: SimSeq) -> None:
         self.queue.append(seq)
-        if not self.busy:
+        if self.mode == "continuous" or not self.batch.active:
             self._poke()
 
     def request_sync(self, action: M.SyncWeights) -> None:
-        self.pending_sync, self.sync_requested_at = action, self.env.now
-        self._poke()
+        self.pending_sync, self.sync_ready, self.sync_started = action, False, self.env.now
+        overlap = self.d.costs.sync().overlap_s
+        if overlap > 0:
+            self.env.process(self._overlap(overlap, action))
+        else:
+            self.sync_ready = True
+            self._poke()
 
     def request_abort(self, sample_ids: tuple[int, ...]) -> None:
-        queued = [s for s in self.queue if s.sample_id in sample_ids]
-        self.queue = [s for s in self.queue if s.sample_id not in sample_ids]
+        ids = set(sample_ids)
+        queued = [s for s in self.queue if s.sample_id in ids]
+        self.queue = [s for s in self.queue if s.sample_id not in ids]
         for s in queued:  # never started: drop at once
             s.aborted, s.started_at, s.finished_at = "evict", self.env.now, self.env.now
-        self._report(queued)
-        self.evict.update(set(sample_ids) - {s.sample_id for s in queued})
-        self._poke()
+            self._report(s)
+        self.evict |= ids & set(self.batch.active)
+        if self.evict:
+            self._poke()
 
-    def _has_request(self, active: list[SimSeq]) -> bool:
-        return self.pending_sync is not None or any(s.sample_id in self.evict for s in active)
+    # -------------------------------------------------------------- processes
+    def _overlap(self, seconds: float, action: M.SyncWeights):
+        yield self.env.timeout(seconds)
+        if self.pending_sync is action:
+            self.sync_ready = True
+            self._poke()
 
     def _poke(self) -> None:
         if not self._wake.triggered:
             self._wake.succeed()
 
-    # ------------------------------------------------------------ processes
+    def _urgent(self) -> bool:
+        return (self.pending_sync is not None and self.sync_ready) or bool(self.evict)
+
     def _loop(self):
-        while self.alive:
-            if self.pending_sync is not None:
-                yield from self._sync(active=[])
-            elif self.queue:
-                wave, self.queue = self.queue[: self.slots], self.queue[self.slots:]
-                self.busy = True
-                yield from self._wave(wave)
-                self.busy = False
-            else:
+        costs = self.d.costs
+        while True:
+            if self.pending_sync is not None and self.sync_ready:
+                yield from self._apply_sync()
+                continue
+            if self.evict:
+                self._drop_evicted()
+                continue
+            joining = self._admit()
+            if joining:
+                yield from self._timed(costs.prefill(sum(s.prompt_tokens for s in joining)))
+            b = self.batch
+            while b.ends and b.ends[0][1] not in b.active:  # drop lazily deleted entries
+                heapq.heappop(b.ends)
+            if not b.active:
                 self._wake = self.env.event()
                 yield self._wake
-
-    def _wave(self, wave: list[SimSeq]):
-        costs = self.d.costs
-        for s in wave:
-            s.started_at = self.env.now
-        yield self.env.timeout(costs.prefill(sum(s.prompt_tokens for s in wave)))
-        active, done = list(wave), []
-        while active:
-            dt = costs.decode_step(len(active))
-            if self._has_request(active):
-                steps = 1  # apply the pending request after the step in progress
-                yield self.env.timeout(dt)
+                continue
+            seg = costs.decode_segment(len(b.active), b.kv)
+            steps = b.ends[0][0] - self.S
+            if self._urgent():
+                k = 1
+                yield self.env.timeout(segment_time(seg, 1))
             else:
-                steps = min(s.length - s.generated for s in active)
                 self._wake = self.env.event()
-                t0 = self.env.now
-                yield self.env.timeout(steps * dt) | self._wake
-                if self.env.now - t0 < steps * dt - 1e-12:  # woken: finish the step in progress
-                    k = min(steps, max(1, math.ceil((self.env.now - t0) / dt - 1e-9)))
-                    yield self.env.timeout(t0 + k * dt - self.env.now)
-                    steps = k
-            still = []
-            for s in active:
-                s.add(self.version, steps)
-                if s.generated >= s.length:
-                    s.finished_at = self.env.now
-                    done.append(s)
-                elif s.sample_id in self.evict:
-                    s.aborted, s.finished_at = "evict", self.env.now
-                    done.append(s)
+                t0, full = self.env.now, segment_time(seg, steps)
+                yield self.env.timeout(full) | self._wake
+                elapsed = self.env.now - t0
+                if elapsed < full - 1e-12:  # woken mid-segment: finish the step in progress
+                    k = min(steps, segment_steps_within(seg, elapsed) + 1)
+                    yield self.env.timeout(max(0.0, t0 + segment_time(seg, k) - self.env.now))
                 else:
-                    still.append(s)
-            active = still
-            if self.pending_sync is not None:
-                yield from self._sync(active)  # in abort mode this reports and empties `active`
-        self._report(done)
+                    k = steps
+            self.S += k
+            b.kv += k * len(b.active)
+            self._pop_finished()
 
-    def _sync(self, active: list[SimSeq]):
+    def _timed(self, seconds: float):
+        if seconds > 0:
+            yield self.env.timeout(seconds)
+
+    def _admit(self) -> list[SimSeq]:
+        b = self.batch
+        if self.mode == "wave" and b.active:
+            return []
+        room = self.slots - len(b.active)
+        joining, self.queue = self.queue[:room], self.queue[room:]
+        for s in joining:
+            s.started_at, s.s0 = self.env.now, self.S
+            b.active[s.sample_id] = s
+            b.kv += s.prompt_tokens
+            heapq.heappush(b.ends, (self.S + s.length, s.sample_id))
+        return joining
+
+    def _pop_finished(self) -> None:
+        b = self.batch
+        while b.ends and b.ends[0][0] <= self.S:
+            _, sid = heapq.heappop(b.ends)
+            s = b.active.pop(sid, None)
+            if s is None:  # lazily deleted (evicted / aborted)
+                continue
+            self._close(s, s.s0 + s.length)
+            s.finished_at = self.env.now
+            self._finish(s)
+        if self.mode == "wave" and not b.active:
+            self._flush_wave()
+
+    def _close(self, s: SimSeq, end_step: int) -> None:
+        """Fix the sequence's tokens [s0, end_step) and their version spans; free its KV."""
+        s.generated = end_step - s.s0
+        s.spans = self._spans(s.s0, end_step)
+        self.batch.kv -= s.prompt_tokens + s.generated
+
+    def _spans(self, a: int, b: int) -> tuple[tuple[int, int], ...]:
+        out: list[tuple[int, int]] = []
+        i = bisect_right(self.changes, (a, float("inf"))) - 1
+        while a < b:
+            nxt = self.changes[i + 1][0] if i + 1 < len(self.changes) else b
+            end = min(b, nxt)
+            if end > a:
+                out.append((self.changes[i][1], end - a))
+            a, i = end, i + 1
+        return tuple(out)
+
+    def _finish(self, s: SimSeq) -> None:
+        """Report now (continuous) or with the rest of the wave (wave)."""
+        if self.mode == "wave":
+            self.done.append(s)
+        else:
+            self._report(s)
+
+    def _flush_wave(self) -> None:
+        done, self.done = self.done, []
+        for s in done:
+            self._report(s)
+
+    def _drop_evicted(self) -> None:
+        for sid in sorted(self.evict):
+            s = self.batch.active.pop(sid, None)
+            if s is not None:
+                self._close(s, self.S)
+                s.aborted, s.finished_at = "evict", self.env.now
+                self._finish(s)
+        self.evict.clear()
+        if self.mode == "wave" and not self.batch.active:
+            self._flush_wave()
+
+    def _apply_sync(self):
         action = self.pending_sync
         assert action is not None
-        start = self.env.now
-        yield self.env.timeout(self.d.costs.sync())
-        if action.pause_mode == "recompute" and active:
-            yield self.env.timeout(self.d.costs.prefill(sum(s.prompt_tokens + s.generated for s in active)))
+        paused_from = self.env.now
+        yield from self._timed(self.d.costs.sync().pause_s)
+        b = self.batch
+        if action.pause_mode == "recompute" and b.active:
+            yield from self._timed(self.d.costs.prefill(b.kv))
         self.version = max(self.version, action.version)
+        if self.changes[-1][0] == self.S:
+            self.changes[-1] = (self.S, self.version)
+        else:
+            self.changes.append((self.S, self.version))
         self.pending_sync = None
-        if action.pause_mode == "abort" and active:
-            # Report the aborted generations before the sync completes, as the Ray driver does.
-            for s in active:
+        if action.pause_mode == "abort" and b.active:
+            for s in list(b.active.values()):
+                b.active.pop(s.sample_id)
+                self._close(s, self.S)
                 s.aborted, s.finished_at = "sync_abort", self.env.now
-            self._report(active)
-            active.clear()
-        self.d.send(M.WeightSyncFinished(self.env.now, self.name, action.version, start))
+                self._finish(s)
+            b.ends.clear()
+            self._flush_wave()
+        self.d.send(M.WeightSyncFinished(self.env.now, self.name, action.version, self.sync_started,
+                                         paused_s=self.env.now - paused_from))
 
-    def _report(self, seqs: list[SimSeq]) -> None:
-        for s in seqs:
-            self.evict.discard(s.sample_id)
-            if s.aborted:
-                self.d.send(M.GenerationAborted(self.env.now, s.sample_id, self.name, s.started_at,
-                                                s.generated, s.aborted, ended_at=s.finished_at))
-            else:
-                self.d.send(M.GenerationFinished(self.env.now, s.sample_id, self.name, s.started_at,
-                                                 tuple((v, n) for v, n in s.spans), s.prompt_tokens,
-                                                 ended_at=s.finished_at))
+    def _report(self, s: SimSeq) -> None:
+        self.evict.discard(s.sample_id)
+        if s.aborted:
+            self.d.send(M.GenerationAborted(self.env.now, s.sample_id, self.name, s.started_at,
+                                            s.generated, s.aborted, ended_at=s.finished_at))
+        else:
+            self.d.send(M.GenerationFinished(self.env.now, s.sample_id, self.name, s.started_at, s.spans,
+                                             s.prompt_tokens, ended_at=s.finished_at))

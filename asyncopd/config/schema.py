@@ -167,6 +167,10 @@ class SimCosts(_Section):
 
 
 class SimConfig(_Section):
+    cost_model: Literal["parametric", "analytic"] = Field(
+        "parametric", description="parametric: sim.costs; analytic: roofline from cluster.hardware and the models")
+    rollout_batching: Literal["auto", "wave", "continuous"] = Field(
+        "auto", description="auto: wave for the torch backend, continuous for vLLM")
     costs: SimCosts = SimCosts()
     response_length: LengthDistribution = LengthDistribution()
     prompt_tokens_mean: Optional[float] = Field(None, gt=0, description="None: from the task")

@@ -252,7 +252,8 @@ class Controller:
         if w is None or not w.alive or w.syncing_to is None:
             return
         w.version, w.syncing_to = max(w.version, e.version), None
-        self._emit_span("sync", w.name, -1, e.started_at, e.t, {"version": e.version})
+        args = {"version": e.version} if e.paused_s is None else {"version": e.version, "paused_s": e.paused_s}
+        self._emit_span("sync", w.name, -1, e.started_at, e.t, args)
         self._request_sync(w, e.t)
 
     def _on_worker_failed(self, e: WorkerFailed) -> None:

@@ -84,6 +84,7 @@ class WeightSyncFinished:
     worker: str
     version: int
     started_at: float
+    paused_s: float | None = None  # of [started_at, t], how long generation was stopped (None: unknown)
 
 
 @dataclass(frozen=True, slots=True)
