@@ -35,7 +35,7 @@ class SimDriver:
         self.lengths = LengthModel(cfg, self.seed)
         self.pause_mode = cfg.pipeline.pause_mode
         lay = cfg.layout
-        slots = [cfg.rollout.max_num_seqs] * lay.rollout.workers
+        slots = [self._slots_per_worker()] * lay.rollout.workers
         names = {f"rollout-{i}": n for i, n in enumerate(slots)}
         names |= {f"teacher-{i}": 1 for i in range(lay.teacher.workers)} | {"learner-0": 1}
         self.recorder = RunRecorder(run_dir, driver="sim", clock="simulated", workers=names, meta={
@@ -55,6 +55,20 @@ class SimDriver:
         self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
         self.finished = self.env.event()
         self._bar = tqdm(total=cfg.run.total_steps, desc="simulate", unit="step", disable=not progress, leave=False)
+
+    def _slots_per_worker(self) -> int:
+        """``rollout.max_num_seqs``, capped by the KV cache when the cost model knows memory."""
+        want = self.cfg.rollout.max_num_seqs
+        cap_fn = getattr(self.costs, "kv_capacity_seqs", None)
+        if cap_fn is None:
+            return want
+        per_seq = self.lengths.mean_prompt_tokens() + self.cfg.rollout.max_new_tokens
+        cap = cap_fn(per_seq, self.cfg.rollout.gpu_memory_utilization)
+        if cap < 1:
+            raise ValueError(f"layout.rollout: one worker (tp={self.cfg.layout.rollout.tp}) cannot hold the student "
+                             f"plus one {per_seq:.0f}-token sequence in memory ({self.cfg.cluster.hardware})")
+        self.kv_capped_slots = min(want, cap)
+        return self.kv_capped_slots
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

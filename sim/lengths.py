@@ -43,6 +43,12 @@ class LengthModel:
             n = round(math.exp(self.rng.gauss(math.log(d.mean) - sigma2 / 2, math.sqrt(sigma2))))
         return max(1, min(n, d.max, self.max_new))
 
+    def mean_prompt_tokens(self) -> float:
+        if self.prompt_mean is not None:
+            return float(self.prompt_mean)
+        assert self.task is not None
+        return self.task.mean_prompt_tokens()
+
     def prompt_tokens(self, prompt_id: int) -> int:
         if self.prompt_mean is not None:
             return max(1, round(self.prompt_mean))

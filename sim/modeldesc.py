@@ -540,3 +540,8 @@ __all__ = [
     "ModelDesc", "ModelConfigError", "UnknownModelError", "MODELS", "BUILTIN_MODELS",
     "from_hf_config", "get_model", "builtin_model_desc",
 ]
+
+
+def model_desc_for(spec: Any) -> ModelDesc:
+    """The description of a config ``ModelSpec`` (``preset`` name or local ``path``)."""
+    return get_model(spec.preset if spec.preset is not None else spec.path)

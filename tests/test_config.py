@@ -40,12 +40,13 @@ def test_policy_as_mapping_and_overrides() -> None:
     ("layout.teacher.devices=[7]", "layout.teacher.devices"),
     ("layout.learner.workers=2", "layout.learner"),
     ("models.student={preset: builtin-student, path: /x}", "models.student"),
-    ("rollout.backend=vllm", "vllm"),
-    ("task.max_terms=1", "max_terms"),
+    ("models.student=qwen9-99b", "models.student"),
+    ("cluster.hardware=tpu-v9", "cluster.hardware"),
+    ("task.max_terms=100", "max_terms"),
 ])
 def test_bad_values_name_the_field(override, field) -> None:
     with pytest.raises(ConfigError) as e:
-        load_config(None, [override])
+        load_config(None, [override, "sim.cost_model=analytic"])
     msg = str(e.value)
     assert field in msg and "\n" not in msg
 
@@ -62,3 +63,14 @@ def test_bad_files(tmp_path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["learner.lr"])
+
+
+def test_simulator_only_settings_are_refused_by_the_trainer() -> None:
+    from asyncopd.runtime.setup import check_trainable
+
+    check_trainable(load_config("configs/default.yaml"))
+    cfg = load_config(None, ["models.student=qwen3-1.7b"])
+    with pytest.raises(ValueError, match="models.student.*simulator only"):
+        check_trainable(cfg)
+    with pytest.raises(ValueError, match="rollout.backend.*vLLM"):
+        check_trainable(load_config(None, ["rollout.backend=vllm"]))

@@ -31,18 +31,38 @@ class RunConfig(_Section):
 class ModelSpec(_Section):
     """Either a built-in tiny model (trained locally once and cached) or a local HF checkpoint.
 
-    A bare string is accepted as shorthand: ``builtin-student`` → ``{preset: builtin-student}``,
-    anything else → ``{path: ...}`` (so ``--set models.student=/ckpt/dir`` works)."""
+    A bare string is accepted as shorthand: an existing path → ``{path: ...}``, anything else →
+    ``{preset: ...}`` (so ``--set models.student=/ckpt/dir`` and ``--set models.student=qwen3-8b`` work)."""
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return {"preset": v} if v in BUILTIN_MODELS else {"path": v}
+            from pathlib import Path
+
+            return {"path": v} if Path(v).expanduser().exists() else {"preset": v}
         return v
 
-    preset: Optional[Literal["builtin-teacher", "builtin-student"]] = None
+    preset: Optional[str] = Field(None, description="builtin-teacher / builtin-student (trainable), or a "
+                                  "public architecture for the simulator only, e.g. qwen3-1.7b")
     path: Optional[str] = Field(None, description="local directory with config.json (+ weights, tokenizer)")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: Optional[str]) -> Optional[str]:
+        if v is None or v in BUILTIN_MODELS:
+            return v
+        from sim.modeldesc import UnknownModelError, get_model
+
+        try:
+            get_model(v)
+        except UnknownModelError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @property
+    def trainable(self) -> bool:
+        return self.path is not None or self.preset in BUILTIN_MODELS
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ModelSpec":
@@ -60,6 +80,7 @@ class ModelsConfig(_Section):
 class RolloutConfig(_Section):
     backend: Literal["torch", "vllm"] = "torch"
     max_num_seqs: int = Field(8, ge=1, description="concurrent sequences per rollout worker")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of device memory for weights + KV")
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -120,6 +141,13 @@ class RoleLayout(_Section):
     workers: int = Field(1, ge=1)
     devices: list[int] = Field(default_factory=lambda: [0], min_length=1,
                                description="device indices this role's workers share")
+    tp: int = Field(1, ge=1, description="tensor-parallel degree inside one worker (devices per worker)")
+
+    @model_validator(mode="after")
+    def _tp_fits(self) -> "RoleLayout":
+        if self.tp > len(self.devices):
+            raise ValueError(f"tp={self.tp} needs at least {self.tp} devices, got {self.devices}")
+        return self
 
 
 class LayoutConfig(_Section):
@@ -137,6 +165,7 @@ class LayoutConfig(_Section):
 
 class ClusterConfig(_Section):
     device_type: Literal["cpu", "cuda"] = "cpu"
+    hardware: str = Field("cpu", description="hardware preset for analytic costs: cpu, a100-80gb, h100-sxm, h200, b200")
     num_devices: int = Field(2, ge=1, description="CPU cores (device_type=cpu) or GPUs")
     ray_address: Optional[str] = Field(None, description="connect to this Ray cluster instead of starting one")
 
@@ -166,12 +195,30 @@ class SimCosts(_Section):
     model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes; None: from the model")
 
 
+class AnalyticParams(_Section):
+    """Overhead terms of the analytic cost model (see sim/analytic.py)."""
+
+    step_s: float = Field(126e-6, ge=0, description="fixed time per decode step")
+    layer_s: float = Field(32e-6, ge=0, description="per layer per decode step")
+    request_s: float = Field(4e-6, ge=0, description="per active request per decode step")
+    kv_read: float = Field(1.9, gt=0, description="KV-cache read inefficiency factor")
+    weight_read: float = Field(1.4, gt=0, description="weight read inefficiency factor")
+    allreduce_latency_s: float = Field(10e-6, ge=0)
+    topk_passes: float = Field(2.0, ge=0, description="passes over the T x V logits for top-k extraction")
+    teacher_fixed_s: float = Field(5e-3, ge=0)
+    learner_fixed_s: float = Field(0.05, ge=0)
+    micro_batch_s: float = Field(5e-3, ge=0)
+    sync_ctrl_s: float = Field(0.5, ge=0, description="weight sync control plane (pauses rollout)")
+    sync_gather_s: float = Field(0.2, ge=0, description="learner-side gather before a sync (overlaps rollout)")
+
+
 class SimConfig(_Section):
     cost_model: Literal["parametric", "analytic"] = Field(
         "parametric", description="parametric: sim.costs; analytic: roofline from cluster.hardware and the models")
     rollout_batching: Literal["auto", "wave", "continuous"] = Field(
         "auto", description="auto: wave for the torch backend, continuous for vLLM")
     costs: SimCosts = SimCosts()
+    analytic: AnalyticParams = AnalyticParams()
     response_length: LengthDistribution = LengthDistribution()
     prompt_tokens_mean: Optional[float] = Field(None, gt=0, description="None: from the task")
 
@@ -197,11 +244,15 @@ class OPDConfig(_Section):
                 if not 0 <= d < n:
                     raise ValueError(f"layout.{role}.devices: device {d} is outside the cluster "
                                      f"(cluster.num_devices={n})")
+        if self.sim.cost_model == "analytic":
+            from sim.hardware import UnknownHardwareError, get_hardware
+
+            try:
+                get_hardware(self.cluster.hardware)
+            except UnknownHardwareError as e:
+                raise ValueError(f"cluster.hardware: {e}") from None
         if self.learner.micro_batch_size > self.learner.batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.batch_size")
-        if "vllm" in (self.rollout.backend, self.teacher.backend):
-            raise ValueError("rollout.backend/teacher.backend 'vllm' is not implemented yet; use 'torch' "
-                             "(it runs on CPU and CUDA)")
         return self
 
     def policy(self) -> Policy:

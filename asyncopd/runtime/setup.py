@@ -18,6 +18,19 @@ class ResolvedModels:
     codec: Any  # asyncopd.task.TextCodec
 
 
+def check_trainable(cfg: OPDConfig) -> None:
+    """What the simulator accepts but the trainer cannot run, refused before anything starts."""
+    for role in ("student", "teacher"):
+        spec: ModelSpec = getattr(cfg.models, role)
+        if not spec.trainable:
+            raise ValueError(f"models.{role}: preset {spec.preset!r} describes an architecture for the simulator "
+                             f"only; to train, give models.{role}.path (a local checkpoint) or a builtin preset")
+    for role in ("rollout", "teacher"):
+        if getattr(cfg, role).backend == "vllm":
+            raise ValueError(f"{role}.backend: the vLLM backend is not implemented yet; use 'torch' "
+                             f"(CPU and CUDA). The simulator models vLLM-style continuous batching.")
+
+
 def _resolve(spec: ModelSpec, cfg: OPDConfig, progress: bool) -> Path:
     from asyncopd.models import resolve_model
 
@@ -29,6 +42,7 @@ def resolve_models(cfg: OPDConfig, *, progress: bool = True) -> ResolvedModels:
     share one vocabulary: OPD compares their distributions token by token."""
     from asyncopd.models import load_codec
 
+    check_trainable(cfg)
     teacher = _resolve(cfg.models.teacher, cfg, progress)
     student = _resolve(cfg.models.student, cfg, progress)
     codec, tcodec = load_codec(student), load_codec(teacher)
