@@ -45,7 +45,8 @@ def segment_time(seg: Segment, k: int) -> float:
         return 0.0
     alpha, beta, gamma, delta = seg
     if delta > 0:
-        first_mem = max(0, min(k, math.floor((beta - gamma) / delta) + 1))  # first i with gamma+delta*i > beta
+        x = (beta - gamma) / delta  # steps i <= x are compute-bound
+        first_mem = 0 if x < 0 else (k if x >= k else math.floor(x) + 1)
     else:
         first_mem = 0 if gamma > beta else k
     compute_steps = first_mem

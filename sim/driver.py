@@ -27,7 +27,9 @@ from sim.rollout import SimRolloutWorker, SimSeq
 
 
 class SimDriver:
-    def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, seed: int | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: OPDConfig, run_dir: str | Path | None, *, seed: int | None = None,
+                 progress: bool = True) -> None:
+        """``run_dir=None``: keep only the summary in memory (no files; fastest)."""
         self.cfg = cfg
         self.seed = cfg.run.seed if seed is None else seed
         self.env = simpy.Environment()
@@ -42,7 +44,8 @@ class SimDriver:
             "policy": cfg.policy().describe(), "seed": self.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "python": platform.python_version(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
         })
-        (Path(run_dir) / "config.yaml").write_text(dump_config(cfg))
+        if run_dir is not None:
+            (Path(run_dir) / "config.yaml").write_text(dump_config(cfg))
         self.ctrl = Controller(
             policy=cfg.policy(), batch_size=cfg.learner.batch_size, total_steps=cfg.run.total_steps,
             rollout_slots=slots, n_teachers=lay.teacher.workers, teacher_max_batch=cfg.teacher.max_batch_samples,
@@ -77,9 +80,10 @@ class SimDriver:
         self.send(M.PromptsAvailable(0.0, None))
         self.env.run(until=self.finished)
         self._bar.close()
-        summary = json.loads((self.recorder.dir / "summary.json").read_text())
+        summary = dict(self.recorder.summary)
         summary["sim_wall_s"] = time.perf_counter() - wall0
-        (self.recorder.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.recorder.dir is not None:
+            (self.recorder.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def send(self, event: M.Event) -> None:
@@ -91,7 +95,8 @@ class SimDriver:
     # ------------------------------------------------------------- actions
     def _dispatch(self, a: M.Action) -> None:
         if isinstance(a, M.Generate):
-            seq = SimSeq(a.sample_id, self.lengths.prompt_tokens(a.prompt_id), self.lengths.response_tokens(a.prompt_id))
+            seq = SimSeq(a.sample_id, self.lengths.prompt_tokens(a.prompt_id),
+                         self.lengths.response_tokens(a.prompt_id, self.ctrl.version))
             self.tokens[a.sample_id] = (seq.prompt_tokens, seq.length)
             self.rollout[a.worker].submit(seq)
         elif isinstance(a, M.AbortGeneration):
@@ -120,6 +125,7 @@ class SimDriver:
         self.send(M.TrainStepFinished(self.env.now, a.step, start, {}))
 
 
-def simulate(cfg: OPDConfig, run_dir: str | Path, *, seed: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Simulate ``cfg`` into ``run_dir``; return the run summary."""
+def simulate(cfg: OPDConfig, run_dir: str | Path | None, *, seed: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Simulate ``cfg`` into ``run_dir`` (None: in memory only); return the run summary."""
     return SimDriver(cfg, run_dir, seed=seed, progress=progress).run()

@@ -1,16 +1,25 @@
-"""Response and prompt lengths for simulated samples.
+"""Response and prompt lengths for simulated samples (``sim.response_length``).
 
-``task``: the built-in task's reference response for that very prompt id (so a simulated
-run and a real run of the same config see the same prompts); ``fixed``: always ``max``;
-``lognormal``: mean and coefficient of variation ``cv``, rounded, clipped to [1, max]:
+- ``task``: the built-in task's reference response for that very prompt id, so a simulated
+  run and a real run of the same config see the same prompts;
+- ``fixed``: always ``max``;
+- ``lognormal``: mean ``m`` and coefficient of variation ``cv``, rounded, clipped to [1, max]::
 
-    sigma^2 = ln(1 + cv^2),   mu = ln(mean) - sigma^2 / 2   (so that E[L] = mean before clipping)
+      sigma^2 = ln(1 + cv^2),   mu = ln(m) - sigma^2 / 2     (so E[L] = m before clipping)
+
+- ``empirical``: resampled (with replacement) from observed lengths: a run directory or its
+  ``samples.jsonl`` (response tokens of finished samples), a JSON list, or one number per line.
+
+``drift_per_step = r`` scales every length by ``(1 + r)^v``, ``v`` the learner version when
+the sample is admitted: reasoning lengths drift as training goes on.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asyncopd.config.schema import OPDConfig
@@ -20,28 +29,60 @@ if TYPE_CHECKING:
     from asyncopd.task import BuiltinTask
 
 
+def load_lengths(path: str | Path) -> list[int]:
+    """Observed response lengths from a run directory, a ``samples.jsonl``, a JSON list or a text file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "samples.jsonl"
+    if not p.is_file():
+        raise FileNotFoundError(f"sim.response_length.path: {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix == ".jsonl":
+            recs = [json.loads(line) for line in text.splitlines() if line.strip()]
+            out = [int(r["response_tokens"]) for r in recs if r.get("status") in ("consumed", "evicted", "unfinished")
+                   and r.get("response_tokens")]
+        elif text.lstrip().startswith("["):
+            out = [int(x) for x in json.loads(text)]
+        else:
+            out = [int(float(x)) for x in text.split()]
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"sim.response_length.path: cannot read lengths from {p} ({e})") from None
+    out = [x for x in out if x > 0]
+    if not out:
+        raise ValueError(f"sim.response_length.path: {p} holds no positive lengths")
+    return out
+
+
 class LengthModel:
     def __init__(self, cfg: OPDConfig, seed: int) -> None:
         self.dist = cfg.sim.response_length
         self.max_new = cfg.rollout.max_new_tokens
         self.rng = random.Random(seed)
         self.prompt_mean = cfg.sim.prompt_tokens_mean
+        self.observed = load_lengths(self.dist.path) if self.dist.kind == "empirical" else []
         self.task: BuiltinTask | None = None
         if self.dist.kind == "task" or self.prompt_mean is None:
             from asyncopd.task import BuiltinTask
 
             self.task = BuiltinTask(cfg.task, seed=cfg.run.seed)
 
-    def response_tokens(self, prompt_id: int) -> int:
+    def response_tokens(self, prompt_id: int, version: int = 0) -> int:
         d = self.dist
         if d.kind == "task":
-            n = response_tokens_for(self.task.problem(prompt_id).n_terms)
+            assert self.task is not None
+            n = float(response_tokens_for(self.task.problem(prompt_id).n_terms))
         elif d.kind == "fixed":
-            n = d.max
+            n = float(d.max)
+        elif d.kind == "empirical":
+            n = float(self.rng.choice(self.observed))
         else:
             sigma2 = math.log(1 + d.cv**2)
-            n = round(math.exp(self.rng.gauss(math.log(d.mean) - sigma2 / 2, math.sqrt(sigma2))))
-        return max(1, min(n, d.max, self.max_new))
+            n = math.exp(self.rng.gauss(math.log(d.mean) - sigma2 / 2, math.sqrt(sigma2)))
+        if d.drift_per_step:
+            n *= (1 + d.drift_per_step) ** version
+        limit = self.max_new if d.kind in ("task", "empirical") else min(d.max, self.max_new)
+        return max(1, min(round(n), limit))
 
     def mean_prompt_tokens(self) -> float:
         if self.prompt_mean is not None:
@@ -52,4 +93,5 @@ class LengthModel:
     def prompt_tokens(self, prompt_id: int) -> int:
         if self.prompt_mean is not None:
             return max(1, round(self.prompt_mean))
+        assert self.task is not None
         return prompt_tokens_for(self.task.problem(prompt_id).n_terms)

@@ -106,13 +106,15 @@ def test_worker_failures_never_deadlock_or_lose_prompts(setup: dict, seed: int) 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(eta=st.integers(0, 3), batch=st.integers(1, 4), seed=st.integers(0, 2**31))
 def test_fully_async_admission_window(eta: int, batch: int, seed: int) -> None:
-    """AReaL's rule: live samples never exceed (eta + 1) * B."""
+    """AReaL's rule: admitted (net) <= (eta + version + 1) * B, so live samples never exceed (eta + 1) * B."""
     ctrl = Controller(policy=FullyAsyncPolicy(eta=eta), batch_size=batch, total_steps=4, rollout_slots=[8, 8],
                       n_teachers=1, teacher_max_batch=3, pause_mode="abort")
     cluster = FakeCluster(ctrl, random.Random(seed))
     cluster.start()
     while cluster.step():
-        assert ctrl.queue_depths()["live"] <= (eta + 1) * batch
+        live = ctrl.queue_depths()["live"]
+        assert live <= (eta + 1) * batch
+        assert live + ctrl.counters["consumed"] <= (eta + ctrl.version + 1) * batch
     assert ctrl.ok
 
 

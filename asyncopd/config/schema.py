@@ -171,12 +171,22 @@ class ClusterConfig(_Section):
 
 
 class LengthDistribution(_Section):
-    """Response lengths for the simulator. ``task``: the built-in task's reference lengths."""
+    """Response lengths for the simulator (see sim/lengths.py)."""
 
-    kind: Literal["task", "fixed", "lognormal"] = "task"
-    mean: float = Field(32.0, gt=0)
-    cv: float = Field(0.5, ge=0)
-    max: int = Field(64, ge=1)
+    kind: Literal["task", "fixed", "lognormal", "empirical"] = "task"
+    mean: float = Field(32.0, gt=0, description="lognormal mean")
+    cv: float = Field(0.5, ge=0, description="lognormal coefficient of variation")
+    max: int = Field(64, ge=1, description="clip (fixed: the length)")
+    path: Optional[str] = Field(None, description="empirical: a run directory / samples.jsonl, or a text/JSON "
+                                                  "file of lengths")
+    drift_per_step: float = Field(0.0, ge=-0.5, le=1.0,
+                                  description="lengths scale by (1 + drift)^version of the weights at admission")
+
+    @model_validator(mode="after")
+    def _path_for_empirical(self) -> "LengthDistribution":
+        if self.kind == "empirical" and not self.path:
+            raise ValueError("kind 'empirical' needs path (a run directory, samples.jsonl or a file of lengths)")
+        return self
 
 
 class SimCosts(_Section):

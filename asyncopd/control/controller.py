@@ -42,6 +42,7 @@ class Observer(Protocol):
     def on_step(self, record: dict[str, Any]) -> None: ...
     def on_span(self, name: str, worker: str, lane: int, start: float, end: float, args: dict[str, Any]) -> None: ...
     def on_stop(self, summary: dict[str, Any]) -> None: ...
+    def on_queues(self, t: float, depths: dict[str, int]) -> None: ...
 
 
 class ControllerDeadlock(RuntimeError):
@@ -93,6 +94,7 @@ class Controller:
         self._batch_ready: dict[int, list[int]] = {}
         self._next_score_batch = 0
         self.counters: Counter[str] = Counter()
+        self._status_counts: Counter[str] = Counter()  # live attempts per status
         self.started = False
         self.done = False
         self.ok = False
@@ -120,6 +122,8 @@ class Controller:
             self._schedule(event.t)
             if self.outstanding() == 0 and self._supply != 0:
                 raise ControllerDeadlock(self.describe_state())
+        if self.observer is not None:
+            self.observer.on_queues(event.t, self.queue_depths())
         return self._out
 
     @property
@@ -134,7 +138,7 @@ class Controller:
         return gen + syncs + scoring + int(self.learner_busy)
 
     def queue_depths(self) -> dict[str, int]:
-        by_status = Counter(self.samples[s].status for s in self._live)
+        by_status = self._status_counts
         return {
             "generating": by_status[L.GENERATING],
             "awaiting_teacher": by_status[L.GENERATED],
@@ -158,6 +162,9 @@ class Controller:
     def check_invariants(self) -> None:
         live = {sid for sid, a in self.samples.items() if a.status not in L.TERMINAL}
         assert live == self._live, f"live set drifted: {sorted(live ^ self._live)}"
+        counts = Counter(self.samples[s].status for s in live)
+        assert all(self._status_counts[k] == counts[k] for k in set(counts) | set(self._status_counts)), \
+            (dict(self._status_counts), dict(counts))
         for w in self.workers.values():
             for slot, sid in w.running.items():
                 a = self.samples[sid]
@@ -191,7 +198,7 @@ class Controller:
         if a.doomed or self._over_cap(a):
             self._evict(a, "over_cap")
             return
-        a.status = L.GENERATED
+        self._move(a, L.GENERATED)
         self._score_queue.append(a.sample_id)
         if a.batch is not None:
             self._batch_generated[a.batch] += 1
@@ -222,7 +229,8 @@ class Controller:
             if a.doomed or self._over_cap(a):
                 self._evict(a, "over_cap")
                 continue
-            a.status, a.ready_at = L.READY, e.t
+            self._move(a, L.READY)
+            a.ready_at = e.t
             if a.batch is None:
                 self._ready[sid] = None
             else:
@@ -279,7 +287,8 @@ class Controller:
             for sid in reversed(tw.sample_ids):
                 a = self.samples[sid]
                 if a.status == L.SCORING:
-                    a.status, a.score_worker, a.score_batch = L.GENERATED, None, None
+                    self._move(a, L.GENERATED)
+                    a.score_worker, a.score_batch = None, None
                     self._score_queue.appendleft(sid)
             tw.batch_id, tw.sample_ids = None, ()
             if not any(t.alive for t in self.teachers.values()):
@@ -315,7 +324,8 @@ class Controller:
         cap = getattr(self.policy, "max_staleness", None)
         for sid in chosen:
             a = self.samples[sid]
-            a.status, a.consumed_step, a.consumed_at = L.CONSUMED, step, t
+            self._move(a, L.CONSUMED)
+            a.consumed_step, a.consumed_at = step, t
             a.staleness = a.staleness_at(step)
             a.exceeded_cap = cap is not None and a.staleness.max > cap
             self.counters["exceeded_cap"] += int(a.exceeded_cap)
@@ -347,7 +357,8 @@ class Controller:
             self._next_score_batch += 1
             for sid in take:
                 a = self.samples[sid]
-                a.status, a.score_worker, a.score_batch = L.SCORING, tw.name, bid
+                self._move(a, L.SCORING)
+                a.score_worker, a.score_batch = tw.name, bid
             tw.batch_id, tw.sample_ids = bid, tuple(take)
             self._out.append(Score(bid, tuple(take), tw.name))
 
@@ -378,8 +389,8 @@ class Controller:
                 return None
             return self._take_fresh_prompt(b)
         assert isinstance(self.policy, FullyAsyncPolicy)
-        live = len(self._live)
-        if live >= self.policy.window(self.B) or self.counters["consumed"] + live >= self.total_steps * self.B:
+        held = len(self._live) + self.counters["consumed"]  # admitted, minus aborted/evicted permits
+        if held >= self.policy.admission_limit(self.B, self.version) or held >= self.total_steps * self.B:
             return None
         if self._requeue:
             return self._requeue.popleft()
@@ -404,6 +415,7 @@ class Controller:
         self.samples[sid] = Attempt(sid, prompt_id, attempt, batch, w.name, slot, w.version, t)
         w.running[slot] = sid
         self._live.add(sid)
+        self._status_counts[L.GENERATING] += 1
         self.counters["attempts"] += 1
         self._out.append(Generate(sid, prompt_id, w.name, slot))
 
@@ -445,12 +457,14 @@ class Controller:
             if a.batch is not None:
                 self._batch_generated[a.batch] -= 1
         self._ready.pop(a.sample_id, None)
-        a.status, a.end_reason = L.EVICTED, reason
+        self._move(a, L.EVICTED)
+        a.end_reason = reason
         self.counters["evicted"] += 1
         self._finish(a)
 
     def _abort_and_requeue(self, a: Attempt, reason: str) -> None:
-        a.status, a.end_reason = L.ABORTED, reason
+        self._move(a, L.ABORTED)
+        a.end_reason = reason
         self.counters["aborted"] += 1
         self._requeue.append((a.prompt_id, a.batch, a.attempt + 1))
         self._finish(a)
@@ -463,6 +477,12 @@ class Controller:
             return None  # late or duplicate report (e.g. from a worker declared failed)
         del w.running[a.slot]
         return a
+
+    def _move(self, a: Attempt, status: str) -> None:
+        self._status_counts[a.status] -= 1
+        if status not in L.TERMINAL:
+            self._status_counts[status] += 1
+        a.status = status
 
     def _tokens(self, ids: Sequence[int]) -> int:
         """Prompt + response tokens of these samples (what a teacher or learner pass reads)."""
@@ -485,7 +505,8 @@ class Controller:
         self.done, self.ok, self.stop_reason = True, ok, reason
         for sid in sorted(self._live):
             a = self.samples[sid]
-            a.status, a.end_reason = L.UNFINISHED, "run_stopped"
+            self._move(a, L.UNFINISHED)
+            a.end_reason = "run_stopped"
             self._finish(a)
         for w in self.workers.values():
             w.running.clear()

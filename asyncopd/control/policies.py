@@ -8,12 +8,19 @@ consumed by update ``b``, its staleness is at most ``lead``: 0 for ``sync``, ``n
 ``step_off(n)``. Workers never drain: as soon as version ``v`` reaches a worker, batch
 ``v + lead`` may start there while earlier batches are still generating.
 
-The streaming policy (``fully_async(eta)``) admits while the number of *live* samples
-(admitted and not yet consumed, evicted or aborted) is below ``(eta + 1) * B`` (AReaL's
-admission rule, with permits returned by aborted/evicted samples) and the learner takes the
-first ``B`` ready samples in completion order. Admission alone bounds nothing per sample:
-a long response can be overtaken indefinitely. ``max_staleness`` with ``on_exceed="evict"``
-is a hard per-sample cap; with ``on_exceed="keep"`` over-cap samples are consumed and counted.
+The streaming policy (``fully_async(eta)``) uses AReaL's admission rule: with ``v`` the
+learner's version (updates finished) a new prompt may start only while
+
+    admitted - aborted - evicted  <  (eta + v + 1) * B,
+
+(aborted and evicted samples return their permits), and the learner takes the first ``B``
+ready samples in completion order. The ``n``-th admitted sample (0-based) therefore starts on
+a version ``>= n // B - eta``; taken in order it is consumed by update ``n // B``, so its
+staleness is at most ``eta`` (exactly ``eta`` in steady state when the learner is the
+bottleneck). While the learner is idle this lets ``(eta + 1) * B`` samples be live. Admission
+alone bounds nothing per sample, though: a long response can be overtaken indefinitely.
+``max_staleness`` with ``on_exceed="evict"`` is a hard per-sample cap; with
+``on_exceed="keep"`` over-cap samples are consumed and counted.
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ class StepOffPolicy:
 
 @dataclass(frozen=True)
 class FullyAsyncPolicy:
-    """AReaL-style admission ``live <= (eta+1)*B``; optional hard per-sample cap."""
+    """AReaL admission ``admitted <= (eta + version + 1) * B``; optional hard per-sample cap."""
 
     eta: int = 2
     max_staleness: int | None = None
@@ -91,7 +98,12 @@ class FullyAsyncPolicy:
             raise ValueError(f"fully_async: on_exceed must be 'evict' or 'keep', got {self.on_exceed!r}")
 
     def window(self, batch_size: int) -> int:
+        """Most samples live at once (reached while the learner waits)."""
         return (self.eta + 1) * batch_size
+
+    def admission_limit(self, batch_size: int, version: int) -> int:
+        """Admitted samples (net of aborts and evictions) allowed at learner version ``version``."""
+        return (self.eta + version + 1) * batch_size
 
     @property
     def evicts(self) -> bool:

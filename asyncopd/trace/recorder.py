@@ -23,23 +23,37 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from asyncopd.control.messages import role_of
-from asyncopd.trace.stats import busy_by_stage, staleness_summary
+from asyncopd.trace.stats import QueueTracker, busy_by_stage, staleness_summary
 
 STAGE_OF_SPAN = {"generate": "generate", "generate (aborted)": "generate", "score": "teacher",
                  "train": "train", "sync": "sync"}
 _PIDS = {"rollout": 1, "teacher": 2, "learner": 3}
 
 
+class _NullSink:
+    def write(self, _: str) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 class RunRecorder:
-    def __init__(self, run_dir: str | Path, *, driver: str, clock: str, meta: Mapping[str, Any],
+    def __init__(self, run_dir: str | Path | None, *, driver: str, clock: str, meta: Mapping[str, Any],
                  workers: Mapping[str, int]) -> None:
-        """``workers``: worker name -> number of lanes (rollout slots; 1 for others)."""
-        self.dir = Path(run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """``workers``: worker name -> number of lanes (rollout slots; 1 for others).
+        ``run_dir=None`` keeps only the summary in memory (fast searches over many layouts)."""
+        self.dir = Path(run_dir) if run_dir is not None else None
         self.driver, self.clock = driver, clock
-        self._samples = (self.dir / "samples.jsonl").open("w", buffering=1)
-        self._log = (self.dir / "log.jsonl").open("w", buffering=1)
-        self._trace = (self.dir / "trace.json").open("w", buffering=1)
+        # Real runs flush every line (a crash loses nothing); simulated runs buffer for speed.
+        buffering = 1 if clock == "wall" else -1
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "run.json").write_text(json.dumps({"driver": driver, "clock": clock, **meta}, indent=2,
+                                                          default=str))
+        self._samples = self._open("samples.jsonl", buffering)
+        self._log = self._open("log.jsonl", buffering)
+        self._trace = self._open("trace.json", buffering)
         self._trace.write("[\n")
         self._annotations: dict[int, dict[str, Any]] = {}
         self._consumed_by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -52,10 +66,14 @@ class RunRecorder:
         self._consumed = 0
         self._tokens = 0
         self._status: Counter[str] = Counter()
+        self.queues = QueueTracker()
         self.workers = dict(workers)
+        self.summary: dict[str, Any] = {}
         self.closed = False
-        (self.dir / "run.json").write_text(json.dumps({"driver": driver, "clock": clock, **meta}, indent=2, default=str))
         self._write_track_names()
+
+    def _open(self, name: str, buffering: int) -> Any:
+        return (self.dir / name).open("w", buffering=buffering) if self.dir is not None else _NullSink()
 
     # ------------------------------------------------------------------ input
     def annotate(self, sample_id: int, **fields: Any) -> None:
@@ -81,6 +99,9 @@ class RunRecorder:
         self._all_busy[stage] += dur
         self._role_busy[(worker, stage)] += dur
         self._open_spans.append((stage, start, end))
+
+    def on_queues(self, t: float, depths: Mapping[str, int]) -> None:
+        self.queues.observe(t, depths)
 
     def on_step(self, info: dict[str, Any]) -> None:
         step, t_end = info["step"], info["train_end"]
@@ -142,8 +163,12 @@ class RunRecorder:
             "utilisation": self._utilisation(t_end),
             "staleness": staleness_summary(self._staleness_means, self._staleness_maxes),
             "sample_status": dict(self._status),
+            "queues_time_avg": self.queues.time_averages(t_end),
         }
-        (self.dir / "summary.json").write_text(json.dumps(full, indent=2))
+        self.summary = full
+        if self.dir is not None:
+            (self.dir / "summary.json").write_text(json.dumps(full, indent=2))
+            self.queues.write_csv(self.dir / "queues.csv")
         self.close()
 
     def close(self) -> None:

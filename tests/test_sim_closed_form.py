@@ -1,0 +1,117 @@
+"""Closed-form checks of the simulator: cases where the answer can be derived by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyncopd.config import load_config
+from asyncopd.trace.schema import read_jsonl
+from sim.costs import segment_steps_within, segment_time
+from sim.driver import simulate
+
+DET = ["sim.response_length.kind=fixed", "sim.response_length.max=20", "sim.prompt_tokens_mean=10",
+       "sim.costs.model_bytes=0", "sim.costs.sync_fixed_s=0", "sim.costs.prefill_per_token_s=0",
+       "learner.batch_size=4", "learner.micro_batch_size=4", "rollout.max_num_seqs=4", "teacher.max_batch_samples=4"]
+
+
+def costs(**kw: float) -> list[str]:
+    return [f"sim.costs.{k}={v}" for k, v in kw.items()]
+
+
+def steady_rate(run_dir, skip: int) -> float:
+    """Samples per second between the end of step ``skip`` and the last step."""
+    steps = read_jsonl(run_dir / "log.jsonl")
+    a, b = steps[skip], steps[-1]
+    return (b["step"] - a["step"]) * a["samples"] / (b["t_end"] - a["t_end"])
+
+
+@pytest.mark.parametrize("bottleneck", ["rollout", "teacher", "learner"])
+def test_async_steady_state_throughput_is_the_bottleneck_stage(tmp_path, bottleneck) -> None:
+    """Pipelined stages: throughput = B / max(stage time per batch)."""
+    fast = {"decode_step_s": 1e-4, "decode_per_seq_s": 0.0, "teacher_fixed_s": 1e-3, "teacher_per_token_s": 0.0,
+            "learner_fixed_s": 1e-3, "learner_per_token_s": 0.0}
+    slow = {"rollout": {"decode_step_s": 0.01}, "teacher": {"teacher_fixed_s": 0.3},
+            "learner": {"learner_fixed_s": 0.3}}[bottleneck]
+    c = {**fast, **slow}
+    stage = {"rollout": 20 * c["decode_step_s"], "teacher": c["teacher_fixed_s"], "learner": c["learner_fixed_s"]}
+    cfg = load_config(None, [*DET, *costs(**c), "pipeline.policy=fully_async(eta=2)", "run.total_steps=40"])
+    simulate(cfg, tmp_path, progress=False)
+    assert steady_rate(tmp_path, 10) == pytest.approx(4 / max(stage.values()), rel=0.01)
+
+
+def test_fully_async_staleness_is_eta_when_the_learner_is_the_bottleneck(tmp_path) -> None:
+    """Instant rollout, slow learner: the admission window is always full, so a sample admitted
+    right after update s is issued waits behind eta*B ready samples and is consumed by update s+eta."""
+    eta = 3
+    cfg = load_config(None, [*DET, *costs(decode_step_s=1e-5, decode_per_seq_s=0, teacher_fixed_s=1e-5,
+                                          teacher_per_token_s=0, learner_fixed_s=1.0, learner_per_token_s=0),
+                             f"pipeline.policy=fully_async(eta={eta})", "run.total_steps=20",
+                             "rollout.max_num_seqs=64"])
+    simulate(cfg, tmp_path, progress=False)
+    late = [r for r in read_jsonl(tmp_path / "samples.jsonl") if r["status"] == "consumed" and r["consumed_step"] >= 8]
+    assert late and all(r["staleness_max"] == eta and r["staleness_mean"] == eta for r in late)
+
+
+def test_step_off_one_with_a_slow_rollout_gives_staleness_one_at_start(tmp_path) -> None:
+    """Rollout-bound step_off(1) with abort: every batch b >= 1 is (re)started on version b-1 and
+    aborted when version b arrives... so with keep, tokens before the sync are 1 stale, after it 0."""
+    cfg = load_config(None, [*DET, *costs(decode_step_s=0.01, decode_per_seq_s=0, teacher_fixed_s=1e-3,
+                                          teacher_per_token_s=0, learner_fixed_s=1e-3, learner_per_token_s=0),
+                             "pipeline.policy=step_off(1)", "pipeline.pause_mode=keep", "run.total_steps=10"])
+    simulate(cfg, tmp_path, progress=False)
+    recs = [r for r in read_jsonl(tmp_path / "samples.jsonl") if r["status"] == "consumed" and r["batch"] >= 2]
+    # Batch b starts when batch b-1 finished generating (rollout-bound), on version b-1; update b-1
+    # finishes 2 ms later (teacher + learner), the sync lands after the next decode step: 1 token at
+    # version b-1, the other 19 at version b.
+    for r in recs:
+        assert r["version_spans"] == [[r["batch"] - 1, 1], [r["batch"], 19]]
+        assert r["staleness_mean"] == pytest.approx(1 / 20)
+
+
+@pytest.mark.parametrize("policy", ["sync", "fully_async(eta=2)"])
+def test_littles_law_on_the_ready_queue(tmp_path, policy) -> None:
+    """Time-average of the ready queue = arrival rate x mean time spent ready."""
+    cfg = load_config(None, ["sim.response_length.kind=lognormal", "sim.response_length.cv=1.0",
+                             "sim.prompt_tokens_mean=10", f"pipeline.policy={policy}", "run.total_steps=60",
+                             "sim.rollout_batching=continuous"])
+    s = simulate(cfg, tmp_path, progress=False)
+    recs = [r for r in read_jsonl(tmp_path / "samples.jsonl") if r["status"] == "consumed"]
+    waits = [r["consumed_at"] - r["ready_at"] for r in recs]
+    lam = len(recs) / s["duration_s"]
+    assert s["queues_time_avg"]["ready"] == pytest.approx(lam * sum(waits) / len(waits), rel=1e-6)
+
+
+def test_continuous_batching_reports_each_completion_at_once(tmp_path) -> None:
+    cfg = load_config(None, ["sim.response_length.kind=lognormal", "sim.response_length.cv=1.0",
+                             "sim.prompt_tokens_mean=10", "sim.rollout_batching=continuous", "run.total_steps=5"])
+    simulate(cfg, tmp_path, progress=False)
+    recs = read_jsonl(tmp_path / "samples.jsonl")
+    starts = {r["gen_start"] for r in recs}
+    assert len(starts) > len(recs) / 4, "requests should join the batch individually, not in waves"
+
+
+def test_continuous_decode_time_matches_the_segment_formula(tmp_path) -> None:
+    """One worker, B sequences of equal length L joining together: each ends after L steps."""
+    a, b = 0.002, 0.0005
+    cfg = load_config(None, [*DET, *costs(decode_step_s=a, decode_per_seq_s=b), "sim.rollout_batching=continuous",
+                             "pipeline.policy=sync", "run.total_steps=1"])
+    simulate(cfg, tmp_path, progress=False)
+    for r in read_jsonl(tmp_path / "samples.jsonl"):
+        assert r["gen_end"] - r["gen_start"] == pytest.approx(20 * (a + 4 * b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(alpha=st.floats(0, 1e-2), beta=st.floats(0, 1e-2), gamma=st.floats(0, 1e-2), delta=st.floats(0, 1e-4),
+       k=st.integers(0, 5000))
+def test_segment_time_is_the_sum_of_steps_and_inverts(alpha, beta, gamma, delta, k) -> None:
+    seg = (alpha + 1e-6, beta, gamma, delta)
+    direct = sum(seg[0] + max(beta, gamma + delta * i) for i in range(k))
+    assert segment_time(seg, k) == pytest.approx(direct, rel=1e-9, abs=1e-12)
+    total = segment_time(seg, k)
+    got = segment_steps_within(seg, total * (1 + 1e-12))
+    assert got >= k and segment_time(seg, got) <= total * (1 + 1e-12) + 1e-15
+    assert math.isclose(segment_time(seg, got), total, rel_tol=1e-9) or got == k
