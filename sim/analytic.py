@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from sim.costs import Segment, SyncCost
 from sim.hardware import Hardware, get_hardware
@@ -83,13 +84,19 @@ class AnalyticCosts:
         )
 
     # ------------------------------------------------------------ helpers
-    @property
+    @cached_property
     def F(self) -> float:
         return self.hw.peak_flops * self.hw.flops_eff
 
-    @property
+    @cached_property
     def BW(self) -> float:
         return self.hw.mem_bw * self.hw.bw_eff
+
+    @cached_property
+    def _student(self) -> tuple[float, float, float]:
+        """(matmul params per token, KV bytes per token, weight bytes) of the student."""
+        m = self.student
+        return m.n_matmul_params_active, m.kv_bytes_per_token(self.dtype_bytes), m.weight_bytes(self.dtype_bytes)
 
     def _allreduce(self, nbytes: float, group: int) -> float:
         if group <= 1:
@@ -104,11 +111,12 @@ class AnalyticCosts:
     # ------------------------------------------------------------ interface
     def decode_segment(self, n: int, kv0: int) -> Segment:
         m, tp, b = self.student, self.rollout_tp, self.dtype_bytes
+        matmul, kvb, weights = self._student
         comm = 2 * m.num_layers * self._allreduce(n * m.hidden_size * b, tp)
         alpha = self.step_s + m.num_layers * self.layer_s + n * self.request_s + comm
-        beta = 2 * m.n_matmul_params_active * n / (self.F * tp)
-        kvb = m.kv_bytes_per_token(b)
-        gamma = (self.weight_read * m.decode_weight_bytes(n, b) + self.kv_read * kv0 * kvb) / (self.BW * tp)
+        beta = 2 * matmul * n / (self.F * tp)
+        w_read = m.decode_weight_bytes(n, b) if m.is_moe else weights
+        gamma = (self.weight_read * w_read + self.kv_read * kv0 * kvb) / (self.BW * tp)
         delta = self.kv_read * n * kvb / (self.BW * tp)
         return alpha, beta, gamma, delta
 

@@ -74,7 +74,7 @@ class Controller:
         self.teacher_max_batch = teacher_max_batch
         self.pause_mode: PauseMode = pause_mode
         self.observer = observer
-        self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n) for i, n in enumerate(rollout_slots)}
+        self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i) for i, n in enumerate(rollout_slots)}
         self.teachers = {f"teacher-{i}": TeacherWorkerState(f"teacher-{i}") for i in range(n_teachers)}
 
         self.version = 0  # learner's latest version (= updates finished)
@@ -95,6 +95,8 @@ class Controller:
         self._next_score_batch = 0
         self.counters: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()  # live attempts per status
+        self._syncing = 0  # live rollout workers loading weights
+        self._scoring = 0  # live teachers with a batch
         self.started = False
         self.done = False
         self.ok = False
@@ -132,10 +134,8 @@ class Controller:
 
     def outstanding(self) -> int:
         """Actions issued whose completion event has not arrived yet."""
-        gen = sum(len(w.running) for w in self.workers.values() if w.alive)
-        syncs = sum(1 for w in self.workers.values() if w.alive and w.syncing_to is not None)
-        scoring = sum(1 for t in self.teachers.values() if t.alive and t.batch_id is not None)
-        return gen + syncs + scoring + int(self.learner_busy)
+        gen = self._status_counts[L.GENERATING]  # every generating attempt occupies a slot of a live worker
+        return gen + self._syncing + self._scoring + int(self.learner_busy)
 
     def queue_depths(self) -> dict[str, int]:
         by_status = self._status_counts
@@ -174,6 +174,8 @@ class Controller:
             for a in self.samples.values():
                 if a.status == L.CONSUMED:
                     assert a.staleness is not None and a.staleness.max <= bound, (a.sample_id, a.staleness, bound)
+        assert self._syncing == sum(1 for w in self.workers.values() if w.alive and w.syncing_to is not None)
+        assert self._scoring == sum(1 for t in self.teachers.values() if t.alive and t.batch_id is not None)
         c = self.counters
         assert c["attempts"] == len(self.samples)
         assert c["consumed"] == self.B * self.steps_issued
@@ -219,6 +221,7 @@ class Controller:
         if tw is None or not tw.alive or tw.batch_id != e.batch_id:
             return
         ids, tw.batch_id, tw.sample_ids = tw.sample_ids, None, ()
+        self._scoring -= 1
         self._emit_span("score", e.worker, 0, e.started_at, e.t,
                         {"samples": len(ids), "batch_id": e.batch_id, "tokens": self._tokens(ids)})
         for sid in ids:
@@ -260,6 +263,7 @@ class Controller:
         if w is None or not w.alive or w.syncing_to is None:
             return
         w.version, w.syncing_to = max(w.version, e.version), None
+        self._syncing -= 1
         args = {"version": e.version} if e.paused_s is None else {"version": e.version, "paused_s": e.paused_s}
         self._emit_span("sync", w.name, -1, e.started_at, e.t, args)
         self._request_sync(w, e.t)
@@ -271,6 +275,7 @@ class Controller:
             w = self.workers.get(e.worker)
             if w is None or not w.alive:
                 return
+            self._syncing -= w.syncing_to is not None
             w.alive, w.syncing_to = False, None
             for sid in list(w.running.values()):
                 a = self.samples[sid]
@@ -290,6 +295,7 @@ class Controller:
                     self._move(a, L.GENERATED)
                     a.score_worker, a.score_batch = None, None
                     self._score_queue.appendleft(sid)
+            self._scoring -= tw.batch_id is not None
             tw.batch_id, tw.sample_ids = None, ()
             if not any(t.alive for t in self.teachers.values()):
                 self._stop(False, f"all teacher workers failed (last: {e.worker}: {e.error})", e.t)
@@ -360,20 +366,42 @@ class Controller:
                 self._move(a, L.SCORING)
                 a.score_worker, a.score_batch = tw.name, bid
             tw.batch_id, tw.sample_ids = bid, tuple(take)
+            self._scoring += 1
             self._out.append(Score(bid, tuple(take), tw.name))
 
     def _fill_rollout(self, t: float) -> None:
-        progress = True
-        while progress:
-            progress = False
-            order = sorted((w for w in self.workers.values() if w.accepting),
-                           key=lambda w: (len(w.running) - w.slots, int(w.name.rsplit("-", 1)[1])))
-            for w in order:
-                item = self._next_admission(w.version)
-                if item is not None:
-                    self._issue(w, item, t)
-                    progress = True
-                    break
+        """Admit while the policy allows, each prompt to the worker with the most free slots
+        (ties: lowest index). The gate can only depend on the worker's version, and a newer
+        version is never more restrictive, so when the newest accepting worker is refused,
+        everyone is."""
+        while True:
+            if not self._gate_open(self.version):  # no worker holds a newer version than the learner
+                return
+            accepting = [w for w in self.workers.values() if w.accepting]
+            if not accepting:
+                return
+            best = max(accepting, key=lambda w: (w.slots - len(w.running), -w.index))
+            item = self._next_admission(best.version)
+            if item is None:
+                newest = max(accepting, key=lambda w: (w.version, w.slots - len(w.running), -w.index))
+                if newest.version == best.version:
+                    return
+                best, item = newest, self._next_admission(newest.version)
+                if item is None:
+                    return
+            self._issue(best, item, t)
+
+    def _gate_open(self, worker_version: int) -> bool:
+        """Would ``_next_admission(worker_version)`` admit something? (Without taking it.)"""
+        if self.policy.batched:
+            limit = worker_version + self.policy.lead
+            if any(b is not None and b <= limit for _, b, _ in self._requeue):
+                return True
+            b = self._fresh_admitted // self.B
+            return b < self.total_steps and b <= limit and self._supply != 0
+        held = len(self._live) + self.counters["consumed"]
+        return (held < self.policy.admission_limit(self.B, self.version)  # type: ignore[union-attr]
+                and held < self.total_steps * self.B and (bool(self._requeue) or self._supply != 0))
 
     def _next_admission(self, worker_version: int) -> tuple[int, int | None, int] | None:
         """Pop the next (prompt_id, batch, attempt) the policy lets start on a worker holding
@@ -422,6 +450,7 @@ class Controller:
     def _request_sync(self, w: RolloutWorkerState, t: float) -> None:
         if w.alive and w.syncing_to is None and w.version < self.version:
             w.syncing_to, w.sync_issued_at = self.version, t
+            self._syncing += 1
             self._out.append(SyncWeights(w.name, self.version, self.pause_mode))
 
     # ------------------------------------------------------------ evictions

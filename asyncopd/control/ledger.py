@@ -100,6 +100,7 @@ class Attempt:
 class RolloutWorkerState:
     name: str
     slots: int
+    index: int = 0
     version: int = 0
     alive: bool = True
     syncing_to: int | None = None
