@@ -104,9 +104,11 @@ class SimDriver:
         elif isinstance(a, M.SyncWeights):
             self.rollout[a.worker].request_sync(a)
         elif isinstance(a, M.Score):
-            self.env.process(self._score(a))
+            d = self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids))
+            self._after(d, lambda start=self.env.now: M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
         elif isinstance(a, M.Train):
-            self.env.process(self._train(a))
+            d = self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids))
+            self._after(d, lambda start=self.env.now: M.TrainStepFinished(self.env.now, a.step, start, {}))
         elif isinstance(a, M.Stop):
             if not self.finished.triggered:
                 self.finished.succeed(a)
@@ -114,15 +116,9 @@ class SimDriver:
     def _batch_tokens(self, ids: tuple[int, ...]) -> int:
         return sum(p + r for p, r in (self.tokens[i] for i in ids))
 
-    def _score(self, a: M.Score):
-        start = self.env.now
-        yield self.env.timeout(self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids)))
-        self.send(M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
-
-    def _train(self, a: M.Train):
-        start = self.env.now
-        yield self.env.timeout(self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids)))
-        self.send(M.TrainStepFinished(self.env.now, a.step, start, {}))
+    def _after(self, seconds: float, make_event) -> None:
+        """Send ``make_event()`` to the controller ``seconds`` from now (no process needed)."""
+        self.env.timeout(seconds).callbacks.append(lambda _: self.send(make_event()))
 
 
 def simulate(cfg: OPDConfig, run_dir: str | Path | None, *, seed: int | None = None,

@@ -48,6 +48,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from functools import cached_property
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -169,7 +170,7 @@ class ModelDesc:
         return (2 * self.num_layers + 1) * self.hidden_size
 
     # ------------------------------------------------------------------ parameter counts
-    @property
+    @cached_property
     def n_params(self) -> int:
         """Total parameters (tied embeddings counted once; norms and biases included)."""
         return (self._embedding_params + self._norm_params
@@ -178,7 +179,7 @@ class ModelDesc:
                 + self.num_moe_layers * (self.num_experts * self._expert_params()
                                          + self._moe_shared_params()))
 
-    @property
+    @cached_property
     def n_active_params(self) -> int:
         """Parameters one token uses (== ``n_params`` for a dense model)."""
         if not self.is_moe:
@@ -186,12 +187,12 @@ class ModelDesc:
         idle = self.num_moe_layers * (self.num_experts - self.experts_per_token) * self._expert_params()
         return self.n_params - idle
 
-    @property
+    @cached_property
     def n_nonembedding_params(self) -> int:
         """``n_params`` without the embedding table and LM head (as Qwen model cards quote it)."""
         return self.n_params - self._embedding_params
 
-    @property
+    @cached_property
     def n_matmul_params_active(self) -> int:
         """Weights one token multiplies by: attention and MLP/expert matrices, router and
         LM head; not the input embedding lookup, norms or biases."""

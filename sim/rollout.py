@@ -25,6 +25,8 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import simpy
+
 from asyncopd.control import messages as M
 from sim.costs import segment_steps_within, segment_time
 
@@ -103,6 +105,13 @@ class SimRolloutWorker:
             self.sync_ready = True
             self._poke()
 
+    def _sleep(self, seconds: float) -> "simpy.Event":
+        """An event that fires after ``seconds`` or at the next ``_poke``, whichever is first
+        (cheaper than ``timeout | event``: no condition object per segment)."""
+        self._wake = wake = self.env.event()
+        self.env.timeout(seconds).callbacks.append(lambda _: wake.triggered or wake.succeed())
+        return wake
+
     def _poke(self) -> None:
         if not self._wake.triggered:
             self._wake.succeed()
@@ -135,9 +144,8 @@ class SimRolloutWorker:
                 k = 1
                 yield self.env.timeout(segment_time(seg, 1))
             else:
-                self._wake = self.env.event()
                 t0, full = self.env.now, segment_time(seg, steps)
-                yield self.env.timeout(full) | self._wake
+                yield self._sleep(full)
                 elapsed = self.env.now - t0
                 if elapsed < full - 1e-12:  # woken mid-segment: finish the step in progress
                     k = min(steps, segment_steps_within(seg, elapsed) + 1)

@@ -19,6 +19,7 @@ outstanding (or the controller is waiting for ``PromptsAvailable``).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, deque
 from typing import Any, Callable, Protocol, Sequence
 
@@ -38,11 +39,11 @@ LEARNER = "learner-0"
 class Observer(Protocol):
     """Receives what the run directory records. ``RunRecorder`` is the real one."""
 
-    def on_sample(self, record: dict[str, Any]) -> None: ...
+    def on_sample(self, attempt: Attempt) -> None: ...  # attempt.record() is the samples.jsonl line
     def on_step(self, record: dict[str, Any]) -> None: ...
     def on_span(self, name: str, worker: str, lane: int, start: float, end: float, args: dict[str, Any]) -> None: ...
     def on_stop(self, summary: dict[str, Any]) -> None: ...
-    def on_queues(self, t: float, depths: dict[str, int]) -> None: ...
+    def on_queues(self, t: float, depths: tuple[int, ...]) -> None: ...  # in the order of Controller.QUEUES
 
 
 class ControllerDeadlock(RuntimeError):
@@ -96,6 +97,9 @@ class Controller:
         self.counters: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()  # live attempts per status
         self._syncing = 0  # live rollout workers loading weights
+        self._free_heap: list[tuple[int, int, str]] = []  # (-free slots, index, name), lazily updated
+        for w in self.workers.values():
+            self._push_worker(w)
         self._scoring = 0  # live teachers with a batch
         self.started = False
         self.done = False
@@ -125,7 +129,7 @@ class Controller:
             if self.outstanding() == 0 and self._supply != 0:
                 raise ControllerDeadlock(self.describe_state())
         if self.observer is not None:
-            self.observer.on_queues(event.t, self.queue_depths())
+            self.observer.on_queues(event.t, self.queue_tuple())
         return self._out
 
     @property
@@ -137,16 +141,15 @@ class Controller:
         gen = self._status_counts[L.GENERATING]  # every generating attempt occupies a slot of a live worker
         return gen + self._syncing + self._scoring + int(self.learner_busy)
 
+    QUEUES = ("generating", "awaiting_teacher", "scoring", "ready", "live", "requeued")
+
+    def queue_tuple(self) -> tuple[int, ...]:
+        """Depths in the order of ``QUEUES`` (cheap: maintained incrementally)."""
+        c = self._status_counts
+        return (c[L.GENERATING], c[L.GENERATED], c[L.SCORING], c[L.READY], len(self._live), len(self._requeue))
+
     def queue_depths(self) -> dict[str, int]:
-        by_status = self._status_counts
-        return {
-            "generating": by_status[L.GENERATING],
-            "awaiting_teacher": by_status[L.GENERATED],
-            "scoring": by_status[L.SCORING],
-            "ready": by_status[L.READY],
-            "live": len(self._live),
-            "requeued": len(self._requeue),
-        }
+        return dict(zip(self.QUEUES, self.queue_tuple()))
 
     @property
     def requeued_prompts(self) -> list[int]:
@@ -195,7 +198,8 @@ class Controller:
         if a is None:
             return
         a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
-        a.spans, a.prompt_tokens = merge_spans(e.spans), e.prompt_tokens
+        a.set_spans(merge_spans(e.spans))
+        a.prompt_tokens = e.prompt_tokens
         self._span("generate", a, e.started_at, a.finished_at, {"tokens": a.response_tokens})
         if a.doomed or self._over_cap(a):
             self._evict(a, "over_cap")
@@ -264,6 +268,7 @@ class Controller:
             return
         w.version, w.syncing_to = max(w.version, e.version), None
         self._syncing -= 1
+        self._push_worker(w)
         args = {"version": e.version} if e.paused_s is None else {"version": e.version, "paused_s": e.paused_s}
         self._emit_span("sync", w.name, -1, e.started_at, e.t, args)
         self._request_sync(w, e.t)
@@ -371,25 +376,39 @@ class Controller:
 
     def _fill_rollout(self, t: float) -> None:
         """Admit while the policy allows, each prompt to the worker with the most free slots
-        (ties: lowest index). The gate can only depend on the worker's version, and a newer
-        version is never more restrictive, so when the newest accepting worker is refused,
-        everyone is."""
-        while True:
-            if not self._gate_open(self.version):  # no worker holds a newer version than the learner
+        (ties: lowest index), found through a lazily updated heap. The gate depends only on a
+        worker's version, and a newer version is never more restrictive: when the newest
+        accepting worker is refused, everyone is."""
+        while self._gate_open(self.version):  # no worker holds a newer version than the learner
+            w = self._pop_best_worker()
+            if w is None:
                 return
-            accepting = [w for w in self.workers.values() if w.accepting]
-            if not accepting:
-                return
-            best = max(accepting, key=lambda w: (w.slots - len(w.running), -w.index))
-            item = self._next_admission(best.version)
+            item = self._next_admission(w.version)
             if item is None:
-                newest = max(accepting, key=lambda w: (w.version, w.slots - len(w.running), -w.index))
-                if newest.version == best.version:
+                self._push_worker(w)
+                accepting = [x for x in self.workers.values() if x.accepting]
+                newest = max(accepting, key=lambda x: (x.version, x.slots - len(x.running), -x.index))
+                if newest.version == w.version:
                     return
-                best, item = newest, self._next_admission(newest.version)
+                w, item = newest, self._next_admission(newest.version)
                 if item is None:
                     return
-            self._issue(best, item, t)
+            self._issue(w, item, t)
+            self._push_worker(w)
+
+    def _push_worker(self, w: RolloutWorkerState) -> None:
+        if w.accepting:
+            heapq.heappush(self._free_heap, (len(w.running) - w.slots, w.index, w.name))
+
+    def _pop_best_worker(self) -> RolloutWorkerState | None:
+        """Pop the accepting worker with the most free slots; skip entries that went stale
+        (every change that frees a slot or ends a sync pushes a fresh entry)."""
+        while self._free_heap:
+            neg_free, _, name = heapq.heappop(self._free_heap)
+            w = self.workers[name]
+            if w.accepting and len(w.running) - w.slots == neg_free:
+                return w
+        return None
 
     def _gate_open(self, worker_version: int) -> bool:
         """Would ``_next_admission(worker_version)`` admit something? (Without taking it.)"""
@@ -505,6 +524,7 @@ class Controller:
         if a is None or w is None or a.status != L.GENERATING or a.worker != worker or not w.alive:
             return None  # late or duplicate report (e.g. from a worker declared failed)
         del w.running[a.slot]
+        self._push_worker(w)
         return a
 
     def _move(self, a: Attempt, status: str) -> None:
@@ -521,7 +541,7 @@ class Controller:
         """``a`` reached a terminal state: leave the live set and record it."""
         self._live.discard(a.sample_id)
         if self.observer:
-            self.observer.on_sample(a.record())
+            self.observer.on_sample(a)
 
     def _span(self, name: str, a: Attempt, start: float, end: float, args: dict[str, Any]) -> None:
         self._emit_span(name, a.worker, a.slot, start, end, {"sample_id": a.sample_id, **args})

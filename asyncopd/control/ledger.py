@@ -53,15 +53,18 @@ class Attempt:
     doomed: bool = False  # certain to exceed a hard cap: evict as soon as it surfaces
     end_reason: str | None = None
 
-    @property
-    def response_tokens(self) -> int:
-        return sum(n for _, n in self.spans)
+    response_tokens: int = 0  # sum of the spans' token counts (set with the spans)
+    start_version: int = -1  # oldest version among its tokens (issue-time version until spans are set)
 
-    @property
-    def start_version(self) -> int:
-        """Oldest version among its tokens (the issue-time version while still generating)."""
-        versions = [v for v, n in self.spans if n > 0]
-        return min(versions) if versions else self.issue_version
+    def __post_init__(self) -> None:
+        self.start_version = self.issue_version
+
+    def set_spans(self, spans: Spans) -> None:
+        """Record the generated tokens' versions (merged runs, generation order)."""
+        self.spans = spans
+        self.response_tokens = sum(n for _, n in spans)
+        if self.response_tokens:
+            self.start_version = min(v for v, n in spans if n > 0)
 
     def staleness_at(self, step: int) -> Staleness:
         return sample_staleness(self.spans, step, self.start_version)

@@ -38,6 +38,8 @@ def sample_staleness(spans: Spans, step: int, start_version: int) -> Staleness:
 
 def merge_spans(spans: Spans) -> Spans:
     """Join adjacent runs with the same version and drop empty runs."""
+    if len(spans) == 1 and spans[0][1] > 0:
+        return tuple(spans)
     out: list[list[int]] = []
     for v, n in spans:
         if n <= 0:

@@ -22,6 +22,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
+from asyncopd.control.controller import Controller
+from asyncopd.control.ledger import Attempt
 from asyncopd.control.messages import role_of
 from asyncopd.trace.stats import QueueTracker, busy_by_stage, staleness_summary
 
@@ -66,7 +68,7 @@ class RunRecorder:
         self._consumed = 0
         self._tokens = 0
         self._status: Counter[str] = Counter()
-        self.queues = QueueTracker()
+        self.queues = QueueTracker(Controller.QUEUES)
         self.workers = dict(workers)
         self.summary: dict[str, Any] = {}
         self.closed = False
@@ -80,36 +82,38 @@ class RunRecorder:
         """Attach driver-specific fields (e.g. ``correct``) to a sample's record."""
         self._annotations.setdefault(sample_id, {}).update(fields)
 
-    def on_sample(self, record: dict[str, Any]) -> None:
-        extra = self._annotations.pop(record["sample_id"], None)
-        rec = {**record, "extra": extra or {}}
-        self._samples.write(json.dumps(rec) + "\n")
-        self._status[rec["status"]] += 1
-        if rec["status"] == "consumed":
-            self._consumed_by_step[rec["consumed_step"]].append(rec)
+    def on_sample(self, a: Attempt) -> None:
+        extra = self._annotations.pop(a.sample_id, None) or {}
+        if self.dir is not None:
+            self._samples.write(json.dumps({**a.record(), "extra": extra}) + "\n")
+        self._status[a.status] += 1
+        if a.status == "consumed":
+            st = a.staleness
+            assert st is not None and a.consumed_step is not None
+            self._consumed_by_step[a.consumed_step].append((a.response_tokens, st.mean, st.max, extra.get("correct")))
 
     def on_span(self, name: str, worker: str, lane: int, start: float, end: float, args: dict[str, Any]) -> None:
         stage = STAGE_OF_SPAN.get(name, name)
-        tid = self._tid(worker, lane)
-        ev = {"name": name, "cat": stage, "ph": "X", "ts": round(start * 1e6, 1),
-              "dur": round(max(0.0, end - start) * 1e6, 1), "pid": _PIDS.get(role_of(worker), 9), "tid": tid,
-              "args": {"worker": worker, **args}}
-        self._trace.write(json.dumps(ev) + ",\n")
+        if self.dir is not None:
+            ev = {"name": name, "cat": stage, "ph": "X", "ts": round(start * 1e6, 1),
+                  "dur": round(max(0.0, end - start) * 1e6, 1), "pid": _PIDS.get(role_of(worker), 9),
+                  "tid": self._tid(worker, lane), "args": {"worker": worker, **args}}
+            self._trace.write(json.dumps(ev) + ",\n")
         dur = max(0.0, end - start)
         self._all_busy[stage] += dur
         self._role_busy[(worker, stage)] += dur
         self._open_spans.append((stage, start, end))
 
-    def on_queues(self, t: float, depths: Mapping[str, int]) -> None:
+    def on_queues(self, t: float, depths: tuple[int, ...]) -> None:
         self.queues.observe(t, depths)
 
     def on_step(self, info: dict[str, Any]) -> None:
         step, t_end = info["step"], info["train_end"]
         consumed = self._consumed_by_step.pop(step, [])
-        tokens = sum(r["response_tokens"] for r in consumed)
-        lengths = [r["response_tokens"] for r in consumed] or [0]
-        means = [r["staleness_mean"] for r in consumed]
-        maxes = [r["staleness_max"] for r in consumed]
+        lengths = [r[0] for r in consumed] or [0]
+        tokens = sum(lengths)
+        means = [r[1] for r in consumed]
+        maxes = [r[2] for r in consumed]
         self._staleness_means += means
         self._staleness_maxes += maxes
         step_time = t_end - self._last_step_end
@@ -117,7 +121,7 @@ class RunRecorder:
         self._open_spans = [s for s in self._open_spans if s[2] > t_end]
         self._consumed += len(consumed)
         self._tokens += tokens
-        correct = [r["extra"]["correct"] for r in consumed if "correct" in r["extra"]]
+        correct = [r[3] for r in consumed if r[3] is not None]
         rec = {
             "step": step,
             "version": info["version"],

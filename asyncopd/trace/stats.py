@@ -36,31 +36,32 @@ def busy_by_stage(spans: Iterable[tuple[str, float, float]], t0: float, t1: floa
 class QueueTracker:
     """Queue depths as piecewise-constant functions of time.
 
-    ``observe(t, depths)`` is called after every controller event. It integrates each queue
-    over time (for time averages, e.g. Little's law ``L = lambda * W``) and keeps a timeline
-    for plots, thinned to at most ``max_points`` points (every other point is dropped when full).
+    ``observe(t, depths)`` is called after every controller event with a tuple of depths in
+    the order of ``names``. It integrates each queue over time (for time averages, e.g.
+    Little's law ``L = lambda * W``) and keeps a timeline for plots, thinned to at most
+    ``max_points`` points (every other point is dropped when full).
     """
 
-    def __init__(self, max_points: int = 4000) -> None:
+    def __init__(self, names: tuple[str, ...], max_points: int = 4000) -> None:
+        self.names = names
         self.max_points = max_points
-        self.integral: dict[str, float] = {}
+        self.integral = [0.0] * len(names)
         self._last_t = 0.0
-        self._last: dict[str, int] = {}
-        self.timeline: list[tuple[float, dict[str, int]]] = []
+        self._last: tuple[int, ...] = (0,) * len(names)
+        self.timeline: list[tuple[float, tuple[int, ...]]] = []
         self._stride = 1
         self._seen = 0
 
-    def observe(self, t: float, depths: dict[str, int]) -> None:
+    def observe(self, t: float, depths: tuple[int, ...]) -> None:
         dt = t - self._last_t
         if dt > 0:
-            for k, v in self._last.items():
-                self.integral[k] = self.integral.get(k, 0.0) + v * dt
+            self.integral = [acc + v * dt for acc, v in zip(self.integral, self._last)]
             self._last_t = t
         if depths != self._last:
-            self._last = dict(depths)
+            self._last = depths
             self._seen += 1
             if self._seen % self._stride == 0:
-                self.timeline.append((t, self._last))
+                self.timeline.append((t, depths))
                 if len(self.timeline) > self.max_points:
                     self.timeline = self.timeline[::2]
                     self._stride *= 2
@@ -69,13 +70,10 @@ class QueueTracker:
         if t_end <= 0:
             return {}
         tail = max(0.0, t_end - self._last_t)
-        return {k: (self.integral.get(k, 0.0) + self._last.get(k, 0) * tail) / t_end
-                for k in set(self.integral) | set(self._last)}
+        return {k: (acc + v * tail) / t_end for k, acc, v in zip(self.names, self.integral, self._last)}
 
     def write_csv(self, path) -> None:
         if not self.timeline:
             return
-        keys = list(self.timeline[0][1])
-        lines = ["t," + ",".join(keys)] + [f"{t:.6f}," + ",".join(str(d.get(k, 0)) for k in keys)
-                                           for t, d in self.timeline]
+        lines = ["t," + ",".join(self.names)] + [f"{t:.6f}," + ",".join(map(str, d)) for t, d in self.timeline]
         path.write_text("\n".join(lines) + "\n")
