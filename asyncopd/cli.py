@@ -22,6 +22,15 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config field: --set pipeline.policy='step_off(2)'")
+PlotsOpt = typer.Option(True, help="write staleness / utilisation / queue plots into the run directory")
+
+
+def _plots(run_dir: Path, enabled: bool) -> None:
+    if enabled:
+        from asyncopd.trace.plots import plot_run
+
+        for name, path in plot_run(run_dir).items():
+            console.print(f"plot {name}: {path}")
 
 
 CostsOpt = typer.Option(None, "--costs", help="calibration profile (from `asyncopd calibrate`) for sim.costs")
@@ -87,7 +96,7 @@ def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
 def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
              out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-sim-TIME)"),
              seed: Optional[int] = typer.Option(None, help="simulation seed (default: run.seed)"),
-             costs: Optional[Path] = CostsOpt,
+             costs: Optional[Path] = CostsOpt, plots: bool = PlotsOpt,
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Simulate CONFIG with the SimPy driver; write a run directory."""
     from sim.driver import simulate as run_sim
@@ -96,12 +105,51 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
     run_dir = _run_dir(cfg, "sim", out)
     summary = run_sim(cfg, run_dir, seed=seed, progress=progress)
     console.print(_summary_table(f"simulated: {run_dir}", summary))
+    _plots(run_dir, plots)
+
+
+@app.command()
+def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p",
+                                                          help="a policy; the first is the baseline"),
+            set_: Optional[list[str]] = SetOpt, costs: Optional[Path] = CostsOpt,
+            seeds: int = typer.Option(5, min=1, help="simulations per policy (seeds run.seed, run.seed+1, ...)"),
+            progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Predict the speedup of each --policy over the first one, with a 95% interval over seeds."""
+    from tqdm.auto import tqdm
+
+    from asyncopd.control.policies import parse_policy
+    from sim.predict import predict as run_predict
+
+    cfg = _load(config, set_, costs)
+    if len(policy) < 2:
+        err.print("[red]error:[/red] give at least two --policy values (the first is the baseline)")
+        raise typer.Exit(2)
+    for p in policy:
+        try:
+            parse_policy(p)
+        except ValueError as e:
+            err.print(f"[red]error:[/red] --policy: {e}")
+            raise typer.Exit(2) from None
+    seed_list = [cfg.run.seed + i for i in range(seeds)]
+    with tqdm(total=len(policy) * seeds, desc="simulate", unit="run", disable=not progress, leave=False) as bar:
+        preds, speedups = run_predict(cfg, policy, seed_list, on_progress=lambda: bar.update(1))
+    t = Table(title=f"{config}: {cfg.run.total_steps} steps x {cfg.learner.batch_size} samples, {seeds} seeds",
+              title_justify="left")
+    for col in ("policy", "samples/s", "staleness mean", "rollout util", "speedup vs baseline (95% CI)"):
+        t.add_column(col)
+    by_policy = {s.policy: s for s in speedups}
+    for p in preds:
+        sp = by_policy.get(p.policy)
+        t.add_row(p.policy, f"{p.mean_throughput:.3g}", f"{sum(p.staleness_mean) / len(p.staleness_mean):.2f}",
+                  f"{p.utilisation.get('rollout', 0):.0%}",
+                  "baseline" if sp is None else f"{sp.mean:.2f}x  [{sp.low:.2f}, {sp.high:.2f}]")
+    console.print(t)
 
 
 @app.command()
 def train(config: Path, set_: Optional[list[str]] = SetOpt,
           out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-train-TIME)"),
-          progress: bool = typer.Option(True, help="show progress bars")) -> None:
+          plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Run the real Ray trainer on CONFIG; write a run directory."""
     from asyncopd.runtime.driver import train as run_train
 
@@ -109,6 +157,7 @@ def train(config: Path, set_: Optional[list[str]] = SetOpt,
     run_dir = _run_dir(cfg, "train", out)
     summary = run_train(cfg, run_dir, progress=progress)
     console.print(_summary_table(f"trained: {run_dir}", summary))
+    _plots(run_dir, plots)
 
 
 @app.command()

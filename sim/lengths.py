@@ -65,7 +65,7 @@ class LengthModel:
         if self.dist.kind == "task" or self.prompt_mean is None:
             from asyncopd.task import BuiltinTask
 
-            self.task = BuiltinTask(cfg.task, seed=cfg.run.seed)
+            self.task = BuiltinTask(cfg.task, seed=seed)
 
     def response_tokens(self, prompt_id: int, version: int = 0) -> int:
         d = self.dist
