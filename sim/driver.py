@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
 from asyncopd.trace.recorder import RunRecorder
 from sim.costs import make_cost_model
+from sim.devices import SharedDevices, worker_devices
 from sim.lengths import LengthModel
 from sim.rollout import SimRolloutWorker, SimSeq
 
@@ -51,6 +53,16 @@ class SimDriver:
             rollout_slots=slots, n_teachers=lay.teacher.workers, teacher_max_batch=cfg.teacher.max_batch_samples,
             pause_mode=cfg.pipeline.pause_mode, observer=self.recorder,
         )
+        self.placement = {
+            **{f"rollout-{i}": worker_devices(lay.rollout.devices, lay.rollout.workers, lay.rollout.tp, i)
+               for i in range(lay.rollout.workers)},
+            **{f"teacher-{i}": worker_devices(lay.teacher.devices, lay.teacher.workers, lay.teacher.tp, i)
+               for i in range(lay.teacher.workers)},
+            "learner-0": tuple(lay.learner.devices),
+        }
+        use = Counter(d for devs in self.placement.values() for d in devs)
+        self.shared = {w for w, devs in self.placement.items() if any(use[d] > 1 for d in devs)}
+        self.devices = SharedDevices(self.env)
         mode = cfg.sim.rollout_batching
         if mode == "auto":
             mode = "wave" if cfg.rollout.backend == "torch" else "continuous"
@@ -105,10 +117,11 @@ class SimDriver:
             self.rollout[a.worker].request_sync(a)
         elif isinstance(a, M.Score):
             d = self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after(d, lambda start=self.env.now: M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
+            self._after(a.worker, d, lambda start=self.env.now: M.ScoringFinished(self.env.now, a.batch_id, a.worker,
+                                                                                start))
         elif isinstance(a, M.Train):
             d = self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after(d, lambda start=self.env.now: M.TrainStepFinished(self.env.now, a.step, start, {}))
+            self._after("learner-0", d, lambda start=self.env.now: M.TrainStepFinished(self.env.now, a.step, start, {}))
         elif isinstance(a, M.Stop):
             if not self.finished.triggered:
                 self.finished.succeed(a)
@@ -116,9 +129,18 @@ class SimDriver:
     def _batch_tokens(self, ids: tuple[int, ...]) -> int:
         return sum(p + r for p, r in (self.tokens[i] for i in ids))
 
-    def _after(self, seconds: float, make_event) -> None:
-        """Send ``make_event()`` to the controller ``seconds`` from now (no process needed)."""
-        self.env.timeout(seconds).callbacks.append(lambda _: self.send(make_event()))
+    def _after(self, worker: str, work: float, make_event) -> None:
+        """Run ``work`` uncontended seconds on ``worker``'s devices, then send ``make_event()``.
+        A worker with devices of its own needs no process: one timeout does."""
+        if worker not in self.shared:
+            self.env.timeout(work).callbacks.append(lambda _: self.send(make_event()))
+            return
+
+        def body():
+            yield from self.devices.run_work(worker, self.placement[worker], work)
+            self.send(make_event())
+
+        self.env.process(body())
 
 
 def simulate(cfg: OPDConfig, run_dir: str | Path | None, *, seed: int | None = None,

@@ -70,6 +70,11 @@ class SimRolloutWorker:
         self.sync_started = 0.0
         self.evict: set[int] = set()
         self._wake = self.env.event()
+        self.devices = driver.placement[name]
+        self.shared = name in driver.shared
+        self.busy = False
+        if self.shared:  # re-plan the segment in progress when the crowd on our devices changes
+            driver.devices.listen(name, self.devices, self._poke)
         self.env.process(self._loop())
 
     # ------------------------------------------------------------- driver calls
@@ -130,31 +135,43 @@ class SimRolloutWorker:
                 continue
             joining = self._admit()
             if joining:
-                yield from self._timed(costs.prefill(sum(s.prompt_tokens for s in joining)))
+                self._set_busy(True)
+                yield from self._timed(costs.prefill(sum(s.prompt_tokens for s in joining)) * self._slowdown())
             b = self.batch
             while b.ends and b.ends[0][1] not in b.active:  # drop lazily deleted entries
                 heapq.heappop(b.ends)
             if not b.active:
+                self._set_busy(False)
                 self._wake = self.env.event()
                 yield self._wake
                 continue
             seg = costs.decode_segment(len(b.active), b.kv)
             steps = b.ends[0][0] - self.S
+            f = self._slowdown()  # shared devices: 1/f of the speed (re-planned when the crowd changes)
             if self._urgent():
                 k = 1
-                yield self.env.timeout(segment_time(seg, 1))
+                yield self.env.timeout(segment_time(seg, 1) * f)
             else:
-                t0, full = self.env.now, segment_time(seg, steps)
+                t0, full = self.env.now, segment_time(seg, steps) * f
                 yield self._sleep(full)
                 elapsed = self.env.now - t0
                 if elapsed < full - 1e-12:  # woken mid-segment: finish the step in progress
-                    k = min(steps, segment_steps_within(seg, elapsed) + 1)
-                    yield self.env.timeout(max(0.0, t0 + segment_time(seg, k) - self.env.now))
+                    k = min(steps, segment_steps_within(seg, elapsed / f) + 1)
+                    yield self.env.timeout(max(0.0, t0 + segment_time(seg, k) * f - self.env.now))
                 else:
                     k = steps
             self.S += k
             b.kv += k * len(b.active)
             self._pop_finished()
+
+    def _slowdown(self) -> int:
+        return self.d.devices.slowdown(self.devices) if self.shared else 1
+
+    def _set_busy(self, busy: bool) -> None:
+        """Occupy (or leave) this worker's devices while it has sequences to decode."""
+        if self.shared and busy != self.busy:
+            (self.d.devices.acquire if busy else self.d.devices.release)(self.name, self.devices)
+        self.busy = busy
 
     def _timed(self, seconds: float):
         if seconds > 0:

@@ -115,3 +115,37 @@ def test_segment_time_is_the_sum_of_steps_and_inverts(alpha, beta, gamma, delta,
     got = segment_steps_within(seg, total * (1 + 1e-12))
     assert got >= k and segment_time(seg, got) <= total * (1 + 1e-12) + 1e-15
     assert math.isclose(segment_time(seg, got), total, rel_tol=1e-9) or got == k
+
+
+def test_colocated_roles_share_their_device(tmp_path) -> None:
+    """Processor sharing: a teacher batch and a learner update running together on one device
+    each take twice their own time; on separate devices they do not slow each other."""
+    from sim.devices import SharedDevices
+
+    import simpy
+
+    env = simpy.Environment()
+    dev = SharedDevices(env)
+    done = {}
+
+    def job(name, devices, work, start):
+        yield env.timeout(start)
+        yield from dev.run_work(name, devices, work)
+        done[name] = env.now
+
+    env.process(job("teacher-0", (1,), 1.0, 0.0))
+    env.process(job("learner-0", (1,), 1.0, 0.5))
+    env.process(job("rollout-0", (0,), 1.0, 0.0))
+    env.run()
+    # teacher: 0.5 s alone, then half speed: 0.5 s of work left takes 1 s -> ends at 1.5
+    # learner: starts 0.5, half speed until 1.5 (0.5 done), alone for the rest -> ends at 2.0
+    assert done == pytest.approx({"teacher-0": 1.5, "learner-0": 2.0, "rollout-0": 1.0})
+
+
+def test_colocation_slows_the_simulated_run(tmp_path) -> None:
+    common = ["sim.response_length.kind=fixed", "sim.response_length.max=20", "sim.prompt_tokens_mean=10",
+              "pipeline.policy=fully_async(eta=2)", "run.total_steps=15", "cluster.num_devices=3",
+              *costs(teacher_fixed_s=0.2, learner_fixed_s=0.2, decode_step_s=1e-4, decode_per_seq_s=0)]
+    apart = simulate(load_config(None, [*common, "layout.learner.devices=[2]"]), tmp_path / "a", progress=False)
+    shared = simulate(load_config(None, [*common, "layout.learner.devices=[1]"]), tmp_path / "b", progress=False)
+    assert shared["samples_per_s"] < 0.75 * apart["samples_per_s"]
