@@ -316,8 +316,6 @@ def test_import_is_torch_free():
                 "sim.hardware.get_hardware('h100')")
 
 
-@pytest.mark.xfail(reason="asyncopd/models/__init__.py imports torch, so importing "
-                          "asyncopd.models.presets does too", strict=False)
 def test_builtin_model_desc_is_torch_free():
     _torch_free("import sim.modeldesc; sim.modeldesc.get_model('builtin-teacher')")
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from asyncopd.models.builtin import validate_checkpoint_dir
+from asyncopd.models.builtin import _quiet_transformers, validate_checkpoint_dir
 from asyncopd.task.codec import CODEC_FILENAME, CharCodec, TextCodec
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -25,7 +25,8 @@ def load_causal_lm(path: Union[str, os.PathLike[str]], *, dtype: str = "float32"
     from transformers import AutoModelForCausalLM
 
     p = validate_checkpoint_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype(dtype), local_files_only=True)
+    with _quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch_dtype(dtype), local_files_only=True)
     return model.to(device).eval()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-RECIPE_VERSION = "builtin-v2"
+RECIPE_VERSION = "builtin-v3"
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Arch:
     num_hidden_layers: int
     num_attention_heads: int
     num_key_value_heads: int
-    max_position_embeddings: int = 256
+    max_position_embeddings: int = 320  # >= the longest sequence: 2*52+2 prompt + 3*52+3 response
     tie_word_embeddings: bool = True
 
     def as_dict(self) -> dict[str, Any]:
@@ -50,8 +50,13 @@ class Recipe:
     schedule: str = "constant"  # "constant" after warmup, or "cosine" to lr * min_lr_ratio at `steps`
     min_lr_ratio: float = 0.1
     stop_accuracy: Optional[float] = None
+    min_steps: int = 0  # no early stop before this many steps
     check_every: int = 25
     check_prompts: int = 256
+    # Restart from a fresh initialisation (seed + 1000 * attempt) when a run ends below
+    # ``accept_accuracy`` on the check set: tiny models occasionally stall on a plateau.
+    accept_accuracy: Optional[float] = None
+    max_attempts: int = 1
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
@@ -82,8 +87,9 @@ TEACHER = Preset(
     name="builtin-teacher",
     arch=Arch(hidden_size=64, intermediate_size=192, num_hidden_layers=3,
               num_attention_heads=4, num_key_value_heads=4),
-    recipe=Recipe(steps=2000, batch_size=64, lr=2e-3, warmup_steps=50, uniform_length_frac=0.5,
-                  stop_accuracy=0.98, check_every=25),
+    recipe=Recipe(steps=1200, batch_size=32, lr=2e-3, warmup_steps=50, schedule="cosine",
+                  uniform_length_frac=0.5, stop_accuracy=0.98, check_every=25,
+                  accept_accuracy=0.92, max_attempts=3),
     description="supervised until >= 98% exact match on a held-out check set",
 )
 
@@ -91,9 +97,10 @@ STUDENT = Preset(
     name="builtin-student",
     arch=Arch(hidden_size=48, intermediate_size=128, num_hidden_layers=2,
               num_attention_heads=4, num_key_value_heads=2),
-    recipe=Recipe(steps=800, batch_size=32, lr=3e-3, warmup_steps=50, uniform_length_frac=0.0,
-                  stop_accuracy=0.15, check_every=25),
-    description="short supervised warm start: well-formed responses, low accuracy",
+    recipe=Recipe(steps=600, batch_size=32, lr=3e-3, warmup_steps=50, uniform_length_frac=0.0,
+                  stop_accuracy=0.10, min_steps=300, check_every=10),
+    description="short supervised warm start: well-formed responses, low accuracy "
+                "(stops once >= 10% exact match on the check set after 300 steps, or at 600)",
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (TEACHER, STUDENT)}

@@ -148,15 +148,13 @@ def train_supervised(model, task: BuiltinTask, codec: CharCodec, recipe: Recipe,
             losses.append(v)
             ema = v if ema is None else 0.95 * ema + 0.05 * v
             if progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{ema:.3f}")
+                bar.set_postfix(loss=f"{ema:.3f}", acc="-" if not checks else f"{checks[-1][1]:.2f}")
             if callback is not None:
                 callback(step, v)
             if check is not None and (step + 1) % recipe.check_every == 0:
                 acc = teacher_forced_exact_match(model, check)
                 checks.append((step + 1, acc))
-                if progress:
-                    bar.set_postfix(loss=f"{ema:.3f}", acc=f"{acc:.2f}")
-                if acc >= recipe.stop_accuracy:
+                if acc >= recipe.stop_accuracy and step + 1 >= recipe.min_steps:
                     stopped_at = step + 1
                     break
         bar.close()

@@ -7,27 +7,31 @@ Problem
         prompt_text  = "a3b7c2d9="
 
 Reference response (the teacher's target, written without EOS)
-    the running sums ``s_i = (d_1 + ... + d_i) mod 10`` step by step, each after its label,
-    then the answer marker ``>`` and the final digit ``s_n``::
+    one 3-token step per term: the label, the term's digit (copied from the prompt) and the
+    running sum ``s_i = (d_1 + ... + d_i) mod 10``; then the answer marker ``>`` and the
+    final digit ``s_n``::
 
-        target_text  = "a3b0c2d1>1"          (3, 3+7=10 -> 0, 0+2=2, 2+9=11 -> 1)
+        target_text  = "a33b70c22d91>1"      (3, 3+7=10 -> 0, 0+2=2, 2+9=11 -> 1)
 
-    On the wire the response is ``encode(target_text) + [EOS]``: ``2n + 3`` tokens with the
-    character codec, so the length of a response is set by the term count ``n``.
+    On the wire the response is ``encode(target_text) + [EOS]``: ``3n + 3`` tokens with the
+    character codec (the prompt, BOS included, is ``2n + 2``), so the term count ``n`` sets
+    the response length: with the default config 9..45 tokens, mean about 19.
 
 Correctness (``BuiltinTask.is_correct``)
     exact match: the response text, cut at the first EOS and stripped of special tokens, must
     equal ``target_text``, i.e. every intermediate sum *and* the final answer must be right and
-    the chain must be well-formed. A random responder is right with probability about
-    ``10**-(n+1)``, so chance-level accuracy is ~0. ``BuiltinTask.grade`` also reports the
+    the chain must be well-formed. A well-formed response with random digits is right with
+    probability ``10**-(2n+1)``, so chance-level accuracy is ~0. ``BuiltinTask.grade`` also reports the
     looser "final answer right" and "well-formed chain" checks, for diagnostics.
 
-Why labels? The labels make "which input digit do I add next" a content lookup (find the
-label in the prompt, read the digit after it) instead of positional arithmetic, which tiny
-transformers learn in seconds on a CPU. The arithmetic (a 10x10 table) and the carried
-state (the previous running sum) are what the models have to get right at every step, so
-errors compound with length: long responses are both slower *and* harder, which is what
-an asynchronous pipeline's staleness study needs.
+Why this format? It was chosen so that tiny models on a 2-core CPU learn it in well under
+a minute, while errors still compound with length. The labels make "which input digit comes
+next" a content lookup (find the label in the prompt, read the digit after it; an induction
+head) instead of positional arithmetic. Writing the copied digit before the sum gives that
+lookup its own supervision, which shortens the plateau of the mod-10 addition (an XOR-like
+function: neither input alone says anything about the output) from thousands of steps to a
+few hundred. Long problems are both slower *and* harder (every step must be right), which
+is what an asynchronous pipeline's staleness study needs.
 
 Term-count distribution (``TaskConfig.length_skew`` = ``s``)
     ``P(n = min_terms + k)`` is proportional to ``exp(-lambda * k)`` for
@@ -41,7 +45,7 @@ Determinism
     global RNG, no Python ``hash``), so the trainer, the simulator and a resumed run all map
     a prompt id to the same problem. The split name is part of the digest, so the ``eval``
     split is an independent stream from ``train`` (a short problem may still occur in both by
-    coincidence: there are only 100 two-digit prompts).
+    coincidence: there are only 10 one-digit and 100 two-digit prompts).
 
 Pure Python: no torch import (the simulator uses this module).
 """

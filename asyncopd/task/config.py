@@ -2,7 +2,7 @@
 
 The task (``asyncopd.task.builtin``): ``n`` labelled digits, a response that writes the
 running sum mod 10 step by step (3 tokens a step), then ``>`` and the final digit. With the
-defaults (1..14 terms, ``length_skew`` 0.3) responses are 6..45 tokens (EOS included),
+defaults (2..14 terms, ``length_skew`` 0.3) responses are 9..45 tokens (EOS included),
 mean about 19.
 """
 
@@ -20,7 +20,7 @@ class TaskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["running_sum"] = "running_sum"
-    min_terms: int = Field(1, ge=1, description="fewest input digits in a prompt")
+    min_terms: int = Field(2, ge=1, description="fewest input digits in a prompt")
     max_terms: int = Field(14, ge=1, description=f"most input digits in a prompt (at most {MAX_TERMS})")
     length_skew: float = Field(
         0.3, ge=0.0, le=1.0,
