@@ -72,7 +72,9 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
         ("samples", str(s.get("sample_status"))),
     ]
     if s.get("accuracy") is not None:
-        rows.append(("held-out accuracy (final student)", f"{s['accuracy']:.1%}"))
+        start = s.get("accuracy_start")
+        before = f"{start:.1%} → " if start is not None else ""
+        rows.append(("held-out accuracy (student)", f"{before}{s['accuracy']:.1%}"))
     for k, v in rows:
         t.add_row(k, str(v))
     return t

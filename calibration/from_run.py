@@ -6,6 +6,7 @@ Every stage is linear in its parameters, so each is a small non-negative least-s
 - learner:  ``dur = learner_fixed_s + learner_per_token_s * tokens`` over ``train`` spans;
 - teacher:  ``dur = teacher_fixed_s + teacher_per_token_s * tokens`` over ``score`` spans;
 - sync:     ``dur = sync_fixed_s`` (mean of ``sync`` spans; the model size term is folded in);
+- dispatch: ``dispatch_s`` = median gap between issuing an update and the learner starting it;
 - rollout:  a wave of sequences with response lengths ``L_1..L_m`` and prompt tokens ``P``
   started together; with ``t_step(n) = a + b*n`` the sequence of length ``L_j`` ends after
 
@@ -88,6 +89,12 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
         durs = np.array([_paused(s) for s in syncs])
         cal.stages["sync"] = StageFit({"sync_fixed_s": float(durs.mean()), "model_bytes": 0.0},
                                       float(np.mean(np.abs(durs - durs.mean()) / np.maximum(durs, 1e-9))), len(durs))
+    steps = read_jsonl(d / "log.jsonl")
+    if steps:  # the learner is idle when an update is issued: the gap is pure dispatch latency
+        gaps = np.array([r["t_start"] - r["t_issue"] for r in steps])
+        med = float(np.median(gaps))
+        cal.stages["dispatch"] = StageFit({"dispatch_s": med},
+                                          float(np.mean(np.abs(gaps - med) / max(med, 1e-9))), len(gaps))
     rollout = _fit_rollout(read_jsonl(d / "samples.jsonl"), syncs)
     if rollout is not None:
         cal.stages["rollout"] = rollout

@@ -68,6 +68,7 @@ class AnalyticCosts:
     micro_batch_s: float = 5e-3
     sync_ctrl_s: float = 0.5
     sync_gather_s: float = 0.2
+    dispatch_s: float = 1e-3
 
     @classmethod
     def from_config(cls, cfg) -> "AnalyticCosts":
@@ -146,6 +147,9 @@ class AnalyticCosts:
         w = self.student.weight_bytes(self.dtype_bytes)
         return SyncCost(overlap_s=self.sync_gather_s + w / self.hw.intra_node_bw,
                         pause_s=self.sync_ctrl_s + w / self.hw.link_bw(self.total_devices))
+
+    def dispatch(self) -> float:
+        return self.dispatch_s
 
     def kv_capacity_seqs(self, tokens_per_seq: float, memory_utilization: float) -> int:
         """Sequences of ``tokens_per_seq`` that fit in one rollout worker's KV cache."""

@@ -24,6 +24,8 @@ simulator advances a batch between events without one event per token.
       learner  3 * forward FLOPs / (F_eff * devices) + per-micro-batch overhead
       sync     pause = t_ctrl + bytes / link_bw ;  overlap = t_gather (learner side)
 
+Both add ``dispatch()``: the latency between an action and its worker starting it (an RPC).
+
   Overhead terms follow public fits of vLLM on H100 (≈126 µs/step, ≈32 µs/layer, ≈4 µs
   per request); calibration replaces them.
 """
@@ -87,6 +89,7 @@ class CostModel(Protocol):
     def teacher(self, tokens: int, seqs: int) -> float: ...
     def learner(self, tokens: int, samples: int) -> float: ...
     def sync(self) -> SyncCost: ...
+    def dispatch(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,10 @@ class ParametricCosts:
         return self.p.learner_fixed_s + self.p.learner_per_token_s * tokens
 
     def sync(self) -> SyncCost:
-        return SyncCost(0.0, self.p.sync_fixed_s + self.model_bytes / self.p.sync_bytes_per_s)
+        return SyncCost(self.p.dispatch_s, self.p.sync_fixed_s + self.model_bytes / self.p.sync_bytes_per_s)
+
+    def dispatch(self) -> float:
+        return self.p.dispatch_s
 
 
 def make_cost_model(cfg) -> CostModel:

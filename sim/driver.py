@@ -117,11 +117,12 @@ class SimDriver:
             self.rollout[a.worker].request_sync(a)
         elif isinstance(a, M.Score):
             d = self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after(a.worker, d, lambda start=self.env.now: M.ScoringFinished(self.env.now, a.batch_id, a.worker,
-                                                                                start))
+            self._after(a.worker, d, lambda start=self.env.now + self.costs.dispatch():
+                        M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
         elif isinstance(a, M.Train):
             d = self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after("learner-0", d, lambda start=self.env.now: M.TrainStepFinished(self.env.now, a.step, start, {}))
+            self._after("learner-0", d, lambda start=self.env.now + self.costs.dispatch():
+                        M.TrainStepFinished(self.env.now, a.step, start, {}))
         elif isinstance(a, M.Stop):
             if not self.finished.triggered:
                 self.finished.succeed(a)
@@ -130,13 +131,15 @@ class SimDriver:
         return sum(p + r for p, r in (self.tokens[i] for i in ids))
 
     def _after(self, worker: str, work: float, make_event) -> None:
-        """Run ``work`` uncontended seconds on ``worker``'s devices, then send ``make_event()``.
-        A worker with devices of its own needs no process: one timeout does."""
+        """After the dispatch latency, run ``work`` uncontended seconds on ``worker``'s devices,
+        then send ``make_event()``. A worker with devices of its own needs no process."""
+        delay = self.costs.dispatch()
         if worker not in self.shared:
-            self.env.timeout(work).callbacks.append(lambda _: self.send(make_event()))
+            self.env.timeout(delay + work).callbacks.append(lambda _: self.send(make_event()))
             return
 
         def body():
+            yield self.env.timeout(delay)
             yield from self.devices.run_work(worker, self.placement[worker], work)
             self.send(make_event())
 

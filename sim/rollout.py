@@ -133,6 +133,8 @@ class SimRolloutWorker:
             if self.evict:
                 self._drop_evicted()
                 continue
+            if not self.batch.active and self.queue:  # an idle worker receives its requests
+                yield from self._timed(costs.dispatch())
             joining = self._admit()
             if joining:
                 self._set_busy(True)

@@ -9,7 +9,8 @@ from calibration.from_run import fit_run, profile_overrides, write_profile
 from sim.driver import simulate
 
 TRUTH = {"decode_step_s": 0.003, "decode_per_seq_s": 0.0007, "prefill_per_token_s": 3e-5, "teacher_fixed_s": 0.02,
-         "teacher_per_token_s": 4e-5, "learner_fixed_s": 0.07, "learner_per_token_s": 1.5e-4, "sync_fixed_s": 0.03}
+         "teacher_per_token_s": 4e-5, "learner_fixed_s": 0.07, "learner_per_token_s": 1.5e-4, "sync_fixed_s": 0.03,
+         "dispatch_s": 0.004}
 
 
 # Each role on a device of its own: no contention, so the fit must be exact.

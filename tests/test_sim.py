@@ -29,10 +29,12 @@ def test_sync_period_is_the_sum_of_stage_times(tmp_path) -> None:
     tokens = 4 * (10 + 20)
     teacher = k.teacher_fixed_s + k.teacher_per_token_s * tokens
     learner = k.learner_fixed_s + k.learner_per_token_s * tokens
-    period = prefill + decode + teacher + learner + k.sync_fixed_s
+    # Each stage waits the dispatch latency once; a sync is dispatched, then pauses the worker.
+    first = 3 * k.dispatch_s + prefill + decode + teacher + learner
+    period = first + k.dispatch_s + k.sync_fixed_s
     simulate(c, tmp_path, progress=False)
     ends = [r["t_end"] for r in read_jsonl(tmp_path / "log.jsonl")]
-    assert ends[0] == pytest.approx(period - k.sync_fixed_s)
+    assert ends[0] == pytest.approx(first)
     for a, b in zip(ends, ends[1:]):
         assert b - a == pytest.approx(period)
 

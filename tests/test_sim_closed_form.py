@@ -15,6 +15,7 @@ from sim.driver import simulate
 
 DET = ["sim.response_length.kind=fixed", "sim.response_length.max=20", "sim.prompt_tokens_mean=10",
        "sim.costs.model_bytes=0", "sim.costs.sync_fixed_s=0", "sim.costs.prefill_per_token_s=0",
+       "sim.costs.dispatch_s=0",
        "learner.batch_size=4", "learner.micro_batch_size=4", "rollout.max_num_seqs=4", "teacher.max_batch_samples=4"]
 
 
@@ -78,7 +79,7 @@ def test_littles_law_on_the_ready_queue(tmp_path, policy) -> None:
     cfg = load_config(None, ["sim.response_length.kind=lognormal", "sim.response_length.cv=1.0",
                              "sim.prompt_tokens_mean=10", f"pipeline.policy={policy}", "run.total_steps=60",
                              "sim.rollout_batching=continuous"])
-    s = simulate(cfg, tmp_path, progress=False)
+    s = simulate(cfg, tmp_path, progress=False)  # (with the default dispatch latency)
     recs = [r for r in read_jsonl(tmp_path / "samples.jsonl") if r["status"] == "consumed"]
     waits = [r["consumed_at"] - r["ready_at"] for r in recs]
     lam = len(recs) / s["duration_s"]
@@ -144,7 +145,7 @@ def test_colocated_roles_share_their_device(tmp_path) -> None:
 
 def test_colocation_slows_the_simulated_run(tmp_path) -> None:
     common = ["sim.response_length.kind=fixed", "sim.response_length.max=20", "sim.prompt_tokens_mean=10",
-              "pipeline.policy=fully_async(eta=2)", "run.total_steps=15", "cluster.num_devices=3",
+              "pipeline.policy=fully_async(eta=2)", "run.total_steps=15", "cluster.num_devices=3", "sim.costs.dispatch_s=0",
               *costs(teacher_fixed_s=0.2, learner_fixed_s=0.2, decode_step_s=1e-4, decode_per_seq_s=0)]
     apart = simulate(load_config(None, [*common, "layout.learner.devices=[2]"]), tmp_path / "a", progress=False)
     shared = simulate(load_config(None, [*common, "layout.learner.devices=[1]"]), tmp_path / "b", progress=False)

@@ -190,19 +190,21 @@ class LengthDistribution(_Section):
 
 
 class SimCosts(_Section):
-    """Simple parametric cost model (seconds). Defaults were measured for the built-in task on a
-    2-core x86 box; ``asyncopd calibrate`` replaces them."""
+    """Simple parametric cost model (seconds). Defaults: ``asyncopd calibrate --from-run`` of the
+    built-in default trained on a 2-core x86 box (2026-11); calibrate again on other machines."""
 
-    decode_step_s: float = Field(0.004, ge=0, description="fixed time per decode step of a batch")
-    decode_per_seq_s: float = Field(0.0005, ge=0, description="extra time per active sequence per step")
-    prefill_per_token_s: float = Field(2e-5, ge=0, description="rollout prefill, per prompt token")
-    teacher_fixed_s: float = Field(0.01, ge=0)
-    teacher_per_token_s: float = Field(5e-5, ge=0)
-    learner_fixed_s: float = Field(0.05, ge=0)
-    learner_per_token_s: float = Field(2e-4, ge=0)
-    sync_fixed_s: float = Field(0.02, ge=0, description="weight sync: part that pauses the worker")
+    decode_step_s: float = Field(0.002, ge=0, description="fixed time per decode step of a batch")
+    decode_per_seq_s: float = Field(3e-5, ge=0, description="extra time per active sequence per step")
+    prefill_per_token_s: float = Field(5e-5, ge=0, description="rollout prefill, per prompt token")
+    teacher_fixed_s: float = Field(0.007, ge=0)
+    teacher_per_token_s: float = Field(3.2e-5, ge=0)
+    learner_fixed_s: float = Field(0.011, ge=0)
+    learner_per_token_s: float = Field(8.4e-5, ge=0)
+    sync_fixed_s: float = Field(0.0115, ge=0, description="weight sync: part that pauses the worker")
     sync_bytes_per_s: float = Field(1e9, gt=0)
-    model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes; None: from the model")
+    model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes moved by a sync; None: 0 (folded into sync_fixed_s)")
+    dispatch_s: float = Field(0.0045, ge=0, description="latency from an action to its worker starting it "
+                                                        "(Ray call + payload transfer)")
 
 
 class AnalyticParams(_Section):
@@ -220,6 +222,7 @@ class AnalyticParams(_Section):
     micro_batch_s: float = Field(5e-3, ge=0)
     sync_ctrl_s: float = Field(0.5, ge=0, description="weight sync control plane (pauses rollout)")
     sync_gather_s: float = Field(0.2, ge=0, description="learner-side gather before a sync (overlaps rollout)")
+    dispatch_s: float = Field(1e-3, ge=0, description="latency from an action to its worker starting it")
 
 
 class SimConfig(_Section):

@@ -142,8 +142,18 @@ class LearnerWorker:
         ref = ray.put(self.learner.weights_for_sync())
         return metrics, [ref], started, time.time()
 
+    def evaluate(self, task_cfg: dict[str, Any], seed: int, codec_dir: str) -> dict[str, float]:
+        """Greedy held-out accuracy of the current student on the built-in task (eval split)."""
+        from dataclasses import asdict
+
+        from asyncopd.models import evaluate, load_codec
+        from asyncopd.task import BuiltinTask, TaskConfig
+
+        task = BuiltinTask(TaskConfig.model_validate(task_cfg), seed=seed)
+        return asdict(evaluate(self.model, load_codec(codec_dir), task))
+
     def save(self, path: str, codec_dir: str) -> str:
-        """Save the student as a Hugging Face checkpoint directory (+ the task codec)."""
+        """Save the student as a Hugging Face checkpoint directory, with the codec/tokenizer files."""
         import shutil
         from pathlib import Path
 
@@ -151,6 +161,7 @@ class LearnerWorker:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         for f in Path(codec_dir).iterdir():
-            if f.is_file() and not (out / f.name).exists() and not f.name.startswith(("model", "config")):
+            weights_or_config = f.suffix in (".safetensors", ".bin") or f.name in ("config.json", "generation_config.json")
+            if f.is_file() and not weights_or_config and not (out / f.name).exists():
                 shutil.copy2(f, out / f.name)
         return str(out)

@@ -51,11 +51,12 @@ class WorkerQueue:
 
     waiting: list[GenRequest] = field(default_factory=list)
     in_wave: set[int] = field(default_factory=set)
+    delivering: bool = False  # handing a finished wave's results to the controller: hold the next wave
 
 
 class RayDriver:
     def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True,
-                 models: ResolvedModels | None = None) -> None:
+                 models: ResolvedModels | None = None, evaluate: bool = True) -> None:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,11 @@ class RayDriver:
         self.queues: dict[str, WorkerQueue] = {}
         self.weights: dict[int, list[Any]] = {}
         self.t0 = 0.0
-        self.final_metrics: dict[str, Any] = {}
+        # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
+        from asyncopd.task import CharCodec
+
+        self.evaluates = evaluate and isinstance(self.codec, CharCodec)
+        self.eval_start: dict[str, float] = {}
 
     # ------------------------------------------------------------------ setup
     def _start_actors(self) -> None:
@@ -105,6 +110,8 @@ class RayDriver:
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
         self.queues = {w: WorkerQueue() for w in self.rollout}
         self._placement = placement
+        if self.evaluates:
+            self.eval_start = ray.get(self._evaluate())
 
     def _make_controller(self) -> Controller:
         cfg = self.cfg
@@ -219,7 +226,7 @@ class RayDriver:
 
     def _start_wave(self, worker: str) -> None:
         q = self.queues[worker]
-        if q.in_wave or not q.waiting:
+        if q.in_wave or q.delivering or not q.waiting:
             return
         wave, q.waiting = q.waiting, []
         q.in_wave = {r.sample_id for r in wave}
@@ -233,7 +240,17 @@ class RayDriver:
 
     # ---------------------------------------------------------------- results
     def _on_gen(self, p: Pending, results: list[GenResult]) -> None:
-        self.queues[p.worker].in_wave = set()
+        """Deliver a finished wave. The next wave starts only after every result has reached
+        the controller, so it takes all the slots they free (as the simulator's wave does)."""
+        q = self.queues[p.worker]
+        q.in_wave, q.delivering = set(), True
+        try:
+            self._deliver(p, results)
+        finally:
+            q.delivering = False
+        self._start_wave(p.worker)
+
+    def _deliver(self, p: Pending, results: list[GenResult]) -> None:
         now = self._now()
         for r in results:
             sd = self.samples.get(r.sample_id)
@@ -252,7 +269,6 @@ class RayDriver:
                                    finish_reason=r.finish_reason)
             self._send(M.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(), len(r.prompt_ids),
                                             ended_at=ended))
-        self._start_wave(p.worker)
 
     def _on_score(self, p: Pending, value: tuple[list[TeacherPayload], float, float]) -> None:
         payloads, started, _ = value
@@ -276,18 +292,29 @@ class RayDriver:
         started, _ = value
         self._send(M.WeightSyncFinished(self._now(), p.worker, p.context.version, self._rel(started)))
 
+    def _evaluate(self) -> Any:
+        return self.learner.evaluate.remote(self.cfg.task.model_dump(), self.cfg.run.seed, str(self.models.student))
+
     def _finish(self) -> None:
-        """After the controller stopped: cancel leftovers and save the final student."""
+        """After the controller stopped: save (and evaluate) the final student."""
         import ray
 
         self.pending.clear()
         ckpt = self.run_dir / "checkpoints" / "final"
         ray.get(self.learner.save.remote(str(ckpt), str(self.models.student)))
+        if self.evaluates:
+            end = ray.get(self._evaluate())
+            path = self.run_dir / "summary.json"
+            summary = json.loads(path.read_text())
+            summary.update(accuracy=end["accuracy"], accuracy_start=self.eval_start.get("accuracy"),
+                           eval_start=self.eval_start, eval_end=end)
+            path.write_text(json.dumps(summary, indent=2))
         for handle in [*self.rollout.values(), *self.teachers.values(), self.learner]:
             ray.kill(handle)
 
 
-def train(cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run the real trainer on ``cfg`` into ``run_dir``; return the run summary."""
-    return RayDriver(cfg, run_dir, progress=progress).run()
+def train(cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
+    """Run the real trainer on ``cfg`` into ``run_dir``; return the run summary (with held-out
+    accuracy of the student before and after, on the built-in task, unless ``evaluate=False``)."""
+    return RayDriver(cfg, run_dir, progress=progress, evaluate=evaluate).run()
 
