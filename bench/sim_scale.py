@@ -37,15 +37,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--policy", default="fully_async(eta=4)")
+    ap.add_argument("--repeat", type=int, default=3, help="report the best of this many runs")
     args = ap.parse_args()
     cfg = load_config(None, layout_64(args.steps, args.batch, args.policy))
     rows = []
     for label, make_dir in (("in memory", lambda: None), ("run directory", lambda: tempfile.mkdtemp())):
-        t0, c0 = time.perf_counter(), time.process_time()
-        s = simulate(cfg, make_dir(), progress=False)
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        rows.append((label, wall, cpu, s))
-    print(f"{args.steps} steps x {args.batch} samples, 64 x H100, {args.policy}")
+        best = None
+        for _ in range(args.repeat):  # best of N: the machine is shared and noisy
+            t0, c0 = time.perf_counter(), time.process_time()
+            s = simulate(cfg, make_dir(), progress=False)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if best is None or wall < best[1]:
+                best = (label, wall, cpu, s)
+        rows.append(best)
+    print(f"{args.steps} steps x {args.batch} samples, 64 x H100, {args.policy} (best of {args.repeat})")
     print(f"{'mode':<15}{'wall s':>9}{'cpu s':>9}{'sim s':>11}{'sim/wall':>11}{'samples':>9}{'samples/s':>11}")
     for label, wall, cpu, s in rows:
         print(f"{label:<15}{wall:>9.2f}{cpu:>9.2f}{s['duration_s']:>11.0f}{s['duration_s'] / wall:>11.0f}"

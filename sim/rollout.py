@@ -136,9 +136,12 @@ class SimRolloutWorker:
             if not self.batch.active and self.queue:  # an idle worker receives its requests
                 yield from self._timed(costs.dispatch())
             joining = self._admit()
+            pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
             if joining:
                 self._set_busy(True)
-                yield from self._timed(costs.prefill(sum(s.prompt_tokens for s in joining)) * self._slowdown())
+            f = self._slowdown()  # shared devices: 1/f of the speed (re-planned when the crowd changes)
+            if joining:
+                pre = costs.prefill(sum(s.prompt_tokens for s in joining)) * f
             b = self.batch
             while b.ends and b.ends[0][1] not in b.active:  # drop lazily deleted entries
                 heapq.heappop(b.ends)
@@ -149,17 +152,16 @@ class SimRolloutWorker:
                 continue
             seg = costs.decode_segment(len(b.active), b.kv)
             steps = b.ends[0][0] - self.S
-            f = self._slowdown()  # shared devices: 1/f of the speed (re-planned when the crowd changes)
             if self._urgent():
                 k = 1
-                yield self.env.timeout(segment_time(seg, 1) * f)
+                yield self.env.timeout(pre + segment_time(seg, 1) * f)
             else:
-                t0, full = self.env.now, segment_time(seg, steps) * f
+                t0, full = self.env.now, pre + segment_time(seg, steps) * f
                 yield self._sleep(full)
                 elapsed = self.env.now - t0
-                if elapsed < full - 1e-12:  # woken mid-segment: finish the step in progress
-                    k = min(steps, segment_steps_within(seg, elapsed / f) + 1)
-                    yield self.env.timeout(max(0.0, t0 + segment_time(seg, k) * f - self.env.now))
+                if elapsed < full - 1e-12:  # woken: finish the prefill and the decode step in progress
+                    k = min(steps, segment_steps_within(seg, max(0.0, elapsed - pre) / f) + 1)
+                    yield self.env.timeout(max(0.0, t0 + pre + segment_time(seg, k) * f - self.env.now))
                 else:
                     k = steps
             self.S += k

@@ -323,9 +323,7 @@ class Controller:
                 return
             chosen = self._batch_ready.pop(step)
         else:
-            if self._policy_evicts():
-                for sid in [s for s in self._ready if self._over_cap(self.samples[s])]:
-                    self._evict(self.samples[sid], "over_cap")
+            # (over-cap ready samples are already gone: checked on arrival and after every update)
             if len(self._ready) < self.B:
                 return
             chosen = list(self._ready)[: self.B]
@@ -349,6 +347,8 @@ class Controller:
             self._evict_doomed()
 
     def _fill_teachers(self) -> None:
+        if not self._score_queue or self._scoring == len(self.teachers):  # nothing to do / all busy
+            return
         for tw in self.teachers.values():
             if not tw.alive or tw.batch_id is not None or not self._score_queue:
                 continue

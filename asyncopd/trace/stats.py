@@ -53,18 +53,19 @@ class QueueTracker:
         self._seen = 0
 
     def observe(self, t: float, depths: tuple[int, ...]) -> None:
-        dt = t - self._last_t
+        if depths == self._last:
+            return
+        dt = t - self._last_t  # ``_last`` held from ``_last_t`` until now
         if dt > 0:
             self.integral = [acc + v * dt for acc, v in zip(self.integral, self._last)]
             self._last_t = t
-        if depths != self._last:
-            self._last = depths
-            self._seen += 1
-            if self._seen % self._stride == 0:
-                self.timeline.append((t, depths))
-                if len(self.timeline) > self.max_points:
-                    self.timeline = self.timeline[::2]
-                    self._stride *= 2
+        self._last = depths
+        self._seen += 1
+        if self._seen % self._stride == 0:
+            self.timeline.append((t, depths))
+            if len(self.timeline) > self.max_points:
+                self.timeline = self.timeline[::2]
+                self._stride *= 2
 
     def time_averages(self, t_end: float) -> dict[str, float]:
         if t_end <= 0:
