@@ -7,31 +7,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from asyncopd.backends.base import GenRequest, TeacherPayload, TrainItem
 from asyncopd.backends.torch_backend import TorchLearner, TorchRolloutEngine, TorchTeacherScorer
 from asyncopd.losses import dense_forward_kl_per_token
 
-VOCAB = 24
-PAD = 0
+from tests.tiny_lm import PAD, VOCAB, one_thread, tiny_lm  # noqa: F401  (one_thread: autouse fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-def tiny_lm(seed: int) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def make_batch(k: int, n: int = 6, student_seed: int = 0, teacher_seed: int = 1) -> list[TrainItem]:
