@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/sim_scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
