@@ -21,7 +21,7 @@ def layout_64(steps: int, batch: int, policy: str) -> list[str]:
         f"run.total_steps={steps}", f"learner.batch_size={batch}", "learner.micro_batch_size=16",
         "models.student=qwen3-1.7b", "models.teacher=qwen3-30b-a3b", "models.dtype=bfloat16",
         "rollout.backend=vllm", "rollout.max_num_seqs=64", "rollout.max_new_tokens=16384",
-        "teacher.backend=vllm", "teacher.top_k=32", "teacher.max_batch_samples=64",
+        "teacher.backend=vllm", "teacher.top_k=32", "teacher.max_batch_samples=64", "teacher.min_batch_samples=16",
         "layout.rollout={workers: 48, devices: [" + ",".join(map(str, range(48))) + "], tp: 1}",
         "layout.teacher={workers: 4, devices: [48,49,50,51,52,53,54,55], tp: 2}",
         "layout.learner={workers: 1, devices: [56,57,58,59,60,61,62,63], tp: 1}",

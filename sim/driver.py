@@ -51,6 +51,7 @@ class SimDriver:
         self.ctrl = Controller(
             policy=cfg.policy(), batch_size=cfg.learner.batch_size, total_steps=cfg.run.total_steps,
             rollout_slots=slots, n_teachers=lay.teacher.workers, teacher_max_batch=cfg.teacher.max_batch_samples,
+            teacher_min_batch=cfg.teacher.min_batch_samples,
             pause_mode=cfg.pipeline.pause_mode, observer=self.recorder,
         )
         self.placement = {

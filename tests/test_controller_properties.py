@@ -29,11 +29,13 @@ setups = st.fixed_dictionaries({
     "rollout_slots": st.lists(st.integers(1, 4), min_size=1, max_size=3),
     "n_teachers": st.integers(1, 2),
     "teacher_max_batch": st.integers(1, 4),
+    "teacher_min_batch": st.integers(1, 4),
     "pause_mode": st.sampled_from(["keep", "abort", "recompute"]),
 })
 
 
 def run(setup: dict, seed: int, fail_prob: float = 0.0) -> FakeCluster:
+    setup = {**setup, "teacher_min_batch": min(setup.pop("teacher_min_batch", 1), setup["teacher_max_batch"])}
     ctrl = Controller(**setup)
     cluster = FakeCluster(ctrl, random.Random(seed), fail_prob=fail_prob)
     cluster.start()

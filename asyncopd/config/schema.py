@@ -90,6 +90,14 @@ class TeacherConfig(_Section):
     backend: Literal["torch", "vllm"] = "torch"
     top_k: int = Field(8, ge=1, description="teacher-score cache: top-k ids per position")
     max_batch_samples: int = Field(16, ge=1, description="most samples one teacher prefill takes")
+    min_batch_samples: int = Field(1, ge=1, description="fewest samples a teacher prefill waits for while more "
+                                                        "generations are in flight")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "TeacherConfig":
+        if self.min_batch_samples > self.max_batch_samples:
+            raise ValueError("min_batch_samples must be <= max_batch_samples")
+        return self
 
 
 class LearnerConfig(_Section):

@@ -7,7 +7,8 @@ torch, ray or simpy, so the SimPy simulator and the Ray trainer run the same dec
 After every event the controller schedules, in this order:
 
 1. the learner: train when the policy has a consumable batch (evicting over-cap samples);
-2. the teachers: each idle teacher takes up to ``teacher_max_batch`` generated samples;
+2. the teachers: each idle teacher takes up to ``teacher_max_batch`` generated samples, and
+   waits for at least ``teacher_min_batch`` while more generations are in flight;
 3. the rollout workers: fill free slots while the policy admits (worker with most free
    slots first, ties by index).
 
@@ -60,6 +61,7 @@ class Controller:
         rollout_slots: Sequence[int],
         n_teachers: int,
         teacher_max_batch: int,
+        teacher_min_batch: int = 1,
         pause_mode: PauseMode = "keep",
         observer: Observer | None = None,
     ) -> None:
@@ -73,6 +75,9 @@ class Controller:
         self.B = batch_size
         self.total_steps = total_steps
         self.teacher_max_batch = teacher_max_batch
+        if not 1 <= teacher_min_batch <= teacher_max_batch:
+            raise ValueError("teacher_min_batch must be between 1 and teacher_max_batch")
+        self.teacher_min_batch = teacher_min_batch
         self.pause_mode: PauseMode = pause_mode
         self.observer = observer
         self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i) for i, n in enumerate(rollout_slots)}
@@ -349,6 +354,8 @@ class Controller:
     def _fill_teachers(self) -> None:
         if not self._score_queue or self._scoring == len(self.teachers):  # nothing to do / all busy
             return
+        if len(self._score_queue) < self.teacher_min_batch and self._status_counts[L.GENERATING] > 0:
+            return  # too few to start a batch, and more are on their way
         for tw in self.teachers.values():
             if not tw.alive or tw.batch_id is not None or not self._score_queue:
                 continue
@@ -360,8 +367,8 @@ class Controller:
                 take.append(sid)
                 if len(take) == self.teacher_max_batch:
                     break
-            if not take:
-                return
+            if not take or (len(take) < self.teacher_min_batch and self._status_counts[L.GENERATING] > 0):
+                return  # (a small batch waits only while more samples are on their way)
             taken = set(take)
             self._score_queue = deque(s for s in self._score_queue if s not in taken)
             bid = self._next_score_batch

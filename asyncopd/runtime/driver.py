@@ -127,7 +127,8 @@ class RayDriver:
         (self.run_dir / "config.yaml").write_text(dump_config(cfg))
         return Controller(policy=cfg.policy(), batch_size=cfg.learner.batch_size, total_steps=cfg.run.total_steps,
                           rollout_slots=slots, n_teachers=cfg.layout.teacher.workers,
-                          teacher_max_batch=cfg.teacher.max_batch_samples, pause_mode=cfg.pipeline.pause_mode,
+                          teacher_max_batch=cfg.teacher.max_batch_samples,
+            teacher_min_batch=cfg.teacher.min_batch_samples, pause_mode=cfg.pipeline.pause_mode,
                           observer=self.recorder)
 
     # -------------------------------------------------------------------- run
