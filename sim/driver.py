@@ -8,7 +8,6 @@ and records the run with the same ``RunRecorder`` the Ray trainer uses.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,11 +16,9 @@ from typing import Any
 import simpy
 from tqdm.auto import tqdm
 
-from asyncopd.config.loader import dump_config
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
-from asyncopd.control.controller import Controller
-from asyncopd.trace.recorder import RunRecorder
+from asyncopd.trace.setup import start_run
 from sim.costs import make_cost_model
 from sim.devices import SharedDevices, worker_devices
 from sim.lengths import LengthModel
@@ -39,21 +36,9 @@ class SimDriver:
         self.lengths = LengthModel(cfg, self.seed)
         self.pause_mode = cfg.pipeline.pause_mode
         lay = cfg.layout
-        slots = [self._slots_per_worker()] * lay.rollout.workers
-        names = {f"rollout-{i}": n for i, n in enumerate(slots)}
-        names |= {f"teacher-{i}": 1 for i in range(lay.teacher.workers)} | {"learner-0": 1}
-        self.recorder = RunRecorder(run_dir, driver="sim", clock="simulated", workers=names, meta={
-            "policy": cfg.policy().describe(), "seed": self.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "python": platform.python_version(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
-        })
-        if run_dir is not None:
-            (Path(run_dir) / "config.yaml").write_text(dump_config(cfg))
-        self.ctrl = Controller(
-            policy=cfg.policy(), batch_size=cfg.learner.batch_size, total_steps=cfg.run.total_steps,
-            rollout_slots=slots, n_teachers=lay.teacher.workers, teacher_max_batch=cfg.teacher.max_batch_samples,
-            teacher_min_batch=cfg.teacher.min_batch_samples,
-            pause_mode=cfg.pipeline.pause_mode, observer=self.recorder,
-        )
+        self.recorder, self.ctrl = start_run(cfg, run_dir, driver="sim", clock="simulated",
+                                             slots_per_worker=self._slots_per_worker(), seed=self.seed)
+        lanes = self.recorder.workers
         self.placement = {
             **{f"rollout-{i}": worker_devices(lay.rollout.devices, lay.rollout.workers, lay.rollout.tp, i)
                for i in range(lay.rollout.workers)},
@@ -67,7 +52,7 @@ class SimDriver:
         mode = cfg.sim.rollout_batching
         if mode == "auto":
             mode = "wave" if cfg.rollout.backend == "torch" else "continuous"
-        self.rollout = {n: SimRolloutWorker(self, n, s, mode) for n, s in names.items() if n.startswith("rollout")}
+        self.rollout = {n: SimRolloutWorker(self, n, s, mode) for n, s in lanes.items() if n.startswith("rollout")}
         self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
         self.finished = self.env.event()
         self._bar = tqdm(total=cfg.run.total_steps, desc="simulate", unit="step", disable=not progress, leave=False)

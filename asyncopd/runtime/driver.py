@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from asyncopd.backends.base import GenRequest, GenResult, TeacherPayload, TrainItem
-from asyncopd.config.loader import dump_config
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
 from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_ray
-from asyncopd.trace.recorder import RunRecorder
+from asyncopd.trace.setup import start_run
 
 log = logging.getLogger("asyncopd.train")
 
@@ -114,22 +112,12 @@ class RayDriver:
             self.eval_start = ray.get(self._evaluate())
 
     def _make_controller(self) -> Controller:
-        cfg = self.cfg
-        slots = [cfg.rollout.max_num_seqs] * cfg.layout.rollout.workers
-        names = {f"rollout-{i}": n for i, n in enumerate(slots)}
-        names |= {t: 1 for t in self.teachers} | {"learner-0": 1}
-        self.recorder = RunRecorder(self.run_dir, driver="ray", clock="wall", workers=names, meta={
-            "policy": cfg.policy().describe(), "seed": cfg.run.seed, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "python": platform.python_version(), "placement": self._placement,
-            "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)},
-            "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
-        })
-        (self.run_dir / "config.yaml").write_text(dump_config(cfg))
-        return Controller(policy=cfg.policy(), batch_size=cfg.learner.batch_size, total_steps=cfg.run.total_steps,
-                          rollout_slots=slots, n_teachers=cfg.layout.teacher.workers,
-                          teacher_max_batch=cfg.teacher.max_batch_samples,
-            teacher_min_batch=cfg.teacher.min_batch_samples, pause_mode=cfg.pipeline.pause_mode,
-                          observer=self.recorder)
+        self.recorder, ctrl = start_run(
+            self.cfg, self.run_dir, driver="ray", clock="wall", slots_per_worker=self.cfg.rollout.max_num_seqs,
+            seed=self.cfg.run.seed, extra_meta={
+                "placement": self._placement,
+                "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)}})
+        return ctrl
 
     # -------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
