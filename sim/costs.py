@@ -100,9 +100,6 @@ class ParametricCosts:
     def decode_segment(self, n: int, kv0: int) -> Segment:
         return (self.p.decode_step_s + self.p.decode_per_seq_s * n, 0.0, 0.0, 0.0)
 
-    def decode_step(self, n: int) -> float:
-        return self.p.decode_step_s + self.p.decode_per_seq_s * n
-
     def prefill(self, tokens: int) -> float:
         return self.p.prefill_per_token_s * tokens
 

@@ -265,7 +265,7 @@ class Controller:
             self._stop(True, "completed all learner steps", e.t)
             return
         for w in self.workers.values():
-            self._request_sync(w, e.t)
+            self._request_sync(w)
 
     def _on_sync_finished(self, e: WeightSyncFinished) -> None:
         w = self.workers.get(e.worker)
@@ -276,7 +276,7 @@ class Controller:
         self._push_worker(w)
         args = {"version": e.version} if e.paused_s is None else {"version": e.version, "paused_s": e.paused_s}
         self._emit_span("sync", w.name, -1, e.started_at, e.t, args)
-        self._request_sync(w, e.t)
+        self._request_sync(w)
 
     def _on_worker_failed(self, e: WorkerFailed) -> None:
         role = role_of(e.worker)
@@ -303,7 +303,7 @@ class Controller:
                 a = self.samples[sid]
                 if a.status == L.SCORING:
                     self._move(a, L.GENERATED)
-                    a.score_worker, a.score_batch = None, None
+                    a.score_worker = None
                     self._score_queue.appendleft(sid)
             self._scoring -= tw.batch_id is not None
             tw.batch_id, tw.sample_ids = None, ()
@@ -376,7 +376,7 @@ class Controller:
             for sid in take:
                 a = self.samples[sid]
                 self._move(a, L.SCORING)
-                a.score_worker, a.score_batch = tw.name, bid
+                a.score_worker = tw.name
             tw.batch_id, tw.sample_ids = bid, tuple(take)
             self._scoring += 1
             self._out.append(Score(bid, tuple(take), tw.name))
@@ -473,9 +473,9 @@ class Controller:
         self.counters["attempts"] += 1
         self._out.append(Generate(sid, prompt_id, w.name, slot))
 
-    def _request_sync(self, w: RolloutWorkerState, t: float) -> None:
+    def _request_sync(self, w: RolloutWorkerState) -> None:
         if w.alive and w.syncing_to is None and w.version < self.version:
-            w.syncing_to, w.sync_issued_at = self.version, t
+            w.syncing_to = self.version
             self._syncing += 1
             self._out.append(SyncWeights(w.name, self.version, self.pause_mode))
 

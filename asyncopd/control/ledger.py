@@ -42,7 +42,6 @@ class Attempt:
     finished_at: float | None = None
     spans: Spans = ()
     prompt_tokens: int = 0
-    score_batch: int | None = None
     score_worker: str | None = None
     score_started_at: float | None = None
     ready_at: float | None = None
@@ -107,7 +106,6 @@ class RolloutWorkerState:
     version: int = 0
     alive: bool = True
     syncing_to: int | None = None
-    sync_issued_at: float = 0.0
     running: dict[int, int] = field(default_factory=dict)  # slot -> sample_id
 
     def free_slots(self) -> list[int]:

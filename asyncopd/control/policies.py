@@ -97,10 +97,6 @@ class FullyAsyncPolicy:
         if self.on_exceed not in ("evict", "keep"):
             raise ValueError(f"fully_async: on_exceed must be 'evict' or 'keep', got {self.on_exceed!r}")
 
-    def window(self, batch_size: int) -> int:
-        """Most samples live at once (reached while the learner waits)."""
-        return (self.eta + 1) * batch_size
-
     def admission_limit(self, batch_size: int, version: int) -> int:
         """Admitted samples (net of aborts and evictions) allowed at learner version ``version``."""
         return (self.eta + version + 1) * batch_size
