@@ -69,13 +69,13 @@ class SimRolloutWorker:
         self.sync_ready = False  # overlap phase over: apply at the next step boundary
         self.sync_started = 0.0
         self.evict: set[int] = set()
-        self._wake = self.env.event()
+        self._asleep = False
         self.devices = driver.placement[name]
         self.shared = name in driver.shared
         self.busy = False
         if self.shared:  # re-plan the segment in progress when the crowd on our devices changes
             driver.devices.listen(name, self.devices, self._poke)
-        self.env.process(self._loop())
+        self._proc = self.env.process(self._loop())
 
     # ------------------------------------------------------------- driver calls
     def submit(self, seq: SimSeq) -> None:
@@ -110,16 +110,24 @@ class SimRolloutWorker:
             self.sync_ready = True
             self._poke()
 
-    def _sleep(self, seconds: float) -> "simpy.Event":
-        """An event that fires after ``seconds`` or at the next ``_poke``, whichever is first
-        (cheaper than ``timeout | event``: no condition object per segment)."""
-        self._wake = wake = self.env.event()
-        self.env.timeout(seconds).callbacks.append(lambda _: wake.triggered or wake.succeed())
-        return wake
+    def _park(self, seconds: float | None):
+        """Wait ``seconds`` (None: until poked), or less if ``_poke`` interrupts; return the
+        time waited. One timeout per decode segment; a poke costs one interruption."""
+        t0 = self.env.now
+        self._asleep = True
+        try:
+            yield self.env.timeout(seconds) if seconds is not None else self.env.event()
+        except simpy.Interrupt:
+            pass
+        self._asleep = False
+        return self.env.now - t0
 
     def _poke(self) -> None:
-        if not self._wake.triggered:
-            self._wake.succeed()
+        """Something changed (a request, a sync, an eviction, the crowd on shared devices):
+        a parked worker re-plans now; a running one sees it at its next loop iteration."""
+        if self._asleep:
+            self._asleep = False
+            self._proc.interrupt()
 
     def _urgent(self) -> bool:
         return (self.pending_sync is not None and self.sync_ready) or bool(self.evict)
@@ -147,8 +155,7 @@ class SimRolloutWorker:
                 heapq.heappop(b.ends)
             if not b.active:
                 self._set_busy(False)
-                self._wake = self.env.event()
-                yield self._wake
+                yield from self._park(None)
                 continue
             seg = costs.decode_segment(len(b.active), b.kv)
             steps = b.ends[0][0] - self.S
@@ -157,8 +164,7 @@ class SimRolloutWorker:
                 yield self.env.timeout(pre + segment_time(seg, 1) * f)
             else:
                 t0, full = self.env.now, pre + segment_time(seg, steps) * f
-                yield self._sleep(full)
-                elapsed = self.env.now - t0
+                elapsed = yield from self._park(full)
                 if elapsed < full - 1e-12:  # woken: finish the prefill and the decode step in progress
                     k = min(steps, segment_steps_within(seg, max(0.0, elapsed - pre) / f) + 1)
                     yield self.env.timeout(max(0.0, t0 + pre + segment_time(seg, k) * f - self.env.now))

@@ -10,7 +10,8 @@ After every event the controller schedules, in this order:
 2. the teachers: each idle teacher takes up to ``teacher_max_batch`` generated samples, and
    waits for at least ``teacher_min_batch`` while more generations are in flight;
 3. the rollout workers: fill free slots while the policy admits (worker with most free
-   slots first, ties by index).
+   slots first; ties go to the worker whose slots changed most recently, which is usually
+   the one that just finished a sequence and is admitting anyway).
 
 Invariants (checked by ``check_invariants`` and the hypothesis tests):
 every attempt ends exactly once as consumed / evicted / aborted(+re-queued) / unfinished;
@@ -102,8 +103,9 @@ class Controller:
         self.counters: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()  # live attempts per status
         self._syncing = 0  # live rollout workers loading weights
-        self._free_heap: list[tuple[int, int, str]] = []  # (-free slots, index, name), lazily updated
-        for w in self.workers.values():
+        self._free_heap: list[tuple[int, int, str]] = []  # (-free slots, -stamp, name), lazily updated
+        self._stamp = 0  # pushes so far: a later push wins ties
+        for w in reversed(self.workers.values()):  # (so that at first, ties go to the lowest index)
             self._push_worker(w)
         self._scoring = 0  # live teachers with a batch
         self.started = False
@@ -383,7 +385,7 @@ class Controller:
 
     def _fill_rollout(self, t: float) -> None:
         """Admit while the policy allows, each prompt to the worker with the most free slots
-        (ties: lowest index), found through a lazily updated heap. The gate depends only on a
+        (ties: the most recently changed worker), found through a lazily updated heap. The gate depends only on a
         worker's version, and a newer version is never more restrictive: when the newest
         accepting worker is refused, everyone is."""
         while self._gate_open(self.version):  # no worker holds a newer version than the learner
@@ -405,7 +407,8 @@ class Controller:
 
     def _push_worker(self, w: RolloutWorkerState) -> None:
         if w.accepting:
-            heapq.heappush(self._free_heap, (len(w.running) - w.slots, w.index, w.name))
+            self._stamp += 1
+            heapq.heappush(self._free_heap, (len(w.running) - w.slots, -self._stamp, w.name))
 
     def _pop_best_worker(self) -> RolloutWorkerState | None:
         """Pop the accepting worker with the most free slots; skip entries that went stale
