@@ -60,6 +60,9 @@ class LengthModel:
         self.max_new = cfg.rollout.max_new_tokens
         self.rng = random.Random(seed)
         self.prompt_mean = cfg.sim.prompt_tokens_mean
+        if self.dist.kind == "lognormal":  # log-space parameters giving the requested mean and cv
+            sigma2 = math.log(1 + self.dist.cv**2)
+            self._log_mu, self._log_sigma = math.log(self.dist.mean) - sigma2 / 2, math.sqrt(sigma2)
         self.observed = load_lengths(self.dist.path) if self.dist.kind == "empirical" else []
         self.task: BuiltinTask | None = None
         if self.dist.kind == "task" or self.prompt_mean is None:
@@ -77,8 +80,7 @@ class LengthModel:
         elif d.kind == "empirical":
             n = float(self.rng.choice(self.observed))
         else:
-            sigma2 = math.log(1 + d.cv**2)
-            n = math.exp(self.rng.gauss(math.log(d.mean) - sigma2 / 2, math.sqrt(sigma2)))
+            n = math.exp(self.rng.gauss(self._log_mu, self._log_sigma))
         if d.drift_per_step:
             n *= (1 + d.drift_per_step) ** version
         limit = self.max_new if d.kind in ("task", "empirical") else min(d.max, self.max_new)

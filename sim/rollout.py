@@ -220,6 +220,9 @@ class SimRolloutWorker:
         self.batch.kv -= s.prompt_tokens + s.generated
 
     def _spans(self, a: int, b: int) -> tuple[tuple[int, int], ...]:
+        last_step, last_version = self.changes[-1]
+        if last_step <= a:  # (the common case: no weight change since it joined)
+            return ((last_version, b - a),) if b > a else ()
         out: list[tuple[int, int]] = []
         i = bisect_right(self.changes, (a, float("inf"))) - 1
         while a < b:

@@ -293,7 +293,7 @@ class Controller:
                 a = self.samples[sid]
                 a.finished_at = e.t
                 self._abort_and_requeue(a, "worker_failed")
-            w.running.clear()
+            w.release_all()
             if not any(x.alive for x in self.workers.values()):
                 self._stop(False, f"all rollout workers failed (last: {e.worker}: {e.error})", e.t)
         elif role == "teacher":
@@ -468,9 +468,8 @@ class Controller:
         prompt_id, batch, attempt = item
         sid = self._next_sample_id
         self._next_sample_id += 1
-        slot = w.free_slots()[0]
+        slot = w.occupy(sid)
         self.samples[sid] = Attempt(sid, prompt_id, attempt, batch, w.name, slot, w.version, t)
-        w.running[slot] = sid
         self._live.add(sid)
         self._status_counts[L.GENERATING] += 1
         self.counters["attempts"] += 1
@@ -533,7 +532,7 @@ class Controller:
         w = self.workers.get(worker)
         if a is None or w is None or a.status != L.GENERATING or a.worker != worker or not w.alive:
             return None  # late or duplicate report (e.g. from a worker declared failed)
-        del w.running[a.slot]
+        w.release(a.slot)
         self._push_worker(w)
         return a
 
@@ -568,7 +567,7 @@ class Controller:
             a.end_reason = "run_stopped"
             self._finish(a)
         for w in self.workers.values():
-            w.running.clear()
+            w.release_all()
         self._out.append(Stop(ok, reason))
         if self.observer:
             self.observer.on_stop({"ok": ok, "reason": reason, "t_end": t, "version": self.version,

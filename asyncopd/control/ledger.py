@@ -9,6 +9,7 @@ the run stopped).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,9 +108,24 @@ class RolloutWorkerState:
     alive: bool = True
     syncing_to: int | None = None
     running: dict[int, int] = field(default_factory=dict)  # slot -> sample_id
+    _free: list[int] = field(default_factory=list)  # heap of free slots (all of them at first)
 
-    def free_slots(self) -> list[int]:
-        return [s for s in range(self.slots) if s not in self.running]
+    def __post_init__(self) -> None:
+        self._free = list(range(self.slots))
+
+    def occupy(self, sample_id: int) -> int:
+        """Put ``sample_id`` in the lowest free slot; return the slot."""
+        slot = heapq.heappop(self._free)
+        self.running[slot] = sample_id
+        return slot
+
+    def release(self, slot: int) -> None:
+        del self.running[slot]
+        heapq.heappush(self._free, slot)
+
+    def release_all(self) -> None:
+        self.running.clear()
+        self._free = list(range(self.slots))
 
     @property
     def accepting(self) -> bool:

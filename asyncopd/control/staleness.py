@@ -27,13 +27,18 @@ class Staleness:
 
 
 def sample_staleness(spans: Spans, step: int, start_version: int) -> Staleness:
-    total = sum(n for _, n in spans)
-    if total == 0:
+    total = weighted = 0
+    lo = hi = None
+    for v, n in spans:
+        if n > 0:
+            total += n
+            weighted += n * (step - v)
+            lo = v if lo is None or v < lo else lo
+            hi = v if hi is None or v > hi else hi
+    if lo is None or hi is None:
         s = step - start_version
         return Staleness(float(s), s, s)
-    weighted = sum(n * (step - v) for v, n in spans)
-    versions = [v for v, n in spans if n > 0]
-    return Staleness(weighted / total, step - min(versions), step - max(versions))
+    return Staleness(weighted / total, step - lo, step - hi)
 
 
 def merge_spans(spans: Spans) -> Spans:
