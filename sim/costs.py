@@ -59,16 +59,48 @@ def segment_time(seg: Segment, k: int) -> float:
 
 
 def segment_steps_within(seg: Segment, budget: float) -> int:
-    """Largest ``k`` with ``segment_time(seg, k) <= budget`` (steps are all > 0 long)."""
+    """Largest ``k`` with ``segment_time(seg, k) <= budget`` (steps are all > 0 long).
+
+    Closed form: the first ``m0`` steps are compute-bound and take ``alpha + beta`` each;
+    after them, ``j`` memory-bound steps take ``j*(alpha + gamma + delta*m0) + delta*j*(j-1)/2``,
+    a quadratic in ``j``. The float estimate is then corrected to the exact integer answer."""
     if budget <= 0:
         return 0
-    hi = 1
-    while segment_time(seg, hi) <= budget:
-        hi *= 2
-        if hi > 1 << 40:
-            raise ValueError("decode steps take no time; check the cost model")
-    lo = hi // 2  # time(lo) <= budget < time(hi)
-    while hi - lo > 1:
+    alpha, beta, gamma, delta = seg
+    if alpha + max(beta, gamma) <= 0 and delta <= 0:
+        raise ValueError("decode steps take no time; check the cost model")
+    x = (beta - gamma) / delta if delta > 0 else (-math.inf if gamma > beta else math.inf)
+    m0 = 0.0 if x < 0 else (math.floor(x) + 1.0 if x < 1e15 else math.inf)
+    per_compute = alpha + beta
+    if m0 == math.inf or budget < m0 * per_compute:
+        guess = budget / per_compute
+    else:
+        rest = budget - m0 * per_compute
+        lin = alpha + gamma + delta * m0 - delta / 2
+        # root of (delta/2) j^2 + lin j - rest, in the form that does not cancel
+        guess = m0 + 2 * rest / (lin + math.sqrt(lin * lin + 2 * delta * rest))
+    return _exact_steps(seg, budget, int(min(guess, 1 << 40)))
+
+
+def _exact_steps(seg: Segment, budget: float, k: int) -> int:
+    """From an estimate ``k``, the largest ``k`` with ``segment_time(seg, k) <= budget``
+    (galloping, then bisection: a handful of evaluations when the estimate is close)."""
+    k = max(0, k)
+    if segment_time(seg, k) <= budget:
+        lo, step = k, 1
+        while segment_time(seg, lo + step) <= budget:
+            lo += step
+            step *= 2
+            if lo > 1 << 41:
+                raise ValueError("decode steps take no time; check the cost model")
+        hi = lo + step
+    else:
+        hi, step = k, 1
+        while hi - step > 0 and segment_time(seg, hi - step) > budget:
+            hi -= step
+            step *= 2
+        lo = max(0, hi - step)
+    while hi - lo > 1:  # time(lo) <= budget < time(hi)
         mid = (lo + hi) // 2
         if segment_time(seg, mid) <= budget:
             lo = mid

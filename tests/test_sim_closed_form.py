@@ -150,3 +150,12 @@ def test_colocation_slows_the_simulated_run(tmp_path) -> None:
     apart = simulate(load_config(None, [*common, "layout.learner.devices=[2]"]), tmp_path / "a", progress=False)
     shared = simulate(load_config(None, [*common, "layout.learner.devices=[1]"]), tmp_path / "b", progress=False)
     assert shared["samples_per_s"] < 0.75 * apart["samples_per_s"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(alpha=st.floats(0, 1e-2), beta=st.floats(0, 1e-2), gamma=st.floats(0, 1e-2), delta=st.floats(0, 1e-4),
+       budget=st.floats(0, 50.0))
+def test_segment_steps_within_is_the_largest_k_that_fits(alpha, beta, gamma, delta, budget) -> None:
+    seg = (alpha + 1e-6, beta, gamma, delta)
+    k = segment_steps_within(seg, budget)
+    assert segment_time(seg, k) <= budget < segment_time(seg, k + 1)
