@@ -60,6 +60,7 @@ class LengthModel:
         self.max_new = cfg.rollout.max_new_tokens
         self.rng = random.Random(seed)
         self.prompt_mean = cfg.sim.prompt_tokens_mean
+        self._fixed_prompt = None if self.prompt_mean is None else max(1, round(self.prompt_mean))
         if self.dist.kind == "lognormal":  # log-space parameters giving the requested mean and cv
             sigma2 = math.log(1 + self.dist.cv**2)
             self._log_mu, self._log_sigma = math.log(self.dist.mean) - sigma2 / 2, math.sqrt(sigma2)
@@ -93,7 +94,7 @@ class LengthModel:
         return self.task.mean_prompt_tokens()
 
     def prompt_tokens(self, prompt_id: int) -> int:
-        if self.prompt_mean is not None:
-            return max(1, round(self.prompt_mean))
+        if self._fixed_prompt is not None:
+            return self._fixed_prompt
         assert self.task is not None
         return prompt_tokens_for(self.task.problem(prompt_id).n_terms)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from asyncopd.config import load_config
 from asyncopd.trace.schema import RunFormatError, read_trace, validate_run_dir
+from asyncopd.trace.stats import QueueTracker
 from sim.driver import simulate
 
 CFG = ["sim.response_length.kind=lognormal", "sim.prompt_tokens_mean=10", "run.total_steps=6"]
@@ -59,3 +62,24 @@ def test_step_time_is_wall_clock_between_steps(run_dir) -> None:
         assert s["step_time_s"] == pytest.approx(s["t_end"] - prev)
         assert s["step_time_s"] >= s["train_time_s"] - 1e-9
         prev = s["t_end"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.floats(0, 5), st.integers(0, 4), st.integers(0, 3)), max_size=200),
+       chunk=st.integers(1, 50), tail=st.floats(0, 5))
+def test_queue_tracker_time_averages_match_a_direct_integral(steps, chunk, tail) -> None:
+    """Buffered, chunked folding gives the same integral as summing depth x holding time."""
+    q = QueueTracker(("a", "b"), max_points=16, chunk=chunk)
+    t, held, area = 0.0, (0, 0), [0.0, 0.0]
+    for dt, a, b in steps:
+        area = [acc + v * dt for acc, v in zip(area, held)]
+        t += dt
+        held = (a, b)
+        q.observe(t, held)
+    t_end = t + tail
+    area = [acc + v * tail for acc, v in zip(area, held)]
+    got = q.time_averages(t_end)
+    if t_end > 0:
+        assert got["a"] == pytest.approx(area[0] / t_end, abs=1e-9)
+        assert got["b"] == pytest.approx(area[1] / t_end, abs=1e-9)
+    assert len(q.timeline) <= 16 + 1

@@ -6,6 +6,8 @@ import statistics
 from collections import Counter
 from typing import Iterable
 
+import numpy as np
+
 
 def staleness_summary(means: list[float], maxes: list[int]) -> dict:
     """Per-sample token-weighted mean staleness → min/mean/max/std; per-sample max → histogram."""
@@ -39,42 +41,64 @@ class QueueTracker:
     ``observe(t, depths)`` is called after every controller event with a tuple of depths in
     the order of ``names``. It integrates each queue over time (for time averages, e.g.
     Little's law ``L = lambda * W``) and keeps a timeline for plots, thinned to at most
-    ``max_points`` points (every other point is dropped when full).
+    ``max_points`` points (every other point is dropped when full). Changes are buffered and
+    folded in with numpy every ``chunk`` changes: ``observe`` itself is one comparison and one
+    append, which matters at tens of thousands of events per simulated run.
     """
 
-    def __init__(self, names: tuple[str, ...], max_points: int = 4000) -> None:
+    def __init__(self, names: tuple[str, ...], max_points: int = 4000, chunk: int = 8192) -> None:
         self.names = names
         self.max_points = max_points
-        self.integral = [0.0] * len(names)
+        self.chunk = chunk
+        self._integral = np.zeros(len(names))
         self._last_t = 0.0
-        self._last: tuple[int, ...] = (0,) * len(names)
-        self.timeline: list[tuple[float, tuple[int, ...]]] = []
+        self._last: tuple[int, ...] = (0,) * len(names)  # the newest depths observed
+        self._held: tuple[int, ...] = self._last  # the depths from ``_last_t`` on, once folded
+        self._buf: list[tuple[float, tuple[int, ...]]] = []
+        self._timeline: list[tuple[float, tuple[int, ...]]] = []
         self._stride = 1
         self._seen = 0
 
     def observe(self, t: float, depths: tuple[int, ...]) -> None:
-        if depths == self._last:
+        if depths != self._last:
+            self._last = depths
+            self._buf.append((t, depths))
+            if len(self._buf) >= self.chunk:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Integrate the buffered changes and add them to the thinned timeline."""
+        buf, self._buf = self._buf, []
+        if not buf:
             return
-        dt = t - self._last_t  # ``_last`` held from ``_last_t`` until now
-        if dt > 0:
-            self.integral = [acc + v * dt for acc, v in zip(self.integral, self._last)]
-            self._last_t = t
-        self._last = depths
-        self._seen += 1
-        if self._seen % self._stride == 0:
-            self.timeline.append((t, depths))
-            if len(self.timeline) > self.max_points:
-                self.timeline = self.timeline[::2]
-                self._stride *= 2
+        times = np.fromiter((t for t, _ in buf), float, len(buf))
+        held = np.array([self._held] + [d for _, d in buf[:-1]], dtype=float)  # value before each change
+        dt = np.diff(np.concatenate(([self._last_t], times)))
+        self._integral += (held * dt[:, None]).sum(axis=0)
+        self._last_t, self._held = float(times[-1]), buf[-1][1]
+        for point in buf:
+            self._seen += 1
+            if self._seen % self._stride == 0:
+                self._timeline.append(point)
+                if len(self._timeline) > self.max_points:
+                    self._timeline = self._timeline[::2]
+                    self._stride *= 2
+
+    @property
+    def timeline(self) -> list[tuple[float, tuple[int, ...]]]:
+        self._fold()
+        return self._timeline
 
     def time_averages(self, t_end: float) -> dict[str, float]:
+        self._fold()
         if t_end <= 0:
             return {}
         tail = max(0.0, t_end - self._last_t)
-        return {k: (acc + v * tail) / t_end for k, acc, v in zip(self.names, self.integral, self._last)}
+        return {k: float(acc + v * tail) / t_end for k, acc, v in zip(self.names, self._integral, self._held)}
 
     def write_csv(self, path) -> None:
-        if not self.timeline:
+        timeline = self.timeline
+        if not timeline:
             return
-        lines = ["t," + ",".join(self.names)] + [f"{t:.6f}," + ",".join(map(str, d)) for t, d in self.timeline]
+        lines = ["t," + ",".join(self.names)] + [f"{t:.6f}," + ",".join(map(str, d)) for t, d in timeline]
         path.write_text("\n".join(lines) + "\n")
