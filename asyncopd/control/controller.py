@@ -73,6 +73,7 @@ class Controller:
         if pause_mode not in ("keep", "abort", "recompute"):
             raise ValueError(f"pause_mode must be keep, abort or recompute, got {pause_mode!r}")
         self.policy = policy
+        self._evicts = isinstance(policy, FullyAsyncPolicy) and policy.evicts  # (policies are immutable)
         self.B = batch_size
         self.total_steps = total_steps
         self.teacher_max_batch = teacher_max_batch
@@ -483,7 +484,7 @@ class Controller:
 
     # ------------------------------------------------------------ evictions
     def _policy_evicts(self) -> bool:
-        return isinstance(self.policy, FullyAsyncPolicy) and self.policy.evicts
+        return self._evicts
 
     def _over_cap(self, a: Attempt) -> bool:
         """Certain to exceed the hard cap: the earliest update that could consume it is

@@ -62,9 +62,14 @@ class Attempt:
     def set_spans(self, spans: Spans) -> None:
         """Record the generated tokens' versions (merged runs, generation order)."""
         self.spans = spans
-        self.response_tokens = sum(n for _, n in spans)
-        if self.response_tokens:
-            self.start_version = min(v for v, n in spans if n > 0)
+        total, oldest = 0, None
+        for v, n in spans:
+            if n > 0:
+                total += n
+                oldest = v if oldest is None or v < oldest else oldest
+        self.response_tokens = total
+        if oldest is not None:
+            self.start_version = oldest
 
     def staleness_at(self, step: int) -> Staleness:
         return sample_staleness(self.spans, step, self.start_version)

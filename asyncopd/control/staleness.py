@@ -43,14 +43,12 @@ def sample_staleness(spans: Spans, step: int, start_version: int) -> Staleness:
 
 def merge_spans(spans: Spans) -> Spans:
     """Join adjacent runs with the same version and drop empty runs."""
-    if len(spans) == 1 and spans[0][1] > 0:
-        return tuple(spans)
-    out: list[list[int]] = []
+    out: list[tuple[int, int]] = []
     for v, n in spans:
         if n <= 0:
             continue
         if out and out[-1][0] == v:
-            out[-1][1] += n
+            out[-1] = (v, out[-1][1] + n)
         else:
-            out.append([v, n])
-    return tuple((v, n) for v, n in out)
+            out.append((v, n))
+    return tuple(out)
