@@ -32,6 +32,31 @@ class GenRequest:
 
 
 @dataclass
+class RolloutCapture:
+    """What the rollout records at each response position ``t`` besides the sampled token,
+    all under the sampling distribution ``mu_t`` the token was drawn from (temperature and
+    top-p applied: see ``torch_backend/sampling.py``):
+
+    - ``topk_ids[t]`` / ``topk_logprobs[t]``: the ``K`` most likely ids under ``mu_t`` and
+      ``log mu_t`` at them (descending; ``-inf`` outside the nucleus) — the support ``S_mu(t)``;
+    - ``mc_ids[t]`` / ``mc_logprobs[t]``: ``M`` ids drawn from ``mu_t``, column 0 being the
+      emitted token ``y_t`` and columns ``1..M-1`` independent extra draws, with ``log mu_t``.
+
+    Arrays are ``[T, K]`` / ``[T, M]`` (int32 ids, float32 log-probs); an unused part is None.
+    """
+
+    topk_ids: Optional[np.ndarray] = None
+    topk_logprobs: Optional[np.ndarray] = None
+    mc_ids: Optional[np.ndarray] = None
+    mc_logprobs: Optional[np.ndarray] = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in (self.topk_ids, self.topk_logprobs, self.mc_ids, self.mc_logprobs)
+                   if a is not None)
+
+
+@dataclass
 class GenResult:
     sample_id: int
     prompt_id: int
@@ -44,6 +69,7 @@ class GenResult:
     status: Literal["finished", "aborted"] = "finished"
     abort_reason: str = ""
     finish_reason: Literal["eos", "length", "aborted"] = "eos"
+    capture: Optional[RolloutCapture] = None  # student top-K / MC draws, when the loss needs them
 
     def spans(self) -> tuple[tuple[int, int], ...]:
         """Run-length encoding of ``token_versions``: ((version, n_tokens), ...)."""
@@ -72,19 +98,49 @@ StepHook = Callable[[], tuple[Optional[WeightUpdate], set[int]]]
 
 
 @dataclass
+class ScoreRequest:
+    """One sample for the teacher: score ``prompt_ids + response_ids`` and, when given, return
+    ``log p_T`` at ``query_ids[t]`` (``[T, Q]``: the student's top-K or its MC draws)."""
+
+    sample_id: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    query_ids: Optional[np.ndarray] = None
+
+
+@dataclass
 class TeacherPayload:
     """The finite teacher-score cache entry for one sample, per response position t:
-    ``topk_ids[t]`` / ``topk_logprobs[t]``: the teacher's top-k ids and log p_T at them
-    (descending); ``sampled_logprob[t]``: log p_T(y_t) of the token the student emitted."""
+
+    - ``topk_ids[t]`` / ``topk_logprobs[t]``: the teacher's top-k ids and log p_T at them
+      (descending);
+    - ``sampled_logprob[t]``: log p_T(y_t) of the token the student emitted;
+    - ``query_ids[t]`` / ``query_logprobs[t]``: log p_T at the ids the learner asked for
+      (``ScoreRequest.query_ids``), ``[T, Q]``;
+    - ``sample_ids[t]`` / ``sample_logprobs[t]``: ``M`` ids drawn from p_T (temperature 1, no
+      truncation) and log p_T at them, ``[T, M]``;
+    - ``full_logprobs[t]``: log p_T over the whole vocabulary, ``[T, V]`` — the dense reference
+      only (an "infinite cache"; practical for small vocabularies).
+
+    Computed once per sample and reused however stale the sample gets; ``nbytes`` is what it
+    costs to keep and ship.
+    """
 
     sample_id: int
     topk_ids: np.ndarray  # int32 [T, k]
     topk_logprobs: np.ndarray  # float32 [T, k]
     sampled_logprob: np.ndarray  # float32 [T]
+    query_ids: Optional[np.ndarray] = None  # int32 [T, Q]
+    query_logprobs: Optional[np.ndarray] = None  # float32 [T, Q]
+    sample_ids: Optional[np.ndarray] = None  # int32 [T, M]
+    sample_logprobs: Optional[np.ndarray] = None  # float32 [T, M]
+    full_logprobs: Optional[np.ndarray] = None  # float32 [T, V]
 
     @property
     def nbytes(self) -> int:
-        return int(self.topk_ids.nbytes + self.topk_logprobs.nbytes + self.sampled_logprob.nbytes)
+        arrays = (self.topk_ids, self.topk_logprobs, self.sampled_logprob, self.query_ids, self.query_logprobs,
+                  self.sample_ids, self.sample_logprobs, self.full_logprobs)
+        return sum(int(a.nbytes) for a in arrays if a is not None)
 
 
 @dataclass
@@ -94,6 +150,7 @@ class TrainItem:
     behaviour_logprobs: list[float]
     token_versions: list[int]
     teacher: TeacherPayload
+    capture: Optional[RolloutCapture] = None
 
 
 @dataclass
@@ -119,8 +176,8 @@ class RolloutEngine(Protocol):
 
 
 class TeacherScorer(Protocol):
-    def score(self, items: list[tuple[int, list[int], list[int]]]) -> list[TeacherPayload]:
-        """One prefill over prompt+response per item ``(sample_id, prompt_ids, response_ids)``."""
+    def score(self, items: list[ScoreRequest]) -> list[TeacherPayload]:
+        """One prefill over prompt+response per item; payloads in the order of ``items``."""
 
 
 class Learner(Protocol):

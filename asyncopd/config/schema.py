@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from asyncopd.config.algorithm import AlgorithmConfig, check_backends
 from asyncopd.control.policies import FullyAsyncPolicy, Policy, StepOffPolicy, SyncPolicy, parse_policy
 from asyncopd.task.config import TaskConfig
 
@@ -107,10 +108,6 @@ class LearnerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     warmup_steps: int = Field(0, ge=0)
-
-
-class AlgorithmConfig(_Section):
-    loss: Literal["forward_kl_topk"] = "forward_kl_topk"
 
 
 class PipelineConfig(_Section):
@@ -274,6 +271,7 @@ class OPDConfig(_Section):
                 raise ValueError(f"cluster.hardware: {e}") from None
         if self.learner.micro_batch_size > self.learner.batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.batch_size")
+        check_backends(self.algorithm, self.rollout.backend, self.teacher.backend)
         return self
 
     def policy(self) -> Policy:

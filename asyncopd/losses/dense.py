@@ -22,7 +22,7 @@ import torch
 from asyncopd.losses.forward_kl_topk import masked_token_mean, upcast
 
 
-def _kl_per_token(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:
+def kl_per_token_from_logprobs(logp_a: torch.Tensor, logp_b: torch.Tensor) -> torch.Tensor:
     """``sum_v a(v) (log a(v) - log b(v))`` over the last dim, with ``0 log 0 = 0``."""
     present = torch.isfinite(logp_a)
     a_safe = torch.where(present, logp_a, torch.zeros_like(logp_a))
@@ -34,14 +34,14 @@ def dense_forward_kl_per_token(student_logits: torch.Tensor, teacher_logits: tor
     """``KL(p_T || pi)`` per position: logits ``[..., V]`` -> ``[...]``."""
     logp_s = torch.log_softmax(upcast(student_logits), dim=-1)
     logp_t = torch.log_softmax(upcast(teacher_logits), dim=-1)
-    return _kl_per_token(logp_t, logp_s)
+    return kl_per_token_from_logprobs(logp_t, logp_s)
 
 
 def dense_reverse_kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """``KL(pi || p_T)`` per position: logits ``[..., V]`` -> ``[...]``."""
     logp_s = torch.log_softmax(upcast(student_logits), dim=-1)
     logp_t = torch.log_softmax(upcast(teacher_logits), dim=-1)
-    return _kl_per_token(logp_s, logp_t)
+    return kl_per_token_from_logprobs(logp_s, logp_t)
 
 
 def dense_forward_kl(

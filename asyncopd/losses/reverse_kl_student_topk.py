@@ -1,0 +1,30 @@
+r"""Reverse KL on the rollout student's top-K support.
+
+At generation time the rollout records ``S_mu(t)``, the ``K`` most likely ids of the sampling
+distribution ``mu_t`` (the behaviour policy, possibly stale); the teacher is asked for
+``log p_T`` at exactly those ids (``ScoreRequest.query_ids``). Per position::
+
+    l_t(theta) = sum_{v in S_mu(t)} pi_theta(v) * ( log pi_theta(v) - log p_T(v) )
+
+(truncated, not renormalised, as in :mod:`asyncopd.losses.reverse_kl_topk`; equal to
+``KL(pi_theta || p_T)`` when ``K`` is the vocabulary size). The support is where the *old*
+student put its mass, not where the current one does: when ``pi_theta`` has moved, mass it
+now puts outside ``S_mu`` is never charged, and no importance weight can correct that (the
+support is not a sample). This is the estimator the paper contrasts with the correctable
+sampled ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asyncopd.losses.reverse_kl_topk import reverse_kl_on_support_per_token
+
+
+def reverse_kl_student_topk_per_token(
+    student_logprobs_at_support: torch.Tensor,
+    teacher_logprobs_at_support: torch.Tensor,
+    support_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Inputs ``[..., K]``: log pi_theta and log p_T at the rollout's top-K ids; output ``[...]``."""
+    return reverse_kl_on_support_per_token(student_logprobs_at_support, teacher_logprobs_at_support, support_valid)
