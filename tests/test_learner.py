@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyncopd.backends.base import GenRequest, TeacherPayload, TrainItem
+from asyncopd.backends.base import GenRequest, ScoreRequest, TeacherPayload, TrainItem
 from asyncopd.backends.torch_backend import TorchLearner, TorchRolloutEngine, TorchTeacherScorer
 from asyncopd.losses import dense_forward_kl_per_token
 
@@ -25,7 +25,7 @@ def make_batch(k: int, n: int = 6, student_seed: int = 0, teacher_seed: int = 1)
     engine = TorchRolloutEngine(tiny_lm(student_seed), eos_id=3, pad_id=PAD, max_new_tokens=8, seed=1)
     results = engine.generate(reqs)
     teacher = TorchTeacherScorer(tiny_lm(teacher_seed), top_k=k, pad_id=PAD)
-    payloads = teacher.score([(r.sample_id, r.prompt_ids, r.response_ids) for r in results])
+    payloads = teacher.score([ScoreRequest(r.sample_id, r.prompt_ids, r.response_ids) for r in results])
     return [TrainItem(r.prompt_ids, r.response_ids, r.behaviour_logprobs, r.token_versions, p) for r, p in zip(results, payloads)]
 
 

@@ -281,3 +281,36 @@ def test_compat_supports_the_older_past_key_values_keyword():
     assert logits.shape == (2, 1, 5) and cache == "new-cache" and m.seen["past_key_values"] == "old-cache"
     assert compat.cache_kwarg(tiny_lm(0)) in ("cache", "past_key_values")
     assert compat.cache_select_rows(object(), torch.tensor([0])) is False
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.8)])
+def test_capture_top_k_and_mc_draws_come_from_the_sampling_distribution(temperature, top_p):
+    """The capture is the sampling distribution at every position: top-K ids/log mu match the
+    teacher-forced reference, MC column 0 is the emitted token, every draw lies in the nucleus
+    with log mu read off at it, and capturing does not change the emitted tokens."""
+    model = tiny_lm(0)
+    kw = dict(max_new_tokens=10, temperature=temperature, top_p=top_p, seed=4)
+    plain = make_engine(model, **kw).generate(requests())
+    captured = make_engine(model, capture_top_k=4, capture_mc=6, **kw).generate(requests())
+    for a, b in zip(plain, captured):
+        assert a.response_ids == b.response_ids and a.capture is None
+        t = len(b.response_ids)
+        cap = b.capture
+        assert cap.topk_ids.shape == (t, 4) and cap.mc_ids.shape == (t, 6) and cap.mc_ids.dtype == np.int32
+        ref = reference_sampling_logprobs(teacher_forced_logits(model, b.prompt_ids, b.response_ids).numpy(),
+                                          temperature, top_p)
+        np.testing.assert_allclose(cap.topk_logprobs, -np.sort(-ref, axis=-1)[:, :4], atol=1e-4)
+        np.testing.assert_array_equal(cap.mc_ids[:, 0], b.response_ids)
+        np.testing.assert_allclose(cap.mc_logprobs, np.take_along_axis(ref, cap.mc_ids, 1), atol=1e-4)
+        assert np.isfinite(cap.mc_logprobs).all()  # never outside the nucleus
+
+
+def test_mc_draws_follow_the_sampling_distribution_in_frequency():
+    """Many extra draws at one position (fixed seed): frequencies within 0.02 of mu."""
+    model = tiny_lm(1)
+    eng = make_engine(model, max_new_tokens=1, temperature=0.8, capture_mc=20001, seed=2)
+    (res,) = eng.generate(requests((3,)))
+    ref = np.exp(reference_sampling_logprobs(teacher_forced_logits(model, res.prompt_ids, res.response_ids).numpy(),
+                                             0.8, 1.0))[0]
+    freq = np.bincount(res.capture.mc_ids[0, 1:], minlength=VOCAB) / 20000
+    assert np.abs(freq - ref).max() < 0.02

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from asyncopd.backends.base import ScoreRequest as R
 from asyncopd.backends.torch_backend import TorchTeacherScorer
 
 from tests.tiny_lm import PAD, VOCAB, one_thread, tiny_lm  # noqa: F401  (one_thread: autouse fixture)
@@ -18,7 +19,7 @@ from tests.tiny_lm import PAD, VOCAB, one_thread, tiny_lm  # noqa: F401  (one_th
 def items():
     rng = np.random.default_rng(7)
     shapes = [(1, 5), (6, 2), (3, 9), (4, 1), (2, 4)]
-    return [(10 + i, rng.integers(1, VOCAB, p).tolist(), rng.integers(1, VOCAB, t).tolist()) for i, (p, t) in enumerate(shapes)]
+    return [R(10 + i, rng.integers(1, VOCAB, p).tolist(), rng.integers(1, VOCAB, t).tolist()) for i, (p, t) in enumerate(shapes)]
 
 
 @torch.no_grad()
@@ -34,9 +35,10 @@ def test_topk_matches_full_forward(k):
     scorer = TorchTeacherScorer(model, top_k=k, pad_id=PAD)
     its = items()
     payloads = scorer.score(its)
-    assert [p.sample_id for p in payloads] == [sid for sid, _, _ in its]
-    for (sid, prompt, response), pay in zip(its, payloads):
-        lp = full_logprobs(model, prompt, response)
+    assert [p.sample_id for p in payloads] == [it.sample_id for it in its]
+    for it, pay in zip(its, payloads):
+        response = it.response_ids
+        lp = full_logprobs(model, it.prompt_ids, response)
         ref_lp, ref_ids = torch.topk(lp, k, dim=-1)
         t = len(response)
         assert pay.topk_ids.shape == (t, k) and pay.topk_ids.dtype == np.int32
@@ -66,7 +68,7 @@ def test_batch_equals_items_scored_alone():
 
 def test_empty_response_and_validation():
     scorer = TorchTeacherScorer(tiny_lm(0), top_k=3, pad_id=PAD)
-    out = scorer.score([(1, [4, 5], []), (2, [4], [6, 7])])
+    out = scorer.score([R(1, [4, 5], []), R(2, [4], [6, 7])])
     assert out[0].topk_ids.shape == (0, 3) and out[0].sampled_logprob.shape == (0,)
     assert out[1].topk_ids.shape == (2, 3)
     assert scorer.score([]) == []
@@ -75,4 +77,30 @@ def test_empty_response_and_validation():
     with pytest.raises(ValueError):
         TorchTeacherScorer(tiny_lm(0), top_k=0, pad_id=PAD)
     with pytest.raises(ValueError, match="empty prompt"):
-        scorer.score([(3, [], [1])])
+        scorer.score([R(3, [], [1])])
+    with pytest.raises(ValueError, match="query_ids must be"):
+        scorer.score([R(4, [1], [2, 3], query_ids=np.zeros((3, 2), dtype=np.int32))])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        scorer.score([R(4, [1], [2, 3], query_ids=np.full((2, 2), VOCAB, dtype=np.int32))])
+
+
+def test_payload_extras_queries_teacher_draws_and_full_rows():
+    """Query log-probs are the full distribution at the asked ids; teacher draws follow p_T
+    (fixed seed, many draws: empirical frequencies within 0.02 of p_T); full rows are p_T."""
+    model = tiny_lm(0)
+    scorer = TorchTeacherScorer(model, top_k=3, pad_id=PAD, num_samples=4000, full_vocab=True, seed=1)
+    rng = np.random.default_rng(0)
+    it = R(1, [3, 4, 5], [6, 7], query_ids=rng.integers(0, VOCAB, (2, 5)).astype(np.int32))
+    (pay,) = scorer.score([it])
+    lp = full_logprobs(model, it.prompt_ids, it.response_ids).numpy()
+    np.testing.assert_allclose(pay.query_logprobs, np.take_along_axis(lp, it.query_ids, 1), atol=1e-5)
+    np.testing.assert_array_equal(pay.query_ids, it.query_ids)
+    np.testing.assert_allclose(pay.full_logprobs, lp, atol=1e-5)
+    assert pay.sample_ids.shape == (2, 4000)
+    np.testing.assert_allclose(pay.sample_logprobs, np.take_along_axis(lp, pay.sample_ids, 1), atol=1e-5)
+    for t in range(2):
+        freq = np.bincount(pay.sample_ids[t], minlength=VOCAB) / 4000
+        assert np.abs(freq - np.exp(lp[t])).max() < 0.02
+    assert pay.nbytes == 2 * 3 * 8 + 2 * 4 + 2 * 5 * 8 + 2 * 4000 * 8 + 2 * VOCAB * 4
+    empty = scorer.score([R(2, [1], [], query_ids=np.zeros((0, 5), dtype=np.int32))])[0]
+    assert empty.query_logprobs.shape == (0, 5) and empty.sample_ids.shape == (0, 4000)

@@ -41,6 +41,12 @@ place (``load_state_dict``) and ``version`` becomes ``update.version``; then, by
 
 Finished sequences keep their results in every mode. Aborted results carry the tokens generated
 before the abort.
+
+Capture for the estimators that need more than the emitted token (``RolloutCapture``): with
+``capture_top_k = K`` the ``K`` most likely ids of ``mu_t`` and ``log mu_t`` at them; with
+``capture_mc = M`` the emitted token plus ``M - 1`` independent draws from the same ``mu_t``
+(temperature and top-p applied), with ``log mu_t`` at them. The extra draws come from a
+second generator, so the emitted tokens are the same with and without capture.
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ from typing import Any, Optional
 
 import torch
 
-from asyncopd.backends.base import GenRequest, GenResult, StepHook, WeightUpdate
+import numpy as np
+
+from asyncopd.backends.base import GenRequest, GenResult, RolloutCapture, StepHook, WeightUpdate
 from asyncopd.backends.torch_backend import compat
 from asyncopd.backends.torch_backend.sampling import sample_from_logprobs, sampling_logprobs
 
@@ -82,6 +90,9 @@ class TorchRolloutEngine:
             greedy decoding with behaviour log-prob 0.
         seed: seeds the engine's own ``torch.Generator``; two engines built with the same seed,
             weights and calls produce the same samples.
+        capture_top_k: record the ``K`` most likely ids of the sampling distribution per position (0: no).
+        capture_mc: record ``M`` draws per position from the sampling distribution, column 0 the
+            emitted token (0: no).
         device: where the model runs.
     """
 
@@ -95,6 +106,8 @@ class TorchRolloutEngine:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
+        capture_top_k: int = 0,
+        capture_mc: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
         if max_new_tokens < 1:
@@ -119,6 +132,14 @@ class TorchRolloutEngine:
         self.seed = int(seed)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(self.seed)
+        if capture_top_k < 0 or capture_mc < 0:
+            raise ValueError("capture_top_k and capture_mc must be >= 0")
+        vocab = compat.output_vocab_size(self.model)
+        if capture_top_k > vocab:
+            raise ValueError(f"capture_top_k={capture_top_k} exceeds the vocabulary ({vocab})")
+        self.capture_top_k, self.capture_mc = int(capture_top_k), int(capture_mc)
+        self.mc_generator = torch.Generator(device=self.device)
+        self.mc_generator.manual_seed(self.seed + 7919)  # independent of the emitted tokens' stream
         self.version = 0
         # Counters of the most recent ``generate`` call (for calibration and logging).
         self.last_stats: dict[str, float] = {}
@@ -168,6 +189,8 @@ class TorchRolloutEngine:
         responses: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         versions: list[list[int]] = [[] for _ in range(n)]
+        cap_k: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]  # per token: (ids, log mu)
+        cap_mc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
         outcome: list[Optional[tuple[str, str, str, float]]] = [None] * n  # status, finish, abort, time
         stats = {"decode_steps": 0, "generated_tokens": 0, "prefill_tokens": 0, "recomputes": 0}
 
@@ -199,6 +222,8 @@ class TorchRolloutEngine:
             logp = sampling_logprobs(step_logits, self.temperature, self.top_p)
             sampled = sample_from_logprobs(logp, self.generator)
             tok_logp = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+            top = self._capture_top_k(logp)
+            draws = self._capture_mc(logp, sampled)
             if len(live) < len(rows):
                 tok = torch.full((len(rows),), self.pad_id, dtype=torch.long, device=self.device)
                 tok[live_idx] = sampled
@@ -206,11 +231,15 @@ class TorchRolloutEngine:
                 tok = sampled
             now = time.time()
             version = self.version
-            for r, t, lp in zip(live, sampled.tolist(), tok_logp.tolist()):
+            for j, (r, t, lp) in enumerate(zip(live, sampled.tolist(), tok_logp.tolist())):
                 i = rows[r]
                 responses[i].append(t)
                 logps[i].append(lp)
                 versions[i].append(version)
+                if top is not None:
+                    cap_k[i].append((top[0][j], top[1][j]))
+                if draws is not None:
+                    cap_mc[i].append((draws[0][j], draws[1][j]))
                 stats["generated_tokens"] += 1
                 if t in eos:
                     finish(i, "finished", "eos", "", now)
@@ -273,6 +302,40 @@ class TorchRolloutEngine:
                     status=status,  # type: ignore[arg-type]
                     abort_reason=abort_reason,
                     finish_reason=finish_reason,  # type: ignore[arg-type]
+                    capture=self._assemble(cap_k[i], cap_mc[i]),
                 )
             )
         return results
+
+    # ------------------------------------------------------------------ capture
+    def _capture_top_k(self, logp: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.capture_top_k:
+            return None
+        lp, ids = torch.topk(logp, self.capture_top_k, dim=-1)
+        return ids.to(torch.int32).cpu().numpy(), lp.float().cpu().numpy()
+
+    def _capture_mc(self, logp: torch.Tensor, sampled: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        if not self.capture_mc:
+            return None
+        ids = sampled.unsqueeze(-1)
+        if self.capture_mc > 1:
+            extra = torch.multinomial(logp.exp(), self.capture_mc - 1, replacement=True, generator=self.mc_generator)
+            ids = torch.cat([ids, extra], dim=-1)
+        return ids.to(torch.int32).cpu().numpy(), logp.gather(-1, ids).float().cpu().numpy()
+
+    def _assemble(self, top: list[tuple[np.ndarray, np.ndarray]],
+                  mc: list[tuple[np.ndarray, np.ndarray]]) -> RolloutCapture | None:
+        if not (self.capture_top_k or self.capture_mc):
+            return None
+
+        def stack(rows: list[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray]:
+            if not rows:
+                return np.zeros((0, width), np.int32), np.zeros((0, width), np.float32)
+            return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]).astype(np.float32)
+
+        cap = RolloutCapture()
+        if self.capture_top_k:
+            cap.topk_ids, cap.topk_logprobs = stack(top, self.capture_top_k)
+        if self.capture_mc:
+            cap.mc_ids, cap.mc_logprobs = stack(mc, self.capture_mc)
+        return cap
