@@ -1,9 +1,11 @@
-"""The learner: one AdamW update per batch of scored samples, forward KL on the teacher's top-k.
+"""The learner: one AdamW update per batch of scored samples, with any OPD estimator.
 
-Loss (see :mod:`asyncopd.losses.forward_kl_topk`): for every response position ``t`` of every item,
-``l_t = sum_{v in S_T(t)} p_T(v) (log p_T(v) - log pi_theta(v))`` with ``S_T(t)`` and ``log p_T``
-from the item's :class:`TeacherPayload`; the batch loss is the mean of ``l_t`` over all response
-tokens of the whole batch. With gradient accumulation each micro-batch contributes
+Loss: the per-position loss ``l_t`` of the configured estimator (``algorithm.loss``; the math of
+each is in ``asyncopd/losses/<name>.py``, the default is forward KL on the teacher's top-k,
+``l_t = sum_{v in S_T(t)} p_T(v) (log p_T(v) - log pi_theta(v))``), computed from the item's
+teacher-score cache and rollout capture; the batch loss is the mean of ``l_t`` over all response
+tokens of the whole batch. PG estimators recompute ``log pi_theta`` of the sampled ids here, at
+learner time (the "online" advantage uses it). With gradient accumulation each micro-batch contributes
 ``sum of its l_t / (tokens in the whole batch)``, so the accumulated gradient equals the gradient of
 the whole-batch token mean whatever the micro-batch size.
 
@@ -27,7 +29,9 @@ import torch
 
 from asyncopd.backends.base import TrainItem, TrainMetrics
 from asyncopd.backends.torch_backend import compat
-from asyncopd.losses.forward_kl_topk import forward_kl_topk_per_token
+from asyncopd.backends.torch_backend.batching import pack
+from asyncopd.config.algorithm import AlgorithmConfig
+from asyncopd.losses.estimators import per_token_loss
 
 
 class TorchLearner:
@@ -42,6 +46,7 @@ class TorchLearner:
         warmup_steps: linear warm-up: update ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``.
         device: where the model trains.
         betas, eps: AdamW hyper-parameters.
+        algorithm: the estimator and its options (default: forward KL on the teacher's top-k).
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class TorchLearner:
         device: str | torch.device = "cpu",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        algorithm: AlgorithmConfig | None = None,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -63,6 +69,7 @@ class TorchLearner:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.algorithm = algorithm or AlgorithmConfig()
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.model.eval()  # dropout off; gradients still flow
@@ -85,69 +92,40 @@ class TorchLearner:
     def _micro_batch_loss(self, items: list[TrainItem], total_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Sum over the micro-batch's response tokens of ``l_t``, divided by ``total_tokens``."""
         dev = self.device
-        seqs = [list(it.prompt_ids) + list(it.response_ids) for it in items]
-        width = max(len(s) for s in seqs)
-        b = len(items)
-        ids = torch.zeros((b, width), dtype=torch.long)
-        attn = torch.zeros((b, width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-            attn[r, : len(s)] = 1
-        t_max = max(len(it.response_ids) for it in items)
-        k_max = max(int(it.teacher.topk_ids.shape[1]) for it in items)
-        pos = torch.zeros((b, t_max), dtype=torch.long)  # absolute position of the logits predicting token t
-        valid = torch.zeros((b, t_max), dtype=torch.bool)
-        t_ids = torch.zeros((b, t_max, k_max), dtype=torch.long)
-        t_logp = torch.full((b, t_max, k_max), float("-inf"), dtype=torch.float32)
-        targets = torch.zeros((b, t_max), dtype=torch.long)
-        behaviour = torch.zeros((b, t_max), dtype=torch.float32)
-        t_sampled = torch.zeros((b, t_max), dtype=torch.float32)
-        for r, it in enumerate(items):
-            p, t = len(it.prompt_ids), len(it.response_ids)
-            if t == 0:
-                continue
-            pay = it.teacher
-            k = pay.topk_ids.shape[1]
-            pos[r, :t] = torch.arange(p - 1, p - 1 + t)
-            valid[r, :t] = True
-            t_ids[r, :t, :k] = torch.from_numpy(pay.topk_ids.astype("int64"))
-            t_logp[r, :t, :k] = torch.from_numpy(pay.topk_logprobs.astype("float32"))
-            targets[r, :t] = torch.as_tensor(list(it.response_ids), dtype=torch.long)
-            if len(it.behaviour_logprobs) == t:
-                behaviour[r, :t] = torch.as_tensor(list(it.behaviour_logprobs), dtype=torch.float32)
-            if pay.sampled_logprob.shape[0] == t:
-                t_sampled[r, :t] = torch.from_numpy(pay.sampled_logprob.astype("float32"))
-        min_prompt = min(len(it.prompt_ids) for it in items)
-        keep = width - min_prompt + 1
-        logits, _ = compat.model_forward(self.model, input_ids=ids.to(dev), attention_mask=attn.to(dev), logits_to_keep=keep)
+        packed = pack(items, self.algorithm.spec)
+        tb = packed.tokens.to(dev)
+        b, t_max = tb.valid.shape
+        width = packed.input_ids.shape[1]
+        keep = width - min(len(it.prompt_ids) for it in items) + 1
+        logits, _ = compat.model_forward(self.model, input_ids=packed.input_ids.to(dev),
+                                         attention_mask=packed.attention_mask.to(dev), logits_to_keep=keep)
         offset = width - logits.shape[1]
-        pos_rel = (pos - offset).clamp(min=0).to(dev)
+        pos_rel = (packed.positions - offset).clamp(min=0).to(dev)
         resp_logits = logits.gather(1, pos_rel.unsqueeze(-1).expand(b, t_max, logits.shape[-1]))  # [b, T, V]
         student_logp = torch.log_softmax(resp_logits.float(), dim=-1)
-        s_topk = student_logp.gather(-1, t_ids.to(dev))
-        valid_d = valid.to(dev)
-        per_token = forward_kl_topk_per_token(s_topk, t_logp.to(dev))
-        loss = torch.where(valid_d, per_token, torch.zeros_like(per_token)).sum() / total_tokens
+        per_token, diag = per_token_loss(student_logp, tb, self.algorithm)
+        valid = tb.valid
+        loss = torch.where(valid, per_token, torch.zeros_like(per_token)).sum() / total_tokens
 
         with torch.no_grad():
-            s_sampled = student_logp.gather(-1, targets.to(dev).unsqueeze(-1)).squeeze(-1)
-            t_logp_d = t_logp.to(dev)
-            finite = torch.isfinite(t_logp_d)
-            t_mass = torch.where(finite, t_logp_d.exp(), torch.zeros_like(t_logp_d)).sum(-1)
-            s_mass = torch.where(finite, s_topk.exp(), torch.zeros_like(s_topk)).sum(-1)
-            agree = (student_logp.argmax(-1) == t_ids[..., 0].to(dev)).float()
-
             def tsum(x: torch.Tensor) -> float:
-                return float(torch.where(valid_d, x, torch.zeros_like(x)).sum())
+                return float(torch.where(valid, x, torch.zeros_like(x)).sum())
 
+            s_sampled = student_logp.gather(-1, tb.targets.unsqueeze(-1)).squeeze(-1)
+            s_topk = student_logp.gather(-1, tb.teacher_topk_ids)
+            finite = torch.isfinite(tb.teacher_topk_logp)
+            t_mass = torch.where(finite, tb.teacher_topk_logp.exp(), torch.zeros_like(s_topk)).sum(-1)
+            s_mass = torch.where(finite, s_topk.exp(), torch.zeros_like(s_topk)).sum(-1)
+            agree = (student_logp.argmax(-1) == tb.teacher_topk_ids[..., 0]).float()
             sums = {
                 "teacher_topk_mass": tsum(t_mass),
                 "student_topk_mass": tsum(s_mass),
                 "student_logprob": tsum(s_sampled),
-                "behaviour_logprob": tsum(behaviour.to(dev)),
-                "teacher_logprob": tsum(t_sampled.to(dev)),
-                "logprob_diff_abs": tsum((s_sampled - behaviour.to(dev)).abs()),
+                "behaviour_logprob": tsum(tb.behaviour_logp),
+                "teacher_logprob": tsum(tb.teacher_sampled_logp),
+                "logprob_diff_abs": tsum((s_sampled - tb.behaviour_logp).abs()),
                 "top1_agreement": tsum(agree),
+                **{f"{k}_mean": tsum(v) for k, v in diag.items()},
             }
         return loss, sums
 
