@@ -72,5 +72,10 @@ def test_simulator_only_settings_are_refused_by_the_trainer() -> None:
     cfg = load_config(None, ["models.student=qwen3-1.7b"])
     with pytest.raises(ValueError, match="models.student.*simulator only"):
         check_trainable(cfg)
-    with pytest.raises(ValueError, match="rollout.backend.*vLLM"):
+    with pytest.raises(ValueError, match="rollout.backend=vllm needs cluster.device_type=cuda"):
         check_trainable(load_config(None, ["rollout.backend=vllm"]))
+    from asyncopd.backends.vllm_backend import vllm_available
+
+    if not vllm_available():
+        with pytest.raises(ValueError, match="teacher.backend=vllm but vllm is not installed"):
+            check_trainable(load_config(None, ["teacher.backend=vllm", "cluster.device_type=cuda"]))

@@ -26,9 +26,17 @@ def check_trainable(cfg: OPDConfig) -> None:
             raise ValueError(f"models.{role}: preset {spec.preset!r} describes an architecture for the simulator "
                              f"only; to train, give models.{role}.path (a local checkpoint) or a builtin preset")
     for role in ("rollout", "teacher"):
-        if getattr(cfg, role).backend == "vllm":
-            raise ValueError(f"{role}.backend: the vLLM backend is not implemented yet; use 'torch' "
-                             f"(CPU and CUDA). The simulator models vLLM-style continuous batching.")
+        if getattr(cfg, role).backend != "vllm":
+            continue
+        from asyncopd.backends.vllm_backend import vllm_available
+
+        if cfg.cluster.device_type != "cuda":
+            raise ValueError(f"{role}.backend=vllm needs cluster.device_type=cuda (vLLM runs on GPUs); use "
+                             f"{role}.backend=torch on CPU")
+        if not vllm_available():
+            raise ValueError(f"{role}.backend=vllm but vllm is not installed: pip install 'asyncopd[vllm]' on a "
+                             "CUDA machine (written against vLLM's API, not run in this project's CI; "
+                             "see docs/backends.md)")
 
 
 def _resolve(spec: ModelSpec, cfg: OPDConfig, progress: bool) -> Path:
