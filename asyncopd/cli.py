@@ -1,4 +1,4 @@
-"""``asyncopd`` command line: simulate, train, compare, validate, demo.
+"""``asyncopd`` command line: simulate, train, eval, compare, validate, demo.
 
 Heavy imports (torch, ray, simpy, seaborn) happen inside the commands that need them, so
 ``asyncopd --help`` and config checks stay instant.
@@ -71,6 +71,10 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
         ("utilisation", ", ".join(f"{k} {v:.0%}" for k, v in util.items())),
         ("samples", str(s.get("sample_status"))),
     ]
+    if s.get("resumed_from") is not None:
+        r = s.get("resume") or {}
+        rows.append(("resumed", f"from step {s['resumed_from']} ({r.get('skipped_prompts', 0)} prompts in flight "
+                                f"skipped, {r.get('rolled_back_steps', 0)} later steps rolled back)"))
     if s.get("accuracy") is not None:
         start = s.get("accuracy_start")
         before = f"{start:.1%} → " if start is not None else ""
@@ -149,17 +153,73 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
 
 
 @app.command()
-def train(config: Path, set_: Optional[list[str]] = SetOpt,
+def train(config: Optional[Path] = typer.Argument(None, help="config file (with --resume: default RUN_DIR/config.yaml)"),
+          set_: Optional[list[str]] = SetOpt,
           out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-train-TIME)"),
+          resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                                help="continue RUN_DIR from its newest complete checkpoint"),
           plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars")) -> None:
-    """Run the real Ray trainer on CONFIG; write a run directory."""
+    """Run the real Ray trainer on CONFIG; write a run directory (or continue one: --resume)."""
+    from asyncopd.runtime.driver import find_resume_checkpoint
     from asyncopd.runtime.driver import train as run_train
 
-    cfg = _load(config, set_)
-    run_dir = _run_dir(cfg, "train", out)
-    summary = run_train(cfg, run_dir, progress=progress)
+    if resume is None:
+        if config is None:
+            err.print("[red]error:[/red] give a CONFIG file (or --resume RUN_DIR)")
+            raise typer.Exit(2)
+        cfg = _load(config, set_)
+        run_dir = _run_dir(cfg, "train", out)
+    else:
+        if not resume.is_dir():
+            err.print(f"[red]error:[/red] --resume: {resume} is not a directory")
+            raise typer.Exit(2)
+        if out is not None and out.resolve() != resume.resolve():
+            err.print("[red]error:[/red] --resume continues RUN_DIR in place; leave out --out")
+            raise typer.Exit(2)
+        cfg = _load(config if config is not None else resume / "config.yaml", set_)
+        try:
+            ck = find_resume_checkpoint(resume, cfg)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        console.print(f"resuming {resume} from {ck.path.name} (step {ck.version} of {cfg.run.total_steps}; "
+                      f"prompts from {ck.info.get('next_prompt_id')}, "
+                      f"{len(ck.info.get('skipped_prompts', []))} in flight at the checkpoint skipped)")
+        run_dir = resume
+    summary = run_train(cfg, run_dir, progress=progress, resume=resume is not None)
     console.print(_summary_table(f"trained: {run_dir}", summary))
     _plots(run_dir, plots)
+
+
+@app.command("eval")
+def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e.g. RUN/checkpoints/final) or a run "
+                                                       "directory (its newest checkpoint)"),
+          prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="held-out prompts (default: task.eval_prompts)"),
+          seed: Optional[int] = typer.Option(None, help="task seed, which picks the held-out problems "
+                                                         "(default: the run's run.seed, else 0)"),
+          as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """Held-out greedy accuracy of a checkpoint on the built-in task (eval split)."""
+    import json
+
+    from asyncopd.runtime.checkpoints import evaluate_checkpoint
+
+    try:
+        r = evaluate_checkpoint(checkpoint, n=prompts, seed=seed)
+    except (FileNotFoundError, ValueError) as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(r))
+        return
+    t = Table(title=f"held-out accuracy: {r['checkpoint']}", show_header=False, title_justify="left")
+    rows = [("step", "-" if r["version"] is None else str(r["version"])),
+            ("task / seed / prompts", f"{r['task']} / {r['seed']} / {r['n']} (eval split, greedy)"),
+            ("accuracy (exact match)", f"{r['accuracy']:.1%}"), ("final answer right", f"{r['answer_accuracy']:.1%}"),
+            ("well-formed", f"{r['well_formed']:.1%}"), ("ended with EOS", f"{r['eos_rate']:.1%}"),
+            ("mean response tokens", f"{r['mean_response_tokens']:.1f}")]
+    for k, v in rows:
+        t.add_row(k, v)
+    console.print(t)
 
 
 @app.command()

@@ -267,7 +267,7 @@ def test_dispatcher_says_what_is_missing(setup) -> None:
 # ------------------------------------------------------------------ refused at config time
 @pytest.mark.parametrize("overrides,match", [
     (["algorithm.loss=forward_kl_topk", "algorithm.stabiliser=clip"], "needs a policy-gradient loss"),
-    (["algorithm.loss=reverse_kl_topk", "algorithm.advantage=offline"], "advantage applies to policy-gradient"),
+    (["algorithm.loss=reverse_kl_topk", "algorithm.advantage=offline"], "advantage=offline applies to policy-gradient"),
     (["algorithm.loss=reverse_kl_student_topk"], "student_top_k >= 1"),
     (["algorithm.loss=mc_reverse_kl", "algorithm.num_samples=1"], "num_samples >= 2"),
     (["algorithm.loss=mc_reverse_kl", "rollout.backend=vllm"], "vLLM samples one token"),

@@ -80,3 +80,18 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
     for path in report["plots"].values():
         assert (tmp_path / "cmp" / path.rsplit("/", 1)[1]).stat().st_size > 1000
+
+
+def test_a_multi_sample_estimator_runs_through_the_trainer(ray_session, tmp_path) -> None:
+    """MC reverse KL needs the whole chain: rollout draws -> teacher queried at them -> learner
+    packs both; the per-step metrics show the cache and capture sizes and the stabiliser."""
+    from asyncopd.runtime.driver import train
+
+    cfg = load_config("configs/default.yaml", [*SMALL, "algorithm.loss=mc_reverse_kl", "algorithm.num_samples=3",
+                                               "algorithm.stabiliser=decoupled_ppo", "pipeline.policy=fully_async(eta=1)"])
+    summary = train(cfg, tmp_path / "run", progress=False, evaluate=False)
+    assert summary["ok"], summary["reason"]
+    steps = read_jsonl(tmp_path / "run" / "log.jsonl")
+    assert len(steps) == 4
+    for m in steps:
+        assert m["rollout_capture_bytes"] > 0 and m["teacher_cache_bytes"] > 0 and 0 < m["kept_mean"] <= 1

@@ -76,13 +76,14 @@ class AlgorithmConfig(BaseModel):
 
     @model_validator(mode="after")
     def _combination(self) -> "AlgorithmConfig":
-        spec, given = self.spec, self.model_fields_set
+        spec = self.spec
         if not spec.policy_gradient:
             if self.stabiliser != "none":
                 raise ValueError(f"stabiliser={self.stabiliser} needs a policy-gradient loss (sampled_reverse_kl or "
                                  f"mc_reverse_kl): {self.loss} has no importance ratio to stabilise")
-            if "advantage" in given:
-                raise ValueError(f"advantage applies to policy-gradient losses only; {self.loss} does not use it")
+            if self.advantage != "online":  # (the default is accepted: configs are written out in full)
+                raise ValueError(f"advantage={self.advantage} applies to policy-gradient losses only; "
+                                 f"{self.loss} does not use it")
         if self.loss == "reverse_kl_student_topk" and self.student_top_k < 1:
             raise ValueError("loss reverse_kl_student_topk needs student_top_k >= 1 (the rollout's top-K support)")
         if self.loss == "mc_reverse_kl" and self.num_samples < 2:

@@ -27,6 +27,10 @@ class RunConfig(_Section):
     seed: int = 0
     output_dir: str = "runs"
     total_steps: int = Field(30, ge=1, description="learner updates in the run")
+    checkpoint_every: int = Field(0, ge=0, description="real trainer: save RUN_DIR/checkpoints/step_NNNNNN every N "
+                                  "learner updates (0: only checkpoints/final, at the end); `train --resume` "
+                                  "continues from the newest")
+    keep_checkpoints: int = Field(3, ge=1, description="newest step_* checkpoints kept (checkpoints/final always is)")
 
 
 class ModelSpec(_Section):

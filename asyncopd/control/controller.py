@@ -65,13 +65,26 @@ class Controller:
         teacher_min_batch: int = 1,
         pause_mode: PauseMode = "keep",
         observer: Observer | None = None,
+        start_version: int = 0,
+        first_prompt_id: int = 0,
+        first_sample_id: int = 0,
+        counters: dict[str, int] | None = None,
     ) -> None:
+        """``start_version`` / ``first_prompt_id`` / ``first_sample_id`` / ``counters`` resume a run
+        (see ``resume_point``): the learner and every rollout worker start at ``start_version``
+        (the next update is step ``start_version``), fresh prompts continue from
+        ``first_prompt_id``, sample ids from ``first_sample_id``, and the cumulative counters
+        from ``counters`` (``consumed`` is ``batch_size * start_version`` by construction)."""
         if batch_size < 1 or total_steps < 1 or n_teachers < 1 or teacher_max_batch < 1:
             raise ValueError("batch_size, total_steps, n_teachers and teacher_max_batch must be >= 1")
         if not rollout_slots or min(rollout_slots) < 1:
             raise ValueError("need at least one rollout worker, each with >= 1 slot")
         if pause_mode not in ("keep", "abort", "recompute"):
             raise ValueError(f"pause_mode must be keep, abort or recompute, got {pause_mode!r}")
+        if min(start_version, first_prompt_id, first_sample_id) < 0:
+            raise ValueError("start_version, first_prompt_id and first_sample_id must be >= 0")
+        if start_version >= total_steps:
+            raise ValueError(f"start_version ({start_version}) must be < total_steps ({total_steps})")
         self.policy = policy
         self._evicts = isinstance(policy, FullyAsyncPolicy) and policy.evicts  # (policies are immutable)
         self.B = batch_size
@@ -82,18 +95,20 @@ class Controller:
         self.teacher_min_batch = teacher_min_batch
         self.pause_mode: PauseMode = pause_mode
         self.observer = observer
-        self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i) for i, n in enumerate(rollout_slots)}
+        self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i, version=start_version)
+                        for i, n in enumerate(rollout_slots)}
         self.teachers = {f"teacher-{i}": TeacherWorkerState(f"teacher-{i}") for i in range(n_teachers)}
 
-        self.version = 0  # learner's latest version (= updates finished)
-        self.steps_issued = 0
+        self.start_version = start_version
+        self.version = start_version  # learner's latest version (= updates finished)
+        self.steps_issued = start_version
         self.learner_busy = False
         self._step_info: dict[str, Any] = {}
         self.samples: dict[int, Attempt] = {}
         self._live: set[int] = set()
-        self._next_sample_id = 0
-        self._next_prompt_id = 0
-        self._fresh_admitted = 0
+        self._next_sample_id = first_sample_id
+        self._next_prompt_id = first_prompt_id
+        self._fresh_admitted = batch_size * start_version  # (batched policies: the next batch is start_version)
         self._supply: int | None = 0
         self._requeue: deque[tuple[int, int | None, int]] = deque()
         self._score_queue: deque[int] = deque()
@@ -101,7 +116,9 @@ class Controller:
         self._batch_generated: Counter[int] = Counter()
         self._batch_ready: dict[int, list[int]] = {}
         self._next_score_batch = 0
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(counters or {})
+        self.counters["consumed"] = batch_size * start_version
+        self._attempts_before = self.counters["attempts"]  # attempts of the run before a resume
         self._status_counts: Counter[str] = Counter()  # live attempts per status
         self._syncing = 0  # live rollout workers loading weights
         self._free_heap: list[tuple[int, int, str]] = []  # (-free slots, -stamp, name), lazily updated
@@ -164,6 +181,29 @@ class Controller:
         """Prompts whose last attempt was aborted and that wait for a new attempt."""
         return [p for p, _, _ in self._requeue]
 
+    def resume_point(self) -> dict[str, Any]:
+        """Where a run resumed from a checkpoint of the learner at version ``steps_issued``
+        continues: call it once every issued update has finished on the learner (e.g. just
+        before handing the controller the ``TrainStepFinished`` of the update that wrote the
+        checkpoint), so that every consumed sample belongs to an update the checkpoint holds.
+
+        The data position is ``next_prompt_id``: every prompt admitted so far lies below it, so
+        a resumed run (``first_prompt_id=next_prompt_id``) never trains a consumed prompt twice.
+        The price: prompts admitted but not consumed yet (in flight, waiting for the teacher or
+        the learner, or re-queued after an abort) are never trained; ``skipped_prompts`` lists
+        them (after the run stopped: the prompts whose attempts ended ``unfinished``). Evicted
+        prompts are not listed (they would not have been retried anyway)."""
+        skipped = {self.samples[s].prompt_id for s in self._live} | {p for p, _, _ in self._requeue}
+        if self.done:
+            skipped |= {a.prompt_id for a in self.samples.values() if a.status == L.UNFINISHED}
+        return {
+            "version": self.steps_issued,
+            "next_prompt_id": self._next_prompt_id,
+            "next_sample_id": self._next_sample_id,
+            "skipped_prompts": sorted(skipped),
+            "counters": dict(self.counters),
+        }
+
     def describe_state(self) -> str:
         ws = ", ".join(f"{w.name}(v{w.version}, running={len(w.running)}, syncing={w.syncing_to}, alive={w.alive})"
                        for w in self.workers.values())
@@ -188,7 +228,7 @@ class Controller:
         assert self._syncing == sum(1 for w in self.workers.values() if w.alive and w.syncing_to is not None)
         assert self._scoring == sum(1 for t in self.teachers.values() if t.alive and t.batch_id is not None)
         c = self.counters
-        assert c["attempts"] == len(self.samples)
+        assert c["attempts"] == self._attempts_before + len(self.samples)
         assert c["consumed"] == self.B * self.steps_issued
 
     # ---------------------------------------------------------------- handlers

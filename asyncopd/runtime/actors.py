@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from asyncopd.backends.base import GenRequest, GenResult, TeacherPayload, TrainItem, WeightUpdate
+from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem, WeightUpdate
 
 
 def place(device_type: str, devices: list[int]) -> str:
@@ -36,7 +36,8 @@ def place(device_type: str, devices: list[int]) -> str:
 
 class RolloutWorker:
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], eos_id: int,
-                 pad_id: int, max_new_tokens: int, temperature: float, top_p: float, seed: int, dtype: str) -> None:
+                 pad_id: int, max_new_tokens: int, temperature: float, top_p: float, seed: int, dtype: str,
+                 capture_top_k: int = 0, capture_mc: int = 0) -> None:
         from asyncopd.backends.torch_backend import TorchRolloutEngine
         from asyncopd.models import load_causal_lm
 
@@ -44,7 +45,8 @@ class RolloutWorker:
         device = place(device_type, devices)
         model = load_causal_lm(model_path, dtype=dtype, device=device)
         self.engine = TorchRolloutEngine(model, eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, top_p=top_p, seed=seed, device=device)
+                                         temperature=temperature, top_p=top_p, seed=seed, device=device,
+                                         capture_top_k=capture_top_k, capture_mc=capture_mc)
         self._lock = threading.Condition()
         self._generating = False
         self._pending: WeightUpdate | None = None
@@ -97,19 +99,20 @@ class RolloutWorker:
 
 class TeacherWorker:
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], top_k: int,
-                 pad_id: int, dtype: str) -> None:
+                 pad_id: int, dtype: str, num_samples: int = 0, full_vocab: bool = False, seed: int = 0) -> None:
         from asyncopd.backends.torch_backend import TorchTeacherScorer
         from asyncopd.models import load_causal_lm
 
         self.name = name
         device = place(device_type, devices)
         model = load_causal_lm(model_path, dtype=dtype, device=device)
-        self.scorer = TorchTeacherScorer(model, top_k=top_k, pad_id=pad_id, device=device)
+        self.scorer = TorchTeacherScorer(model, top_k=top_k, pad_id=pad_id, num_samples=num_samples,
+                                         full_vocab=full_vocab, seed=seed, device=device)
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
-    def score(self, items: list[tuple[int, list[int], list[int]]]) -> tuple[list[TeacherPayload], float, float]:
+    def score(self, items: list[ScoreRequest]) -> tuple[list[TeacherPayload], float, float]:
         started = time.time()
         payloads = self.scorer.score(items)
         return payloads, started, time.time()
@@ -117,15 +120,18 @@ class TeacherWorker:
 
 class LearnerWorker:
     def __init__(self, model_path: str, *, device_type: str, devices: list[int], lr: float, weight_decay: float,
-                 grad_clip: float, micro_batch_size: int, warmup_steps: int, dtype: str) -> None:
+                 grad_clip: float, micro_batch_size: int, warmup_steps: int, dtype: str,
+                 algorithm: dict[str, Any] | None = None) -> None:
         from asyncopd.backends.torch_backend import TorchLearner
+        from asyncopd.config.algorithm import AlgorithmConfig
         from asyncopd.models import load_causal_lm
 
         self.model_path = model_path
         device = place(device_type, devices)
         self.model = load_causal_lm(model_path, dtype=dtype, device=device)
         self.learner = TorchLearner(self.model, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
-                                    micro_batch_size=micro_batch_size, warmup_steps=warmup_steps, device=device)
+                                    micro_batch_size=micro_batch_size, warmup_steps=warmup_steps, device=device,
+                                    algorithm=AlgorithmConfig.model_validate(algorithm or {}))
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
@@ -140,6 +146,7 @@ class LearnerWorker:
             raise RuntimeError(f"learner is at version {self.learner.version} but was asked for step {step}")
         metrics = self.learner.train_step(batch).as_dict()
         ref = ray.put(self.learner.weights_for_sync())
+        self._maybe_checkpoint(metrics)
         return metrics, [ref], started, time.time()
 
     def evaluate(self, task_cfg: dict[str, Any], seed: int, codec_dir: str) -> dict[str, float]:
@@ -157,11 +164,65 @@ class LearnerWorker:
         import shutil
         from pathlib import Path
 
+        from asyncopd.models.builtin import _quiet_transformers
+
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
+        with _quiet_transformers():  # (no "Writing model shards" bar at every checkpoint)
+            self.model.save_pretrained(out)
         for f in Path(codec_dir).iterdir():
             weights_or_config = f.suffix in (".safetensors", ".bin") or f.name in ("config.json", "generation_config.json")
             if f.is_file() and not weights_or_config and not (out / f.name).exists():
                 shutil.copy2(f, out / f.name)
         return str(out)
+
+    # ------------------------------------------------------------ checkpoints (asyncopd.runtime.checkpoints)
+    def configure_checkpoints(self, root: str, every: int, last_version: int, codec_dir: str) -> None:
+        """After each update reaching a version ``v`` with ``v % every == 0`` and ``v < last_version``
+        (the final one is saved at the end anyway), write a checkpoint into ``root/.tmp-step_v``
+        before ``train`` returns; the driver then adds ``resume.json`` and renames it into place."""
+        self._checkpointing = (root, every, last_version, codec_dir)
+
+    def _maybe_checkpoint(self, metrics: dict[str, float]) -> None:
+        from asyncopd.runtime.checkpoints import step_name, tmp_dir
+
+        root, every, last, codec_dir = getattr(self, "_checkpointing", None) or ("", 0, 0, "")
+        v = self.learner.version
+        if every > 0 and v % every == 0 and v < last:
+            metrics["checkpoint_s"] = self.write_checkpoint(str(tmp_dir(root, step_name(v))), codec_dir)["seconds"]
+
+    def write_checkpoint(self, path: str, codec_dir: str) -> dict[str, Any]:
+        """The student as a Hugging Face directory (``save``) plus ``trainer_state.pt`` (weights,
+        optimizer state, version) in ``path``, which is replaced if it exists."""
+        import shutil
+        from pathlib import Path
+
+        import torch
+
+        from asyncopd.runtime.checkpoints import STATE_FILE
+
+        t0 = time.time()
+        out = Path(path)
+        if out.exists():
+            shutil.rmtree(out)
+        self.save(path, codec_dir)
+        torch.save(self.learner.state_dict(), out / STATE_FILE)
+        return {"version": self.learner.version, "path": path, "seconds": time.time() - t0}
+
+    def load_checkpoint(self, path: str) -> tuple[int, list[Any]]:
+        """Continue from ``path/trainer_state.pt``: weights, optimizer state, version. The
+        optimizer's hyper-parameters stay those of this run's config. Returns the version and
+        its weights published to the object store (as ``train`` does)."""
+        from pathlib import Path
+
+        import ray
+        import torch
+
+        from asyncopd.runtime.checkpoints import STATE_FILE
+
+        state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.learner.optimizer.param_groups]
+        self.learner.load_state_dict(state)
+        for g, h in zip(self.learner.optimizer.param_groups, hyper):  # (new group dicts after loading)
+            g.update(h)
+        return self.learner.version, [ray.put(self.learner.weights_for_sync())]

@@ -14,14 +14,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from tqdm.auto import tqdm
 
-from asyncopd.backends.base import GenRequest, GenResult, TeacherPayload, TrainItem
+from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
+from asyncopd.runtime import checkpoints as C
 from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_ray
 from asyncopd.trace.setup import start_run
 
@@ -54,9 +55,11 @@ class WorkerQueue:
 
 class RayDriver:
     def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True,
-                 models: ResolvedModels | None = None, evaluate: bool = True) -> None:
+                 models: ResolvedModels | None = None, evaluate: bool = True, resume: bool = False) -> None:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(run_dir)
+        # resume: continue run_dir from its newest complete checkpoint (checked before anything starts)
+        self.resume_from = find_resume_checkpoint(self.run_dir, cfg) if resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.models = models or resolve_models(cfg, progress=progress)
         from asyncopd.task import BuiltinTask
@@ -80,7 +83,7 @@ class RayDriver:
 
         from asyncopd.runtime import actors
 
-        cfg, lay = self.cfg, self.cfg.layout
+        cfg, lay, algo = self.cfg, self.cfg.layout, self.cfg.algorithm
         dt, dtype = cfg.cluster.device_type, cfg.models.dtype
         gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
         opts = {"num_cpus": 0, "num_gpus": gpu}
@@ -91,19 +94,22 @@ class RayDriver:
             f"rollout-{i}": Rollout.remote(
                 f"rollout-{i}", str(self.models.student), device_type=dt, devices=lay.rollout.devices,
                 eos_id=self.codec.eos_id, pad_id=self.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
-                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype)
+                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
+                capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples())
             for i in range(lay.rollout.workers)
         }
         self.teachers = {
             f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(self.models.teacher), device_type=dt,
                                            devices=lay.teacher.devices, top_k=cfg.teacher.top_k,
-                                           pad_id=self.codec.pad_id, dtype=dtype)
+                                           pad_id=self.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
+                                           full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i)
             for i in range(lay.teacher.workers)
         }
         lc = cfg.learner
         self.learner = Learner.remote(str(self.models.student), device_type=dt, devices=lay.learner.devices, lr=lc.lr,
                                       weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
-                                      micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype)
+                                      micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
+                                      algorithm=algo.model_dump())
         handles = {**self.rollout, **self.teachers, "learner-0": self.learner}
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
         self.queues = {w: WorkerQueue() for w in self.rollout}
@@ -116,8 +122,45 @@ class RayDriver:
             self.cfg, self.run_dir, driver="ray", clock="wall", slots_per_worker=self.cfg.rollout.max_num_seqs,
             seed=self.cfg.run.seed, extra_meta={
                 "placement": self._placement,
-                "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)}})
+                "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)}},
+            resume=self.resume_from.info if self.resume_from is not None else None)
+        if self.resume_from is not None:
+            self.recorder.summary_extra["resume"].update(
+                checkpoint=str(self.resume_from.path), next_prompt_id=self.resume_from.info["next_prompt_id"],
+                skipped_prompts=len(self.resume_from.info.get("skipped_prompts", [])))
         return ctrl
+
+    def _prepare_checkpoints(self) -> None:
+        """Clean what a crash mid-save left, tell the learner when to save, and on resume load
+        the checkpoint into the learner and every rollout worker."""
+        import ray
+
+        C.clean_leftovers(self.run_dir)
+        run = self.cfg.run
+        ray.get(self.learner.configure_checkpoints.remote(str(self.run_dir / C.CHECKPOINTS), run.checkpoint_every,
+                                                          run.total_steps, str(self.models.student)))
+        ck = self.resume_from
+        if ck is None:
+            return
+        version, holder = ray.get(self.learner.load_checkpoint.remote(str(ck.path)))
+        if version != ck.version:
+            raise RuntimeError(f"{ck.path}: trainer_state.pt holds version {version}, resume.json says {ck.version}")
+        ray.get([w.load_weights.remote(holder, version, self.cfg.pipeline.pause_mode) for w in self.rollout.values()])
+        self.weights[version] = holder
+        log.info("resuming %s from %s (version %d, prompts from %d)", self.run_dir, ck.path, version,
+                 ck.info["next_prompt_id"])
+
+    def _resume_info(self, version: int) -> dict[str, Any]:
+        """``resume.json`` of a checkpoint at ``version``: the controller's resume point (taken
+        while every consumed sample belongs to an update the checkpoint holds), and what the
+        run was."""
+        point = self.ctrl.resume_point()
+        if point["version"] != version:
+            raise RuntimeError(f"checkpoint at version {version} but the controller issued {point['version']} updates")
+        return {**point, "step": version, "elapsed_s": self._now(),
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "policy": self.ctrl.policy.describe(),
+                "batch_size": self.cfg.learner.batch_size, "seed": self.cfg.run.seed,
+                "task": self.cfg.task.model_dump(mode="json"), "student": str(self.models.student)}
 
     # -------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -126,12 +169,15 @@ class RayDriver:
         started_ray = start_ray(self.cfg)
         try:
             self._start_actors()
+            self._prepare_checkpoints()
             self.ctrl = self._make_controller()
-            self._bar = tqdm(total=self.cfg.run.total_steps, desc="train", unit="step", disable=not self.progress)
-            self.t0 = time.time()
+            self._bar = tqdm(total=self.cfg.run.total_steps, initial=self.ctrl.version, desc="train", unit="step",
+                             disable=not self.progress)
+            self.t0 = time.time() - self.recorder.t_origin  # (a resumed run's clock goes on)
             try:
-                self._send(M.RunStarted(0.0))
-                self._send(M.PromptsAvailable(0.0, None))
+                t_start = self.recorder.t_origin  # (0 unless resumed)
+                self._send(M.RunStarted(t_start))
+                self._send(M.PromptsAvailable(t_start, None))
                 while not self.ctrl.done:
                     self._wait_one()
             except BaseException as exc:
@@ -201,8 +247,7 @@ class RayDriver:
             if live:
                 self.rollout[a.worker].abort.remote(live)
         elif isinstance(a, M.Score):
-            items = [(sid, self.samples[sid].request.prompt_ids, self.samples[sid].result.response_ids)  # type: ignore[union-attr]
-                     for sid in a.sample_ids]
+            items = [self._score_request(sid) for sid in a.sample_ids]
             self._submit(self.teachers[a.worker].score.remote(items), Pending("score", a.worker, a))
         elif isinstance(a, M.Train):
             batch = [self._train_item(sid) for sid in a.sample_ids]
@@ -221,11 +266,23 @@ class RayDriver:
         q.in_wave = {r.sample_id for r in wave}
         self._submit(self.rollout[worker].generate.remote(wave), Pending("gen", worker, wave))
 
+    def _score_request(self, sid: int) -> ScoreRequest:
+        """Teacher input for one sample, with the ids the loss wants ``log p_T`` at."""
+        r = self.samples[sid].result
+        assert r is not None
+        query, wanted = None, self.cfg.algorithm.spec.teacher_query
+        if wanted is not None:
+            if r.capture is None:
+                raise RuntimeError(f"sample {sid}: the rollout returned no capture, but loss "
+                                   f"{self.cfg.algorithm.loss} needs its {wanted} ids")
+            query = r.capture.topk_ids if wanted == "rollout_topk" else r.capture.mc_ids
+        return ScoreRequest(sid, r.prompt_ids, r.response_ids, query)
+
     def _train_item(self, sid: int) -> TrainItem:
         s = self.samples.pop(sid)
         r, t = s.result, s.teacher
         assert r is not None and t is not None
-        return TrainItem(r.prompt_ids, r.response_ids, r.behaviour_logprobs, r.token_versions, t)
+        return TrainItem(r.prompt_ids, r.response_ids, r.behaviour_logprobs, r.token_versions, t, r.capture)
 
     # ---------------------------------------------------------------- results
     def _on_gen(self, p: Pending, results: list[GenResult]) -> None:
@@ -275,7 +332,22 @@ class RayDriver:
             del self.weights[v]
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}")
+        saved = self._periodic_checkpoint(step + 1)  # (its resume point: before the controller moves on)
         self._send(M.TrainStepFinished(self._now(), step, self._rel(started), metrics))
+        if saved is not None:  # committed once log.jsonl holds its step
+            C.commit(*saved)
+            C.prune(self.run_dir, self.cfg.run.keep_checkpoints)
+
+    def _periodic_checkpoint(self, version: int) -> tuple[Path, str, dict[str, Any]] | None:
+        """The checkpoint the learner wrote after the update that reached ``version``, if due."""
+        run = self.cfg.run
+        if not (run.checkpoint_every > 0 and version % run.checkpoint_every == 0 and version < run.total_steps):
+            return None
+        tmp = C.tmp_dir(self.run_dir / C.CHECKPOINTS, C.step_name(version))
+        if not (tmp / C.STATE_FILE).is_file():
+            log.warning("checkpoint for version %d is missing (%s)", version, tmp)
+            return None
+        return tmp, C.step_name(version), self._resume_info(version)
 
     def _on_sync(self, p: Pending, value: tuple[float, float]) -> None:
         started, _ = value
@@ -289,8 +361,14 @@ class RayDriver:
         import ray
 
         self.pending.clear()
-        ckpt = self.run_dir / "checkpoints" / "final"
-        ray.get(self.learner.save.remote(str(ckpt), str(self.models.student)))
+        tmp = C.tmp_dir(self.run_dir / C.CHECKPOINTS, C.FINAL)
+        info = self._resume_info(self.ctrl.steps_issued)
+        saved = ray.get(self.learner.write_checkpoint.remote(str(tmp), str(self.models.student)))
+        if saved["version"] != info["version"]:  # (the run stopped while an update was failing)
+            log.warning("final checkpoint: the learner is at version %d, the controller issued %d updates",
+                        saved["version"], info["version"])
+            info.update(version=saved["version"], step=saved["version"])
+        C.commit(tmp, C.FINAL, info)
         if self.evaluates:
             end = ray.get(self._evaluate())
             path = self.run_dir / "summary.json"
@@ -302,8 +380,84 @@ class RayDriver:
             ray.kill(handle)
 
 
-def train(cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True, evaluate: bool = True) -> dict[str, Any]:
+def train(cfg: OPDConfig | None, run_dir: str | Path, *, progress: bool = True, evaluate: bool = True,
+          resume: bool = False) -> dict[str, Any]:
     """Run the real trainer on ``cfg`` into ``run_dir``; return the run summary (with held-out
-    accuracy of the student before and after, on the built-in task, unless ``evaluate=False``)."""
-    return RayDriver(cfg, run_dir, progress=progress, evaluate=evaluate).run()
+    accuracy of the student before and after, on the built-in task, unless ``evaluate=False``).
+
+    ``resume=True`` continues the run in ``run_dir`` from its newest complete checkpoint
+    (``cfg=None``: with the run's own ``config.yaml``); see ``docs/trace-format.md``."""
+    if cfg is None:
+        if not resume:
+            raise ValueError("train: give a config (cfg=None is only for resume=True)")
+        cfg = resume_config(run_dir)
+    return RayDriver(cfg, run_dir, progress=progress, evaluate=evaluate, resume=resume).run()
+
+
+# Fields a resumed run must share with the run it continues: they define the prompt stream
+# (the data position is an index into it) and the model the trainer state belongs to.
+RESUME_FIXED = ("models", "task", "run.seed")
+
+
+def resume_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> OPDConfig:
+    """The config a run directory was last run with (its ``config.yaml``), with ``--set`` overrides."""
+    from asyncopd.config import load_config
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml; is it a run directory of `asyncopd train`?")
+    return load_config(path, overrides)
+
+
+def find_resume_checkpoint(run_dir: str | Path, cfg: OPDConfig) -> C.Checkpoint:
+    """The checkpoint a resumed run starts from: the newest complete one whose updates are all
+    in ``log.jsonl`` (so the steps stay contiguous). Refuses a config that changes what the
+    checkpoint and the data position depend on (``RESUME_FIXED``)."""
+    from asyncopd.config import ConfigError
+
+    d = Path(run_dir)
+    if not (d / "run.json").is_file():
+        raise FileNotFoundError(f"{d} is not a run directory (no run.json)")
+    if (d / "config.yaml").is_file():
+        saved, now = resume_config(d).model_dump(mode="json"), cfg.model_dump(mode="json")
+
+        def at(tree: dict[str, Any], dotted: str) -> Any:
+            for k in dotted.split("."):
+                tree = tree[k]
+            return tree
+
+        changed = [f for f in RESUME_FIXED if at(saved, f) != at(now, f)]
+        if changed:
+            raise ConfigError(f"cannot resume {d} with a config that changes {', '.join(changed)} "
+                              f"(the checkpoint and the data position depend on them)")
+    logged = 0
+    for r in _complete_jsonl(d / "log.jsonl"):
+        if r.get("step") != logged:
+            break
+        logged += 1
+    C.clean_leftovers(d)
+    ck = C.newest_checkpoint(d, max_version=logged)
+    if ck is None:
+        have = [f"{c.name} (step {c.version})" for c in C.list_checkpoints(d)]
+        raise FileNotFoundError(f"{d / C.CHECKPOINTS} has no complete checkpoint to resume from"
+                                + (f" within the {logged} steps log.jsonl records: {', '.join(have)}" if have else ""))
+    if ck.version >= cfg.run.total_steps:
+        raise ValueError(f"{ck.path} is at step {ck.version} and run.total_steps is {cfg.run.total_steps}: nothing "
+                         f"left to train (raise it, e.g. --set run.total_steps={ck.version + cfg.run.total_steps})")
+    return ck
+
+
+def _complete_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file up to the first incomplete or broken line."""
+    out: list[dict[str, Any]] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text().split("\n")[:-1]:  # (text after the last newline is unfinished)
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -42,21 +43,18 @@ class _NullSink:
 
 class RunRecorder:
     def __init__(self, run_dir: str | Path | None, *, driver: str, clock: str, meta: Mapping[str, Any],
-                 workers: Mapping[str, int]) -> None:
+                 workers: Mapping[str, int], resume_from: int | None = None) -> None:
         """``workers``: worker name -> number of lanes (rollout slots; 1 for others).
-        ``run_dir=None`` keeps only the summary in memory (fast searches over many layouts)."""
+        ``run_dir=None`` keeps only the summary in memory (fast searches over many layouts).
+
+        ``resume_from=N`` continues the run directory ``run_dir`` from a checkpoint at version
+        ``N`` (see ``_restore``): what updates ``>= N`` recorded is moved aside, the files are
+        appended to, the whole-run figures carry on from what is kept, and the clock goes on
+        from ``t_origin`` (the latest time recorded so far) instead of 0."""
         self.dir = Path(run_dir) if run_dir is not None else None
         self.driver, self.clock = driver, clock
         # Real runs flush every line (a crash loses nothing); simulated runs buffer for speed.
         buffering = 1 if clock == "wall" else -1
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "run.json").write_text(json.dumps({"driver": driver, "clock": clock, **meta}, indent=2,
-                                                          default=str))
-        self._samples = self._open("samples.jsonl", buffering)
-        self._log = self._open("log.jsonl", buffering)
-        self._trace = self._open("trace.json", buffering)
-        self._trace.write("[\n")
         self._annotations: dict[int, dict[str, Any]] = {}
         self._consumed_by_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
         self._open_spans: list[tuple[str, float, float]] = []  # (stage, start, end) still relevant
@@ -71,11 +69,34 @@ class RunRecorder:
         self.queues = QueueTracker(Controller.QUEUES)
         self.workers = dict(workers)
         self.summary: dict[str, Any] = {}
+        self.summary_extra: dict[str, Any] = {}  # merged into summary.json (drivers add what they know)
         self.closed = False
+        self.t_origin = 0.0
+        self.next_sample_id = 0  # above every sample id recorded so far (a resumed run continues from here)
+        self.resumed_from = resume_from
+        self._named_tracks: set[tuple[int, int]] = set()
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None and self.dir is not None:
+            self._restore(resume_from, meta)
+            self._samples = self._open("samples.jsonl", buffering, "a")
+            self._log = self._open("log.jsonl", buffering, "a")
+            self._trace = self._open("trace.json", buffering, "a")
+            self._trace.write(json.dumps({"name": f"resumed from step {resume_from}", "ph": "i", "s": "g", "pid": 0,
+                                          "tid": 0, "ts": round(self.t_origin * 1e6, 1),
+                                          "args": {"resumed_from": resume_from}}) + ",\n")
+        else:
+            if self.dir is not None:
+                (self.dir / "run.json").write_text(json.dumps({"driver": driver, "clock": clock, **meta}, indent=2,
+                                                              default=str))
+            self._samples = self._open("samples.jsonl", buffering)
+            self._log = self._open("log.jsonl", buffering)
+            self._trace = self._open("trace.json", buffering)
+            self._trace.write("[\n")
         self._write_track_names()
 
-    def _open(self, name: str, buffering: int) -> Any:
-        return (self.dir / name).open("w", buffering=buffering) if self.dir is not None else _NullSink()
+    def _open(self, name: str, buffering: int, mode: str = "w") -> Any:
+        return (self.dir / name).open(mode, buffering=buffering) if self.dir is not None else _NullSink()
 
     # ------------------------------------------------------------------ input
     def annotate(self, sample_id: int, **fields: Any) -> None:
@@ -169,6 +190,9 @@ class RunRecorder:
             "sample_status": dict(self._status),
             "queues_time_avg": self.queues.time_averages(t_end),
         }
+        if self.resumed_from is not None:
+            full["resumed_from"] = self.resumed_from
+        full.update(self.summary_extra)
         self.summary = full
         if self.dir is not None:
             (self.dir / "summary.json").write_text(json.dumps(full, indent=2))
@@ -182,6 +206,131 @@ class RunRecorder:
         self._trace.write(json.dumps({"name": "end", "ph": "M", "pid": 0, "tid": 0, "args": {}}) + "\n]\n")
         for f in (self._samples, self._log, self._trace):
             f.close()
+
+    # ----------------------------------------------------------------- resume
+    def _restore(self, version: int, meta: Mapping[str, Any]) -> None:
+        """Prepare ``self.dir`` to continue from a checkpoint at ``version``.
+
+        - ``log.jsonl`` keeps steps ``< version`` (they must be ``0 .. version-1``); later steps
+          (their updates are lost with the learner state) move to ``log.rolled_back.jsonl``;
+        - ``samples.jsonl`` keeps every record except samples consumed by those lost updates,
+          which move to ``samples.rolled_back.jsonl``; an incomplete last line (a hard kill
+          mid-write) is dropped;
+        - ``trace.json`` keeps every complete event (it is a timeline of what ran, lost
+          updates included) and is reopened for appending;
+        - the whole-run accumulators (consumed samples and tokens, staleness, busy time, sample
+          status, queue integrals) are rebuilt from what is kept, so ``summary.json`` covers
+          the whole run;
+        - ``run.json`` gets the new ``meta`` and a ``resumes`` entry.
+        """
+        assert self.dir is not None
+        d = self.dir
+        moved = {"log": 0, "samples": 0}
+
+        def split(name: str, rolled_back: Any) -> list[dict[str, Any]]:
+            path = d / name
+            kept_lines, kept, dropped = [], [], []
+            text = path.read_text() if path.is_file() else ""
+            lines = text.split("\n")
+            partial = lines.pop() if lines else ""  # text after the last newline: an unfinished line
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    rec = None
+                if isinstance(rec, dict) and isinstance(rec.get("sample_id"), int):
+                    self.next_sample_id = max(self.next_sample_id, rec["sample_id"] + 1)
+                if rec is None or rolled_back(rec):
+                    dropped.append(line)
+                else:
+                    kept_lines.append(line)
+                    kept.append(rec)
+            if dropped:
+                with (d / name.replace(".jsonl", ".rolled_back.jsonl")).open("a") as f:
+                    f.write("".join(x + "\n" for x in dropped))
+            if dropped or partial.strip():
+                _atomic_write(path, "".join(x + "\n" for x in kept_lines))
+            moved[name.split(".")[0]] = len(dropped)
+            return kept
+
+        steps = split("log.jsonl", lambda r: not isinstance(r.get("step"), int) or r["step"] >= version)
+        if [r["step"] for r in steps] != list(range(version)):
+            raise ValueError(f"{d / 'log.jsonl'} records steps {[r['step'] for r in steps][:8]}..., not 0..{version - 1}: "
+                             f"cannot resume this run directory from version {version}")
+        samples = split("samples.jsonl", lambda r: r.get("status") == "consumed"
+                        and (r.get("consumed_step") is None or r["consumed_step"] >= version))
+
+        self._last_step_end = steps[-1]["t_end"] if steps else 0.0
+        t_max = self._last_step_end
+        for r in samples:
+            self._status[r["status"]] += 1
+            t_max = max([t_max, *(r[k] for k in ("issued_at", "gen_end", "ready_at", "consumed_at")
+                                  if isinstance(r.get(k), (int, float)))])
+            if r["status"] == "consumed":
+                self._consumed += 1
+                self._tokens += int(r["response_tokens"])
+                self._staleness_means.append(float(r["staleness_mean"]))
+                self._staleness_maxes.append(int(r["staleness_max"]))
+
+        # trace.json: keep the complete events, one per line as written; reopen without the closing "]"
+        trace, tmp = d / "trace.json", d / "trace.json.tmp"
+        with tmp.open("w") as out:
+            out.write("[\n")
+            if trace.is_file():
+                with trace.open() as f:
+                    for line in f:
+                        body = line.strip().rstrip(",")
+                        if not body.startswith("{"):
+                            continue  # "[", "]" or blank
+                        try:
+                            ev = json.loads(body)
+                        except json.JSONDecodeError:
+                            continue  # an event cut short by a hard kill
+                        if ev.get("name") == "end" and ev.get("ph") == "M":
+                            continue  # the previous part's closing marker
+                        out.write(body + ",\n")
+                        t_max = max(t_max, self._replay_trace_event(ev))
+        os.replace(tmp, trace)
+
+        previous = d / "summary.json"
+        if previous.is_file():
+            try:
+                prev = json.loads(previous.read_text())
+            except json.JSONDecodeError:
+                prev = {}
+            duration = prev.get("duration_s")
+            if isinstance(duration, (int, float)) and duration > 0:
+                t_max = max(t_max, float(duration))
+                self.queues.restore(float(duration), prev.get("queues_time_avg") or {}, _read_queues_csv(d / "queues.csv"))
+        self.t_origin = t_max
+
+        info_path = d / "run.json"
+        old = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info = {**old, "driver": self.driver, "clock": self.clock, **meta, "created": old.get("created", meta.get("created"))}
+        info["resumes"] = [*old.get("resumes", []), {"from_step": version, "at": meta.get("created"), "t": t_max,
+                                                       "rolled_back_steps": moved["log"],
+                                                       "rolled_back_samples": moved["samples"]}]
+        _atomic_write(info_path, json.dumps(info, indent=2, default=str))
+        self.summary_extra["resume"] = {"from_step": version, "t_origin": t_max, "rolled_back_steps": moved["log"],
+                                        "rolled_back_samples": moved["samples"]}
+
+    def _replay_trace_event(self, ev: dict[str, Any]) -> float:
+        """Fold one event of the earlier part of a resumed run into the accumulators; return its end time."""
+        if ev.get("ph") == "M" and ev.get("name") in ("process_name", "thread_name"):
+            self._named_tracks.add(_track_key(ev["name"], int(ev.get("pid", 0)), int(ev.get("tid", 0))))
+            return 0.0
+        if ev.get("ph") != "X" or not isinstance(ev.get("ts"), (int, float)):
+            return 0.0
+        start, dur = ev["ts"] / 1e6, max(0.0, float(ev.get("dur") or 0.0)) / 1e6
+        stage = STAGE_OF_SPAN.get(ev.get("name", ""), ev.get("cat", ""))
+        worker = (ev.get("args") or {}).get("worker", "")
+        self._all_busy[stage] += dur
+        self._role_busy[(worker, stage)] += dur
+        if start + dur > self._last_step_end:  # (still counts towards the next step's busy_s)
+            self._open_spans.append((stage, start, start + dur))
+        return start + dur
 
     # ---------------------------------------------------------------- helpers
     def _utilisation(self, t_end: float) -> dict[str, float]:
@@ -212,18 +361,46 @@ class RunRecorder:
         return idx * 1000 + (lane + 1 if lane >= 0 else 0)
 
     def _write_track_names(self) -> None:
+        """Name every track once (a resumed run names only tracks the earlier part did not)."""
+        def name(kind: str, pid: int, tid: int, label: str) -> None:
+            key = _track_key(kind, pid, tid)
+            if key not in self._named_tracks:
+                self._named_tracks.add(key)
+                self._trace.write(json.dumps({"name": kind, "ph": "M", "pid": pid, "tid": tid,
+                                              "args": {"name": label}}) + ",\n")
+
         for role, pid in _PIDS.items():
-            self._trace.write(json.dumps({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
-                                          "args": {"name": role}}) + ",\n")
+            name("process_name", pid, 0, role)
         for w, lanes in self.workers.items():
             pid = _PIDS.get(role_of(w), 9)
-            self._trace.write(json.dumps({"name": "thread_name", "ph": "M", "pid": pid, "tid": self._tid(w, -1),
-                                          "args": {"name": f"{w} sync" if role_of(w) == "rollout" else w}}) + ",\n")
+            name("thread_name", pid, self._tid(w, -1), f"{w} sync" if role_of(w) == "rollout" else w)
             if role_of(w) == "rollout":
                 for lane in range(lanes):
-                    self._trace.write(json.dumps({"name": "thread_name", "ph": "M", "pid": pid,
-                                                  "tid": self._tid(w, lane), "args": {"name": f"{w} slot {lane}"}})
-                                      + ",\n")
+                    name("thread_name", pid, self._tid(w, lane), f"{w} slot {lane}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read_queues_csv(path: Path) -> list[tuple[float, tuple[int, ...]]]:
+    """The timeline ``QueueTracker.write_csv`` wrote ([] when absent or unreadable)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines()[1:]:
+        try:
+            t, *depths = line.split(",")
+            out.append((float(t), tuple(int(x) for x in depths)))
+        except ValueError:
+            return []
+    return out
+
+
+def _track_key(kind: str, pid: int, tid: int) -> tuple[int, int]:
+    return (pid, -1) if kind == "process_name" else (pid, tid)
 
 
 def _finite(v: Any) -> Any:

@@ -84,6 +84,24 @@ class QueueTracker:
                     self._timeline = self._timeline[::2]
                     self._stride *= 2
 
+    def restore(self, t: float, averages: dict[str, float],
+                timeline: Iterable[tuple[float, tuple[int, ...]]] = ()) -> None:
+        """Carry on from an earlier tracker (a run resumed from a checkpoint): its time averages
+        over ``[0, t]`` and its (thinned) timeline; every queue is empty from ``t`` on."""
+        self._fold()
+        self._integral = np.array([float(averages.get(k) or 0.0) * t for k in self.names])
+        self._last_t = t
+        self._last = self._held = (0,) * len(self.names)
+        self._timeline, self._stride, self._seen = [], 1, 0
+        points = [p for p in timeline if len(p[1]) == len(self.names) and p[0] <= t] + [(t, self._held)]
+        for point in points:  # (thinned as observed points are; their integral is already known)
+            self._seen += 1
+            if self._seen % self._stride == 0:
+                self._timeline.append(point)
+                if len(self._timeline) > self.max_points:
+                    self._timeline = self._timeline[::2]
+                    self._stride *= 2
+
     @property
     def timeline(self) -> list[tuple[float, tuple[int, ...]]]:
         self._fold()

@@ -37,7 +37,7 @@ def _pad(rows: list[Optional[np.ndarray]], t_max: int, fill: float, dtype: torch
         if r is None or r.size == 0:
             continue
         t, w = r.shape
-        out[b, :t, :w] = torch.from_numpy(np.ascontiguousarray(r)).to(dtype)
+        out[b, :t, :w] = torch.from_numpy(np.array(r)).to(dtype)  # (a copy: arrays from Ray are read-only)
         valid[b, :t, :w] = True
     return out, valid
 

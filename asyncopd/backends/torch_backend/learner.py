@@ -166,7 +166,9 @@ class TorchLearner:
         norm before clipping), ``lr``, ``tokens``; ``extra``: token means of the teacher's top-k
         mass, the student's mass on the teacher's top-k, log-probs of the sampled tokens (student now,
         behaviour, teacher), ``|log pi_theta - log mu|`` at the sampled tokens, the student/teacher
-        top-1 agreement, token-weighted staleness (mean, max), ``micro_batches``, ``step_seconds``.
+        top-1 agreement, token-weighted staleness (mean, max), ``micro_batches``, ``step_seconds``,
+        ``teacher_cache_bytes`` and ``rollout_capture_bytes`` (what the batch carried), and for PG
+        estimators ``kept_mean`` (share of ids the stabiliser kept) and ``ratio_mean``.
         """
         if not batch:
             raise ValueError("train_step needs at least one item")
@@ -187,6 +189,8 @@ class TorchLearner:
         extra["staleness_mean"] = float(sum(staleness) / len(staleness)) if staleness else 0.0
         extra["staleness_max"] = float(max(staleness)) if staleness else 0.0
         extra["micro_batches"] = float(micro_batches)
+        extra["teacher_cache_bytes"] = float(sum(it.teacher.nbytes for it in batch))  # the finite cache this step read
+        extra["rollout_capture_bytes"] = float(sum(it.capture.nbytes for it in batch if it.capture is not None))
         extra["samples"] = float(len(batch))
         extra["step_seconds"] = time.time() - t0
         return TrainMetrics(loss=loss_value, grad_norm=grad_norm, lr=lr, tokens=total_tokens, extra=extra)
