@@ -38,9 +38,9 @@ POLICIES = ("sync", "fully_async(eta=4)")
 def run_one(config: str, overrides: list[str], budget_s: float, out: Path) -> dict:
     from asyncopd.runtime.driver import train
 
-    cfg = load_config(config, [*overrides, "run.total_steps=100000"])
+    cfg = load_config(config, [*overrides, "run.total_steps=100000", f"run.time_budget_s={budget_s}"])
     t0 = time.perf_counter()
-    s = train(cfg, out, progress=False, evaluate=True, wall_budget_s=budget_s)
+    s = train(cfg, out, progress=False, evaluate=True)
     return {"accuracy": s.get("accuracy"), "accuracy_start": s.get("accuracy_start"), "steps": s.get("steps"),
             "staleness_mean": (s.get("staleness") or {}).get("mean"), "wall_s": time.perf_counter() - t0,
             "samples_per_s": s.get("samples_per_s")}

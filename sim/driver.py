@@ -76,6 +76,10 @@ class SimDriver:
         wall0 = time.perf_counter()
         self.send(M.RunStarted(0.0))
         self.send(M.PromptsAvailable(0.0, None))
+        budget = self.cfg.run.time_budget_s
+        if budget is not None:
+            self.env.timeout(budget).callbacks.append(
+                lambda _: self.send(M.StopRequested(self.env.now, f"run.time_budget_s={budget:g} reached")))
         self.env.run(until=self.finished)
         self._bar.close()
         summary = dict(self.recorder.summary)

@@ -159,3 +159,18 @@ def test_segment_steps_within_is_the_largest_k_that_fits(alpha, beta, gamma, del
     seg = (alpha + 1e-6, beta, gamma, delta)
     k = segment_steps_within(seg, budget)
     assert segment_time(seg, k) <= budget < segment_time(seg, k + 1)
+
+
+@pytest.mark.parametrize("budget_in_periods,steps,end_in_periods", [(3.8, 4, 4.0), (3.5, 3, 3.5)])
+def test_time_budget_stops_at_the_update_boundary(tmp_path, budget_in_periods, steps, end_in_periods) -> None:
+    """sync, deterministic stages: step k is rollout [kT, kT+0.4T], teacher [.., kT+0.6T], learner
+    [.., (k+1)T]. A budget that expires while update 3 trains (3.8 T) lets it land (4 steps, end 4 T);
+    one that expires before it starts (3.5 T, teacher busy) stops at once (3 steps, end 3.5 T)."""
+    c = {"decode_step_s": 0.01, "decode_per_seq_s": 0.0, "teacher_fixed_s": 0.1, "teacher_per_token_s": 0.0,
+         "learner_fixed_s": 0.2, "learner_per_token_s": 0.0}
+    period = 20 * 0.01 + 0.1 + 0.2
+    cfg = load_config(None, [*DET, *costs(**c), "pipeline.policy=sync", "run.total_steps=50",
+                             f"run.time_budget_s={budget_in_periods * period}"])
+    s = simulate(cfg, tmp_path, progress=False)
+    assert s["ok"] and s["steps"] == steps and "time_budget_s" in s["reason"]
+    assert s["duration_s"] == pytest.approx(end_in_periods * period)

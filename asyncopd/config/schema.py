@@ -27,6 +27,9 @@ class RunConfig(_Section):
     seed: int = 0
     output_dir: str = "runs"
     total_steps: int = Field(30, ge=1, description="learner updates in the run")
+    time_budget_s: Optional[float] = Field(
+        None, gt=0, description="stop at the next update boundary once the run clock passes this many seconds "
+                                "(wall clock for train, from when training starts; simulated time for simulate)")
     checkpoint_every: int = Field(0, ge=0, description="real trainer: save RUN_DIR/checkpoints/step_NNNNNN every N "
                                   "learner updates (0: only checkpoints/final, at the end); `train --resume` "
                                   "continues from the newest")

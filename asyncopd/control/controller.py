@@ -30,7 +30,7 @@ from asyncopd.control.ledger import Attempt, RolloutWorkerState, TeacherWorkerSt
 from asyncopd.control.messages import (
     AbortGeneration, Action, Event, Generate, GenerationAborted, GenerationFinished, PauseMode,
     PromptsAvailable, RunStarted, Score, ScoringFinished, Stop, SyncWeights, Train,
-    TrainStepFinished, WeightSyncFinished, WorkerFailed, role_of,
+    StopRequested, TrainStepFinished, WeightSyncFinished, WorkerFailed, role_of,
 )
 from asyncopd.control.policies import FullyAsyncPolicy, Policy
 from asyncopd.control.staleness import merge_spans
@@ -131,6 +131,7 @@ class Controller:
         self.ok = False
         self.stop_reason = ""
         self._out: list[Action] = []
+        self._stop_reason: str | None = None  # a StopRequested arrived: stop at the next update boundary
         self._handlers: dict[type, Callable[[Any], None]] = {
             RunStarted: self._on_run_started,
             PromptsAvailable: self._on_prompts,
@@ -140,6 +141,7 @@ class Controller:
             TrainStepFinished: self._on_train_finished,
             WeightSyncFinished: self._on_sync_finished,
             WorkerFailed: self._on_worker_failed,
+            StopRequested: self._on_stop_requested,
         }
 
     # ------------------------------------------------------------------ public
@@ -307,6 +309,9 @@ class Controller:
         if self.version >= self.total_steps:
             self._stop(True, "completed all learner steps", e.t)
             return
+        if self._stop_reason is not None:
+            self._stop(True, f"stopped on request: {self._stop_reason}", e.t)
+            return
         for w in self.workers.values():
             self._request_sync(w)
 
@@ -320,6 +325,11 @@ class Controller:
         args = {"version": e.version} if e.paused_s is None else {"version": e.version, "paused_s": e.paused_s}
         self._emit_span("sync", w.name, -1, e.started_at, e.t, args)
         self._request_sync(w)
+
+    def _on_stop_requested(self, e: StopRequested) -> None:
+        self._stop_reason = e.reason
+        if not self.learner_busy:
+            self._stop(True, f"stopped on request: {e.reason}", e.t)
 
     def _on_worker_failed(self, e: WorkerFailed) -> None:
         role = role_of(e.worker)
@@ -362,7 +372,7 @@ class Controller:
         self._fill_rollout(t)
 
     def _maybe_train(self, t: float) -> None:
-        if self.learner_busy or self.steps_issued >= self.total_steps:
+        if self.learner_busy or self.steps_issued >= self.total_steps or self._stop_reason is not None:
             return
         step = self.steps_issued
         if self.policy.batched:

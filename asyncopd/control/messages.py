@@ -94,6 +94,15 @@ class WorkerFailed:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """End the run at the next update boundary (e.g. a wall-clock budget ran out): no new
+    update starts; the one in flight, if any, finishes and is recorded; then ``Stop(ok=True)``."""
+
+    t: float
+    reason: str
+
+
 Event = Union[
     RunStarted,
     PromptsAvailable,
@@ -103,6 +112,7 @@ Event = Union[
     TrainStepFinished,
     WeightSyncFinished,
     WorkerFailed,
+    StopRequested,
 ]
 
 

@@ -178,7 +178,12 @@ class RayDriver:
                 t_start = self.recorder.t_origin  # (0 unless resumed)
                 self._send(M.RunStarted(t_start))
                 self._send(M.PromptsAvailable(t_start, None))
+                budget, stop_sent = self.cfg.run.time_budget_s, False
                 while not self.ctrl.done:
+                    if budget is not None and not stop_sent and self._now() - t_start >= budget:
+                        self._send(M.StopRequested(self._now(), f"run.time_budget_s={budget:g} reached"))
+                        stop_sent = True
+                        continue
                     self._wait_one()
             except BaseException as exc:
                 if not self.ctrl.done:  # crash: keep what was recorded, mark the run failed
