@@ -95,3 +95,15 @@ def test_a_multi_sample_estimator_runs_through_the_trainer(ray_session, tmp_path
     assert len(steps) == 4
     for m in steps:
         assert m["rollout_capture_bytes"] > 0 and m["teacher_cache_bytes"] > 0 and 0 < m["kept_mean"] <= 1
+
+
+def test_the_student_learns_the_builtin_task(ray_session, tmp_path) -> None:
+    """Short OPD run (forward KL, the default pipeline): held-out greedy accuracy rises well
+    above the starting student's (measured: 12.5% -> about 31% after 120 updates; the full
+    default run reaches about 80% of the teacher's)."""
+    from asyncopd.runtime.driver import train
+
+    cfg = load_config("configs/default.yaml", ["run.total_steps=120"])
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["ok"], summary["reason"]
+    assert summary["accuracy"] >= summary["accuracy_start"] + 0.12, (summary["accuracy_start"], summary["accuracy"])
