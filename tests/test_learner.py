@@ -232,3 +232,12 @@ def test_a_missing_capture_is_reported_with_the_sample():
     batch[1].capture = None
     with pytest.raises(ValueError, match="has no rollout capture"):
         TorchLearner(tiny_lm(0), lr=1e-2, micro_batch_size=2, algorithm=algo).train_step(batch)
+
+
+def test_learning_rate_schedule_warmup_then_cosine_to_the_floor():
+    ln = TorchLearner(tiny_lm(0), lr=1.0, micro_batch_size=1, warmup_steps=4, decay_steps=14, min_lr_ratio=0.1)
+    assert [ln.lr_at(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert ln.lr_at(9) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the cosine
+    assert ln.lr_at(14) == pytest.approx(0.1) and ln.lr_at(100) == pytest.approx(0.1)
+    flat = TorchLearner(tiny_lm(0), lr=1.0, micro_batch_size=1, warmup_steps=2)
+    assert [flat.lr_at(s) for s in (0, 1, 50)] == pytest.approx([0.5, 1.0, 1.0])

@@ -24,6 +24,16 @@ from typing import Any, Callable, Literal, Mapping, Optional, Protocol
 import numpy as np
 
 
+def check_sampling_args(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """The rollout engines' shared argument checks (one-line ValueErrors naming the argument)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
 @dataclass
 class GenRequest:
     sample_id: int

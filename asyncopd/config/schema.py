@@ -115,6 +115,9 @@ class LearnerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="cosine: after warm-up, decay to lr * min_lr_ratio at run.total_steps")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
 
 
 class PipelineConfig(_Section):

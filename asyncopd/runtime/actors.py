@@ -121,6 +121,7 @@ class TeacherWorker:
 class LearnerWorker:
     def __init__(self, model_path: str, *, device_type: str, devices: list[int], lr: float, weight_decay: float,
                  grad_clip: float, micro_batch_size: int, warmup_steps: int, dtype: str,
+                 decay_steps: int = 0, min_lr_ratio: float = 0.1,
                  algorithm: dict[str, Any] | None = None) -> None:
         from asyncopd.backends.torch_backend import TorchLearner
         from asyncopd.config.algorithm import AlgorithmConfig
@@ -131,6 +132,7 @@ class LearnerWorker:
         self.model = load_causal_lm(model_path, dtype=dtype, device=device)
         self.learner = TorchLearner(self.model, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
                                     micro_batch_size=micro_batch_size, warmup_steps=warmup_steps, device=device,
+                                    decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
                                     algorithm=AlgorithmConfig.model_validate(algorithm or {}))
 
     def ready(self) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class RayDriver:
         self.learner = Learner.remote(str(self.models.student), device_type=dt, devices=lay.learner.devices, lr=lc.lr,
                                       weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
                                       micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
+                                      decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0,
+                                      min_lr_ratio=lc.min_lr_ratio,
                                       algorithm=algo.model_dump())
         handles = {**self.rollout, **self.teachers, "learner-0": self.learner}
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))

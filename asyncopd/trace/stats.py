@@ -77,12 +77,16 @@ class QueueTracker:
         self._integral += (held * dt[:, None]).sum(axis=0)
         self._last_t, self._held = float(times[-1]), buf[-1][1]
         for point in buf:
-            self._seen += 1
-            if self._seen % self._stride == 0:
-                self._timeline.append(point)
-                if len(self._timeline) > self.max_points:
-                    self._timeline = self._timeline[::2]
-                    self._stride *= 2
+            self._keep_thinned(point)
+
+    def _keep_thinned(self, point: tuple[float, tuple[int, ...]]) -> None:
+        """Keep every ``stride``-th point; when full, drop every other one and double the stride."""
+        self._seen += 1
+        if self._seen % self._stride == 0:
+            self._timeline.append(point)
+            if len(self._timeline) > self.max_points:
+                self._timeline = self._timeline[::2]
+                self._stride *= 2
 
     def restore(self, t: float, averages: dict[str, float],
                 timeline: Iterable[tuple[float, tuple[int, ...]]] = ()) -> None:
@@ -95,12 +99,7 @@ class QueueTracker:
         self._timeline, self._stride, self._seen = [], 1, 0
         points = [p for p in timeline if len(p[1]) == len(self.names) and p[0] <= t] + [(t, self._held)]
         for point in points:  # (thinned as observed points are; their integral is already known)
-            self._seen += 1
-            if self._seen % self._stride == 0:
-                self._timeline.append(point)
-                if len(self._timeline) > self.max_points:
-                    self._timeline = self._timeline[::2]
-                    self._stride *= 2
+            self._keep_thinned(point)
 
     @property
     def timeline(self) -> list[tuple[float, tuple[int, ...]]]:

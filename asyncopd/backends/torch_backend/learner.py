@@ -44,6 +44,9 @@ class TorchLearner:
         grad_clip: clip the global grad norm to this value (``<= 0`` or ``inf``: no clipping).
         micro_batch_size: items per forward/backward (gradient accumulation inside a step).
         warmup_steps: linear warm-up: update ``s`` (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``.
+        decay_steps: with ``> 0``, after the warm-up the rate follows a half cosine from ``lr`` down to
+            ``lr * min_lr_ratio`` at update ``decay_steps`` (and stays there); 0: constant.
+        min_lr_ratio: the floor of the cosine decay, as a fraction of ``lr``.
         device: where the model trains.
         betas, eps: AdamW hyper-parameters.
         algorithm: the estimator and its options (default: forward KL on the teacher's top-k).
@@ -58,6 +61,8 @@ class TorchLearner:
         grad_clip: float = 1.0,
         micro_batch_size: int,
         warmup_steps: int = 0,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.1,
         device: str | torch.device = "cpu",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -77,16 +82,28 @@ class TorchLearner:
         self.grad_clip = float(grad_clip)
         self.micro_batch_size = int(micro_batch_size)
         self.warmup_steps = int(warmup_steps)
+        if decay_steps < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError("decay_steps must be >= 0 and min_lr_ratio in [0, 1]")
+        self.decay_steps, self.min_lr_ratio = int(decay_steps), float(min_lr_ratio)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.base_lr, weight_decay=float(weight_decay), betas=betas, eps=eps)
         self.version = 0
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, step: int) -> float:
-        """Learning rate of update ``step`` (0-based; the update that produces version ``step + 1``)."""
-        if self.warmup_steps <= 0:
+        """Learning rate of update ``step`` (0-based; the update that produces version ``step + 1``)::
+
+            warm-up  (s < W):        lr * (s + 1) / W
+            cosine   (W <= s < D):   lr * (m + (1 - m) * (1 + cos(pi * (s - W) / (D - W))) / 2)
+            after D:                 lr * m          (m = min_lr_ratio; without decay: lr)
+        """
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        if self.decay_steps <= self.warmup_steps:
             return self.base_lr
-        return self.base_lr * min(1.0, (step + 1) / self.warmup_steps)
+        frac = min(1.0, (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps))
+        m = self.min_lr_ratio
+        return self.base_lr * (m + (1 - m) * (1 + math.cos(math.pi * frac)) / 2)
 
     # ------------------------------------------------------------------ training
     def _micro_batch_loss(self, items: list[TrainItem], total_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:

@@ -59,7 +59,9 @@ import torch
 
 import numpy as np
 
-from asyncopd.backends.base import GenRequest, GenResult, RolloutCapture, StepHook, WeightUpdate
+from asyncopd.backends.base import (
+    GenRequest, GenResult, RolloutCapture, StepHook, WeightUpdate, check_sampling_args,
+)
 from asyncopd.backends.torch_backend import compat
 from asyncopd.backends.torch_backend.sampling import sample_from_logprobs, sampling_logprobs
 
@@ -110,12 +112,7 @@ class TorchRolloutEngine:
         capture_mc: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling_args(max_new_tokens, temperature, top_p)
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.model.eval()

@@ -76,6 +76,7 @@ from asyncopd.backends.base import (
     GenResult,
     RolloutCapture,
     StepHook,
+    check_sampling_args,
     WeightUpdate,
 )
 from asyncopd.backends.vllm_backend.convert import (
@@ -193,12 +194,7 @@ class VllmRolloutEngine:
                  dtype: str = "bfloat16", max_model_len: Optional[int] = None,
                  enable_prefix_caching: bool = True, skip_tokenizer_init: bool = True,
                  insecure_serialization: bool = True, engine_kwargs: Optional[dict[str, Any]] = None) -> None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        check_sampling_args(max_new_tokens, temperature, top_p)
         if capture_top_k is not None:
             top_k_capture = capture_top_k
         if capture_mc:
