@@ -35,18 +35,13 @@ def place(device_type: str, devices: list[int]) -> str:
 
 
 class RolloutWorker:
-    def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], eos_id: int,
-                 pad_id: int, max_new_tokens: int, temperature: float, top_p: float, seed: int, dtype: str,
-                 capture_top_k: int = 0, capture_mc: int = 0) -> None:
-        from asyncopd.backends.torch_backend import TorchRolloutEngine
-        from asyncopd.models import load_causal_lm
+    def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
+                 backend: str = "torch", **engine_options: Any) -> None:
+        from asyncopd.backends.factory import build_rollout_engine
 
         self.name = name
         device = place(device_type, devices)
-        model = load_causal_lm(model_path, dtype=dtype, device=device)
-        self.engine = TorchRolloutEngine(model, eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, top_p=top_p, seed=seed, device=device,
-                                         capture_top_k=capture_top_k, capture_mc=capture_mc)
+        self.engine = build_rollout_engine(backend, model_path, device=device, dtype=dtype, **engine_options)
         self._lock = threading.Condition()
         self._generating = False
         self._pending: WeightUpdate | None = None
@@ -98,16 +93,13 @@ class RolloutWorker:
 
 
 class TeacherWorker:
-    def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], top_k: int,
-                 pad_id: int, dtype: str, num_samples: int = 0, full_vocab: bool = False, seed: int = 0) -> None:
-        from asyncopd.backends.torch_backend import TorchTeacherScorer
-        from asyncopd.models import load_causal_lm
+    def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
+                 backend: str = "torch", **scorer_options: Any) -> None:
+        from asyncopd.backends.factory import build_teacher_scorer
 
         self.name = name
         device = place(device_type, devices)
-        model = load_causal_lm(model_path, dtype=dtype, device=device)
-        self.scorer = TorchTeacherScorer(model, top_k=top_k, pad_id=pad_id, num_samples=num_samples,
-                                         full_vocab=full_vocab, seed=seed, device=device)
+        self.scorer = build_teacher_scorer(backend, model_path, device=device, dtype=dtype, **scorer_options)
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}

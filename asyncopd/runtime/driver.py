@@ -95,14 +95,16 @@ class RayDriver:
                 f"rollout-{i}", str(self.models.student), device_type=dt, devices=lay.rollout.devices,
                 eos_id=self.codec.eos_id, pad_id=self.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
-                capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples())
+                capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples(), backend=cfg.rollout.backend,
+                **self._vllm_options("rollout"))
             for i in range(lay.rollout.workers)
         }
         self.teachers = {
             f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(self.models.teacher), device_type=dt,
                                            devices=lay.teacher.devices, top_k=cfg.teacher.top_k,
                                            pad_id=self.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
-                                           full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i)
+                                           full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i,
+                                           backend=cfg.teacher.backend, **self._vllm_options("teacher"))
             for i in range(lay.teacher.workers)
         }
         lc = cfg.learner
@@ -118,6 +120,16 @@ class RayDriver:
         self._placement = placement
         if self.evaluates:
             self.eval_start = ray.get(self._evaluate())
+
+    def _vllm_options(self, role: str) -> dict[str, Any]:
+        """Engine sizing the vLLM backend takes from the config (nothing for torch)."""
+        if getattr(self.cfg, role).backend != "vllm":
+            return {}
+        opts: dict[str, Any] = {"gpu_memory_utilization": self.cfg.rollout.gpu_memory_utilization,
+                                "tensor_parallel_size": getattr(self.cfg.layout, role).tp}
+        if role == "rollout":
+            opts["max_num_seqs"] = self.cfg.rollout.max_num_seqs
+        return opts
 
     def _make_controller(self) -> Controller:
         self.recorder, ctrl = start_run(
