@@ -249,7 +249,7 @@ def _print_compare(r: dict[str, Any]) -> None:
     console.print(f"throughput ratio b/a = {_f(r['throughput_ratio'], 3)}   "
                   f"staleness KS = {_f(r['staleness_ks'], 3)} (p = {_f(r['staleness_ks_pvalue'], 3)})   "
                   f"Wasserstein = {_f(r['staleness_wasserstein'], 3)} versions")
-    console.print(f"report: {r['out_dir']}/compare.json")
+    console.print(f"report: {r['out_dir']}/report.md (and compare.json)")
     for name, path in r["plots"].items():
         console.print(f"plot {name}: {path}")
 

@@ -4,8 +4,9 @@ Throughput: ratio of samples/s (b / a) and its relative error. Staleness: the pe
 token-weighted mean staleness of consumed samples in each run, compared with the two-sample
 Kolmogorov-Smirnov statistic ``D = sup_x |F_a(x) - F_b(x)|`` (scipy.stats.ks_2samp) and the
 1-Wasserstein distance (mean absolute difference of the quantile functions, in versions).
-Plots: the two staleness histograms side by side, the two CDFs overlaid, and the per-step
-time series, written as PNGs next to ``compare.json``.
+Utilisation: per-role busy fraction of each run and the difference (b - a). Plots: the two
+staleness histograms side by side, the two CDFs overlaid, and the per-step time series,
+written as PNGs next to ``compare.json`` and ``report.md`` (a markdown report of it all).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def compare_runs(real_dir: str | Path, sim_dir: str | Path, out_dir: str | Path 
     out.mkdir(parents=True, exist_ok=True)
     ta, tb = a["summary"]["samples_per_s"], b["summary"]["samples_per_s"]
     ks = stats.ks_2samp(a["staleness"], b["staleness"]) if len(a["staleness"]) and len(b["staleness"]) else None
+    ua, ub = a["summary"].get("utilisation", {}), b["summary"].get("utilisation", {})
     report = {
         "real": str(a["dir"]), "sim": str(b["dir"]),
         "real_driver": a["info"]["driver"], "sim_driver": b["info"]["driver"],
@@ -52,12 +54,17 @@ def compare_runs(real_dir: str | Path, sim_dir: str | Path, out_dir: str | Path 
         "staleness_ks": float(ks.statistic) if ks else None,
         "staleness_ks_pvalue": float(ks.pvalue) if ks else None,
         "staleness_wasserstein": float(stats.wasserstein_distance(a["staleness"], b["staleness"])) if ks else None,
-        "utilisation": {"real": a["summary"].get("utilisation", {}), "sim": b["summary"].get("utilisation", {})},
+        "utilisation": {"real": ua, "sim": ub},
+        "utilisation_error": {r: ub[r] - ua[r] for r in sorted(set(ua) & set(ub))
+                              if ua[r] is not None and ub[r] is not None},
         "plots": {},
     }
     if plots:
         report["plots"] = _plot(a, b, out)
     (out / "compare.json").write_text(json.dumps(report, indent=2))
+    from asyncopd.compare_report import write_markdown
+
+    report["report_md"] = str(write_markdown(report, out))
     report["out_dir"] = str(out)
     return report
 

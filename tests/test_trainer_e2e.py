@@ -78,6 +78,9 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     assert core <= set(sim_steps[0]) and core <= set(real_steps[0])
     report = compare_runs(tmp_path / "real", tmp_path / "sim", tmp_path / "cmp")
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
+    assert report["utilisation_error"] and all(abs(v) <= 1 for v in report["utilisation_error"].values())
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "samples/s" in md and "KS =" in md and "![staleness_cdf](staleness_cdf.png)" in md
     for path in report["plots"].values():
         assert (tmp_path / "cmp" / path.rsplit("/", 1)[1]).stat().st_size > 1000
 
