@@ -27,7 +27,8 @@ from asyncopd.config import load_config
 
 ESTIMATORS: dict[str, list[str]] = {
     "forward_kl_topk": ["algorithm.loss=forward_kl_topk"],
-    "reverse_kl_topk": ["algorithm.loss=reverse_kl_topk"],
+    "reverse_kl_topk": ["algorithm.loss=reverse_kl_topk"],  # with the tail bucket (the default)
+    "reverse_kl_topk_truncated": ["algorithm.loss=reverse_kl_topk", "algorithm.topk_tail=drop"],
     "sampled_reverse_kl_offline": ["algorithm.loss=sampled_reverse_kl", "algorithm.advantage=offline"],
     "sampled_reverse_kl_online": ["algorithm.loss=sampled_reverse_kl", "algorithm.advantage=online"],
     "mc_reverse_kl": ["algorithm.loss=mc_reverse_kl", "algorithm.num_samples=4"],

@@ -46,7 +46,7 @@ def setup():
 
 
 def _grad(value: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    (g,) = torch.autograd.grad(value.sum(), z)
+    (g,) = torch.autograd.grad(value.sum(), z, retain_graph=True)
     return g
 
 
@@ -79,8 +79,42 @@ def test_truncated_reverse_kl_drops_the_tail_and_can_be_negative() -> None:
     lt = torch.log(torch.tensor([[0.1, 0.3, 0.6]]))
     full = reverse_kl_topk_per_token(lp, lt)
     assert full.item() > 0
-    first = reverse_kl_topk_per_token(lp[:, 1:], lt[:, 1:])  # the support without the student's mode
+    first = reverse_kl_topk_per_token(lp[:, 1:], lt[:, 1:], tail="drop")  # the support without the student's mode
     assert first.item() < 0
+
+
+def test_tail_bucket_is_the_kl_of_the_coarsened_distributions(setup) -> None:
+    """k < V: the bucket form equals KL between pi and p_T with every id outside the top-k merged
+    into one outcome; it is >= 0 and its gradient matches that coarsened KL's."""
+    z, lt, _ = setup
+    k = 3
+    lp = torch.log_softmax(z, -1)
+    top_lp, ids = torch.topk(lt, k, -1)
+    est = reverse_kl_topk_per_token(lp.gather(-1, ids), top_lp)
+    pi, pt = lp.exp(), lt.exp()
+    pi_s, pt_s = pi.gather(-1, ids), pt.gather(-1, ids)
+    pi_c = torch.cat([pi_s, 1 - pi_s.sum(-1, keepdim=True)], -1)
+    pt_c = torch.cat([pt_s, 1 - pt_s.sum(-1, keepdim=True)], -1)
+    ref = (pi_c * (pi_c.log() - pt_c.log())).sum(-1)
+    assert torch.allclose(est, ref, atol=1e-10) and bool((est >= 0).all())
+    assert torch.allclose(_grad(est, z), _grad(ref, z), atol=1e-10)
+
+
+def test_truncated_form_is_minimised_by_pushing_mass_off_the_support() -> None:
+    """Why ``drop`` collapses: minimising it moves 1 - m/e of the student's mass outside the
+    teacher's top-k (m = teacher mass on it); the bucket form is minimised by the teacher."""
+    lt_full = torch.log(torch.tensor([0.5, 0.3, 0.1, 0.05, 0.05], dtype=torch.float64))
+    ids = torch.tensor([0, 1])  # the teacher's top-2, m = 0.8
+    for tail, outside in (("drop", 1 - 0.8 / torch.e), ("bucket", 0.2)):
+        z = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([z], lr=0.05)
+        for _ in range(3000):
+            opt.zero_grad()
+            lp = torch.log_softmax(z, -1)
+            reverse_kl_topk_per_token(lp[ids], lt_full[ids], tail=tail).backward()
+            opt.step()
+        mass_off = 1 - torch.softmax(z, -1)[ids].sum().item()
+        assert mass_off == pytest.approx(float(outside), abs=0.01), tail
 
 
 # ------------------------------------------------------- exact in expectation (enumeration)
@@ -269,6 +303,7 @@ def test_dispatcher_says_what_is_missing(setup) -> None:
     (["algorithm.loss=forward_kl_topk", "algorithm.stabiliser=clip"], "needs a policy-gradient loss"),
     (["algorithm.loss=reverse_kl_topk", "algorithm.advantage=offline"], "advantage=offline applies to policy-gradient"),
     (["algorithm.loss=reverse_kl_student_topk"], "student_top_k >= 1"),
+    (["algorithm.loss=forward_kl_topk", "algorithm.topk_tail=drop"], "reverse-KL top-k losses only"),
     (["algorithm.loss=mc_reverse_kl", "algorithm.num_samples=1"], "num_samples >= 2"),
     (["algorithm.loss=mc_reverse_kl", "rollout.backend=vllm"], "vLLM samples one token"),
     (["algorithm.loss=dense_forward_kl", "teacher.backend=vllm"], "full-vocabulary"),

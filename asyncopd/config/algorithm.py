@@ -62,6 +62,9 @@ class AlgorithmConfig(BaseModel):
     advantage: Literal["online", "offline"] = Field(
         "online", description="PG estimators: reward log p_T - log pi_theta (online, recomputed at learner "
                               "time) or log p_T - log mu (offline, the behaviour log-prob)")
+    topk_tail: Literal["bucket", "drop"] = Field(
+        "bucket", description="reverse KL on a top-k support: 'bucket' charges the mass outside the support as one "
+                              "outcome (a true KL, >= 0); 'drop' truncates it (collapses: see losses/reverse_kl_topk.py)")
     student_top_k: int = Field(0, ge=0, description="K of reverse_kl_student_topk (the rollout's top-K support)")
     num_samples: int = Field(4, ge=1, description="M draws per position for mc_reverse_kl / mc_forward_kl")
     stabiliser: Literal["none", "clip", "decoupled_ppo", "m2po"] = Field(
@@ -84,6 +87,8 @@ class AlgorithmConfig(BaseModel):
             if self.advantage != "online":  # (the default is accepted: configs are written out in full)
                 raise ValueError(f"advantage={self.advantage} applies to policy-gradient losses only; "
                                  f"{self.loss} does not use it")
+        if self.topk_tail != "bucket" and self.loss not in ("reverse_kl_topk", "reverse_kl_student_topk"):
+            raise ValueError(f"topk_tail={self.topk_tail} applies to the reverse-KL top-k losses only, not {self.loss}")
         if self.loss == "reverse_kl_student_topk" and self.student_top_k < 1:
             raise ValueError("loss reverse_kl_student_topk needs student_top_k >= 1 (the rollout's top-K support)")
         if self.loss == "mc_reverse_kl" and self.num_samples < 2:

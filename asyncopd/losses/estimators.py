@@ -64,12 +64,13 @@ def per_token_loss(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tupl
     if loss == "forward_kl_topk":
         per = forward_kl_topk_per_token(student_logp.gather(-1, b.teacher_topk_ids), b.teacher_topk_logp)
     elif loss == "reverse_kl_topk":
-        per = reverse_kl_topk_per_token(student_logp.gather(-1, b.teacher_topk_ids), b.teacher_topk_logp)
+        per = reverse_kl_topk_per_token(student_logp.gather(-1, b.teacher_topk_ids), b.teacher_topk_logp,
+                                        tail=algo.topk_tail)
     elif loss == "reverse_kl_student_topk":
         ids = _need(b.query_ids, "the rollout's top-K ids", loss)
         per = reverse_kl_student_topk_per_token(student_logp.gather(-1, ids),
                                                 _need(b.query_teacher_logp, "teacher log-probs at them", loss),
-                                                b.query_valid)
+                                                b.query_valid, tail=algo.topk_tail)
     elif loss in ("sampled_reverse_kl", "mc_reverse_kl"):
         opts = dict(advantage=algo.advantage, stabiliser=algo.stabiliser, clip_eps=algo.clip_eps,
                     weight_cap=algo.behaviour_weight_cap, m2po_budget=algo.m2po_budget)

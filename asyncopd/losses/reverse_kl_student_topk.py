@@ -6,8 +6,10 @@ distribution ``mu_t`` (the behaviour policy, possibly stale); the teacher is ask
 
     l_t(theta) = sum_{v in S_mu(t)} pi_theta(v) * ( log pi_theta(v) - log p_T(v) )
 
-(truncated, not renormalised, as in :mod:`asyncopd.losses.reverse_kl_topk`; equal to
-``KL(pi_theta || p_T)`` when ``K`` is the vocabulary size). The support is where the *old*
+plus, by default, the tail bucket ``pi_tail (log pi_tail - log p_tail)`` for the mass outside
+``S_mu(t)`` (``algorithm.topk_tail``; see :mod:`asyncopd.losses.reverse_kl_topk`, which also
+explains why the truncated ``drop`` form collapses); equal to ``KL(pi_theta || p_T)`` when ``K``
+is the vocabulary size. The support is where the *old*
 student put its mass, not where the current one does: when ``pi_theta`` has moved, mass it
 now puts outside ``S_mu`` is never charged, and no importance weight can correct that (the
 support is not a sample). This is the estimator the paper contrasts with the correctable
@@ -18,13 +20,15 @@ from __future__ import annotations
 
 import torch
 
-from asyncopd.losses.reverse_kl_topk import reverse_kl_on_support_per_token
+from asyncopd.losses.reverse_kl_topk import TailMode, reverse_kl_on_support_per_token
 
 
 def reverse_kl_student_topk_per_token(
     student_logprobs_at_support: torch.Tensor,
     teacher_logprobs_at_support: torch.Tensor,
     support_valid: torch.Tensor | None = None,
+    tail: TailMode = "bucket",
 ) -> torch.Tensor:
     """Inputs ``[..., K]``: log pi_theta and log p_T at the rollout's top-K ids; output ``[...]``."""
-    return reverse_kl_on_support_per_token(student_logprobs_at_support, teacher_logprobs_at_support, support_valid)
+    return reverse_kl_on_support_per_token(student_logprobs_at_support, teacher_logprobs_at_support, support_valid,
+                                           tail=tail)
