@@ -141,7 +141,7 @@ class TorchTeacherScorer:
             pay = TeacherPayload(sample_id=it.sample_id, topk_ids=_ids(top_ids), topk_logprobs=_floats(top_lp),
                                  sampled_logprob=_floats(sampled))
             if it.query_ids is not None:
-                q = torch.as_tensor(np.asarray(it.query_ids), dtype=torch.long, device=logp.device)
+                q = torch.as_tensor(np.array(it.query_ids), dtype=torch.long, device=logp.device)  # (a writable copy)
                 pay.query_ids, pay.query_logprobs = _ids(q), _floats(logp.gather(-1, q))
             if self.num_samples:
                 draws = torch.multinomial(logp.exp(), self.num_samples, replacement=True, generator=self.generator)
