@@ -77,8 +77,9 @@ def segment_steps_within(seg: Segment, budget: float) -> int:
     else:
         rest = budget - m0 * per_compute
         lin = alpha + gamma + delta * m0 - delta / 2
-        # root of (delta/2) j^2 + lin j - rest, in the form that does not cancel
-        guess = m0 + 2 * rest / (lin + math.sqrt(lin * lin + 2 * delta * rest))
+        # root of (delta/2) j^2 + lin j - rest, in whichever form does not cancel
+        root = math.sqrt(lin * lin + 2 * delta * rest)
+        guess = m0 + (2 * rest / (lin + root) if lin > 0 else (root - lin) / delta)
     return _exact_steps(seg, budget, int(min(guess, 1 << 40)))
 
 

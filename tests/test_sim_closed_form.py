@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asyncopd.config import load_config
@@ -155,6 +155,7 @@ def test_colocation_slows_the_simulated_run(tmp_path) -> None:
 @settings(max_examples=300, deadline=None)
 @given(alpha=st.floats(0, 1e-2), beta=st.floats(0, 1e-2), gamma=st.floats(0, 1e-2), delta=st.floats(0, 1e-4),
        budget=st.floats(0, 50.0))
+@example(alpha=0.0, beta=0.0, gamma=1e-28, delta=7.1e-05, budget=3e-176)  # a negative linear term (found by hypothesis)
 def test_segment_steps_within_is_the_largest_k_that_fits(alpha, beta, gamma, delta, budget) -> None:
     seg = (alpha + 1e-6, beta, gamma, delta)
     k = segment_steps_within(seg, budget)

@@ -206,19 +206,20 @@ class LengthDistribution(_Section):
 
 class SimCosts(_Section):
     """Simple parametric cost model (seconds). Defaults: ``asyncopd calibrate --from-run`` of the
-    built-in default trained on a 2-core x86 box (2026-11); calibrate again on other machines."""
+    built-in default (1000 updates, forward KL, fully_async(eta=2)) trained on a 2-core x86 box
+    (2026-11-25; per-stage fit MAPE 19-26%); calibrate again on other machines."""
 
-    decode_step_s: float = Field(0.002, ge=0, description="fixed time per decode step of a batch")
-    decode_per_seq_s: float = Field(3e-5, ge=0, description="extra time per active sequence per step")
-    prefill_per_token_s: float = Field(5e-5, ge=0, description="rollout prefill, per prompt token")
-    teacher_fixed_s: float = Field(0.007, ge=0)
-    teacher_per_token_s: float = Field(3.2e-5, ge=0)
-    learner_fixed_s: float = Field(0.011, ge=0)
-    learner_per_token_s: float = Field(8.4e-5, ge=0)
-    sync_fixed_s: float = Field(0.0115, ge=0, description="weight sync: part that pauses the worker")
+    decode_step_s: float = Field(0.0024, ge=0, description="fixed time per decode step of a batch")
+    decode_per_seq_s: float = Field(1.1e-4, ge=0, description="extra time per active sequence per step")
+    prefill_per_token_s: float = Field(3e-5, ge=0, description="rollout prefill, per prompt token")
+    teacher_fixed_s: float = Field(0.0092, ge=0)
+    teacher_per_token_s: float = Field(4.1e-5, ge=0)
+    learner_fixed_s: float = Field(0.0125, ge=0)
+    learner_per_token_s: float = Field(1.09e-4, ge=0)
+    sync_fixed_s: float = Field(0.0149, ge=0, description="weight sync: part that pauses the worker")
     sync_bytes_per_s: float = Field(1e9, gt=0)
     model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes moved by a sync; None: 0 (folded into sync_fixed_s)")
-    dispatch_s: float = Field(0.0045, ge=0, description="latency from an action to its worker starting it "
+    dispatch_s: float = Field(0.006, ge=0, description="latency from an action to its worker starting it "
                                                         "(Ray call + payload transfer)")
 
 
