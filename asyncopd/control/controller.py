@@ -401,7 +401,7 @@ class Controller:
         self.learner_busy = True
         self.steps_issued += 1
         self._out.append(Train(step, tuple(chosen)))
-        if self._policy_evicts():
+        if self._evicts:
             self._evict_doomed()
 
     def _fill_teachers(self) -> None:
@@ -533,13 +533,10 @@ class Controller:
             self._out.append(SyncWeights(w.name, self.version, self.pause_mode))
 
     # ------------------------------------------------------------ evictions
-    def _policy_evicts(self) -> bool:
-        return self._evicts
-
     def _over_cap(self, a: Attempt) -> bool:
         """Certain to exceed the hard cap: the earliest update that could consume it is
         ``steps_issued``, and staleness only grows from there."""
-        if not self._policy_evicts():
+        if not self._evicts:
             return False
         return self.steps_issued - a.start_version > self.policy.max_staleness  # type: ignore[union-attr,operator]
 
