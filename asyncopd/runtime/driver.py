@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -50,7 +51,6 @@ class WorkerQueue:
 
     waiting: list[GenRequest] = field(default_factory=list)
     in_wave: set[int] = field(default_factory=set)
-    delivering: bool = False  # handing a finished wave's results to the controller: hold the next wave
 
 
 class RayDriver:
@@ -69,6 +69,7 @@ class RayDriver:
         self.samples: dict[int, SampleData] = {}
         self.pending: dict[Any, Pending] = {}
         self.queues: dict[str, WorkerQueue] = {}
+        self._hold_waves = 0  # > 0 while the actions caused by one event are being dispatched
         self.weights: dict[int, list[Any]] = {}
         self.t0 = 0.0
         # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
@@ -237,11 +238,28 @@ class RayDriver:
                 raise
             self._send(M.WorkerFailed(self._now(), p.worker, str(e).splitlines()[0]))
             return
-        getattr(self, f"_on_{p.kind}")(p, value)
+        with self._waves_after_dispatch():
+            getattr(self, f"_on_{p.kind}")(p, value)
 
     def _send(self, event: M.Event) -> None:
-        for action in self.ctrl.handle(event):
-            self._dispatch(action)
+        with self._waves_after_dispatch():
+            for action in self.ctrl.handle(event):
+                self._dispatch(action)
+
+    @contextmanager
+    def _waves_after_dispatch(self) -> Iterator[None]:
+        """Start rollout waves only once every action caused by the current event (or worker
+        answer) has been dispatched. Requests the controller admits together then leave as one
+        wave, as in the simulator, instead of the first one running alone while the rest wait
+        for the next wave (measured: 77 one-sample waves in a 1000-step default run)."""
+        self._hold_waves += 1
+        try:
+            yield
+        finally:
+            self._hold_waves -= 1
+            if self._hold_waves == 0:
+                for worker in self.queues:
+                    self._start_wave(worker)
 
     def _submit(self, ref: Any, p: Pending) -> None:
         p.issued = self._now()
@@ -253,8 +271,7 @@ class RayDriver:
             problem = self.task.problem(a.prompt_id)
             req = GenRequest(a.sample_id, a.prompt_id, self.codec.encode_prompt(problem.prompt_text))
             self.samples[a.sample_id] = SampleData(req)
-            self.queues[a.worker].waiting.append(req)
-            self._start_wave(a.worker)
+            self.queues[a.worker].waiting.append(req)  # the wave starts in _waves_after_dispatch
         elif isinstance(a, M.AbortGeneration):
             q = self.queues[a.worker]
             queued = [r for r in q.waiting if r.sample_id in a.sample_ids]
@@ -279,7 +296,7 @@ class RayDriver:
 
     def _start_wave(self, worker: str) -> None:
         q = self.queues[worker]
-        if q.in_wave or q.delivering or not q.waiting:
+        if q.in_wave or self._hold_waves or not q.waiting:
             return
         wave, q.waiting = q.waiting, []
         q.in_wave = {r.sample_id for r in wave}
@@ -306,14 +323,9 @@ class RayDriver:
     # ---------------------------------------------------------------- results
     def _on_gen(self, p: Pending, results: list[GenResult]) -> None:
         """Deliver a finished wave. The next wave starts only after every result has reached
-        the controller, so it takes all the slots they free (as the simulator's wave does)."""
-        q = self.queues[p.worker]
-        q.in_wave, q.delivering = set(), True
-        try:
-            self._deliver(p, results)
-        finally:
-            q.delivering = False
-        self._start_wave(p.worker)
+        the controller (``_waves_after_dispatch``), so it takes all the slots they free."""
+        self.queues[p.worker].in_wave = set()
+        self._deliver(p, results)
 
     def _deliver(self, p: Pending, results: list[GenResult]) -> None:
         now = self._now()
