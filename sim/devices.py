@@ -1,11 +1,14 @@
-"""Devices shared by several workers: processor sharing.
+"""Devices shared by several workers: processor sharing with a calibrated penalty.
 
 A layout may put several workers on one device (colocation: e.g. the teacher and the
 learner on the same CPU core or GPU). While ``k`` workers are busy on a device, each
-progresses at ``1/k`` of its own speed (time slicing with a fine quantum). A worker spread
-over several devices (tensor parallelism) goes at the pace of its most crowded device:
+progresses at ``1 / (1 + phi * (k - 1))`` of its own speed. ``phi = 1`` is fair time
+slicing (``1/k``); ``phi > 1`` adds switching and cache costs, ``phi < 1`` means the workers
+leave gaps the others fill. ``phi`` is ``sim.costs.colocation_factor``, fitted by
+``asyncopd calibrate --from-run`` (``calibration/contention.py``). A worker spread over
+several devices (tensor parallelism) goes at the pace of its most crowded device:
 
-    slowdown(worker) = max_{d in devices(worker)} busy_workers(d)          (>= 1)
+    slowdown(worker) = 1 + phi * (max_{d in devices(worker)} busy_workers(d) - 1)     (>= 1)
 
 Work is measured in *uncontended seconds*; ``run_work`` turns it into simulated time,
 re-planning whenever the crowd on one of its devices changes. Workers on devices of their
@@ -19,15 +22,19 @@ from typing import Callable, Iterable
 
 import simpy
 
+from asyncopd.config.placement import placement, worker_devices  # noqa: F401  (re-exported)
+
 
 class SharedDevices:
-    def __init__(self, env: simpy.Environment) -> None:
+    def __init__(self, env: simpy.Environment, colocation_factor: float = 1.0) -> None:
         self.env = env
+        self.phi = colocation_factor
         self.busy: dict[int, set[str]] = defaultdict(set)
         self._listeners: dict[int, dict[str, Callable[[], None]]] = defaultdict(dict)
 
-    def slowdown(self, devices: Iterable[int]) -> int:
-        return max((len(self.busy[d]) for d in devices), default=1) or 1
+    def slowdown(self, devices: Iterable[int]) -> float:
+        crowd = max((len(self.busy[d]) for d in devices), default=1) or 1
+        return 1.0 + self.phi * (crowd - 1)
 
     def acquire(self, holder: str, devices: Iterable[int]) -> None:
         self._change(holder, devices, add=True)
@@ -72,11 +79,3 @@ class SharedDevices:
         finally:
             self.listen(holder, devices, None)
             self.release(holder, devices)
-
-
-def worker_devices(devices: list[int], workers: int, tp: int, index: int) -> tuple[int, ...]:
-    """The devices of worker ``index`` of a role: its own ``tp`` devices when the role has
-    ``workers * tp`` or more, otherwise all of the role's devices (shared)."""
-    if len(devices) >= workers * tp:
-        return tuple(devices[index * tp:(index + 1) * tp])
-    return tuple(devices)

@@ -22,7 +22,7 @@ from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.trace.setup import start_run
 from sim.costs import make_cost_model
-from sim.devices import SharedDevices, worker_devices
+from sim.devices import SharedDevices, placement
 from sim.lengths import LengthModel
 from sim.rollout import SimRolloutWorker, SimSeq
 
@@ -34,23 +34,16 @@ class SimDriver:
         self.cfg = cfg
         self.seed = cfg.run.seed if seed is None else seed
         self.env = simpy.Environment()
-        self.costs = make_cost_model(cfg)
+        self.costs = make_cost_model(cfg, self.seed)
         self.lengths = LengthModel(cfg, self.seed)
         self.pause_mode = cfg.pipeline.pause_mode
-        lay = cfg.layout
         self.recorder, self.ctrl = start_run(cfg, run_dir, driver="sim", clock="simulated",
                                              slots_per_worker=self._slots_per_worker(), seed=self.seed)
         lanes = self.recorder.workers
-        self.placement = {
-            **{f"rollout-{i}": worker_devices(lay.rollout.devices, lay.rollout.workers, lay.rollout.tp, i)
-               for i in range(lay.rollout.workers)},
-            **{f"teacher-{i}": worker_devices(lay.teacher.devices, lay.teacher.workers, lay.teacher.tp, i)
-               for i in range(lay.teacher.workers)},
-            "learner-0": tuple(lay.learner.devices),
-        }
+        self.placement = placement(cfg.layout)
         use = Counter(d for devs in self.placement.values() for d in devs)
         self.shared = {w for w, devs in self.placement.items() if any(use[d] > 1 for d in devs)}
-        self.devices = SharedDevices(self.env)
+        self.devices = SharedDevices(self.env, cfg.sim.costs.colocation_factor)
         mode = cfg.sim.rollout_batching
         if mode == "auto":
             mode = "wave" if cfg.rollout.backend == "torch" else "continuous"
@@ -110,12 +103,10 @@ class SimDriver:
             self.rollout[a.worker].request_sync(a)
         elif isinstance(a, M.Score):
             d = self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after(a.worker, d, lambda start=self.env.now + self.costs.dispatch():
-                        M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
+            self._after(a.worker, d, lambda start: M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
         elif isinstance(a, M.Train):
             d = self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after("learner-0", d, lambda start=self.env.now + self.costs.dispatch():
-                        M.TrainStepFinished(self.env.now, a.step, start, {}))
+            self._after("learner-0", d, lambda start: M.TrainStepFinished(self.env.now, a.step, start, {}))
         elif isinstance(a, M.Stop):
             if not self.finished.triggered:
                 self.finished.succeed(a)
@@ -125,16 +116,17 @@ class SimDriver:
 
     def _after(self, worker: str, work: float, make_event) -> None:
         """After the dispatch latency, run ``work`` uncontended seconds on ``worker``'s devices,
-        then send ``make_event()``. A worker with devices of its own needs no process."""
+        then send ``make_event(start)``. A worker with devices of its own needs no process."""
         delay = self.costs.dispatch()
+        start = self.env.now + delay
         if worker not in self.shared:
-            self.env.timeout(delay + work).callbacks.append(lambda _: self.send(make_event()))
+            self.env.timeout(delay + work).callbacks.append(lambda _: self.send(make_event(start)))
             return
 
         def body():
             yield self.env.timeout(delay)
             yield from self.devices.run_work(worker, self.placement[worker], work)
-            self.send(make_event())
+            self.send(make_event(start))
 
         self.env.process(body())
 

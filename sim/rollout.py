@@ -142,6 +142,7 @@ class SimRolloutWorker:
                 self._drop_evicted()
                 continue
             if not self.batch.active and self.queue:  # an idle worker receives its requests
+                self._set_busy(False)
                 yield from self._timed(costs.dispatch())
             joining = self._admit()
             pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
@@ -174,8 +175,8 @@ class SimRolloutWorker:
             b.kv += k * len(b.active)
             self._pop_finished()
 
-    def _slowdown(self) -> int:
-        return self.d.devices.slowdown(self.devices) if self.shared else 1
+    def _slowdown(self) -> float:
+        return self.d.devices.slowdown(self.devices) if self.shared else 1.0
 
     def _set_busy(self, busy: bool) -> None:
         """Occupy (or leave) this worker's devices while it has sequences to decode."""
@@ -260,6 +261,7 @@ class SimRolloutWorker:
         action = self.pending_sync
         assert action is not None
         paused_from = self.env.now
+        self._set_busy(True)  # loading weights occupies the worker's devices
         yield from self._timed(self.d.costs.sync().pause_s)
         b = self.batch
         if action.pause_mode == "recompute" and b.active:

@@ -221,6 +221,15 @@ class SimCosts(_Section):
     model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes moved by a sync; None: 0 (folded into sync_fixed_s)")
     dispatch_s: float = Field(0.006, ge=0, description="latency from an action to its worker starting it "
                                                         "(Ray call + payload transfer)")
+    decode_cv: float = Field(0.0, ge=0, le=5, description="run-to-run scatter of decode times (coefficient of "
+                             "variation of a lognormal factor per decode segment; 0 = deterministic)")
+    teacher_cv: float = Field(0.0, ge=0, le=5, description="scatter of teacher batch times (see decode_cv)")
+    learner_cv: float = Field(0.0, ge=0, le=5, description="scatter of learner step times (see decode_cv)")
+    sync_cv: float = Field(0.0, ge=0, le=5, description="scatter of weight-sync pauses (see decode_cv)")
+    dispatch_cv: float = Field(0.0, ge=0, le=5, description="scatter of dispatch latencies (see decode_cv)")
+    colocation_factor: float = Field(1.0, ge=0, le=10, description="contention on a shared device: with k workers "
+                                     "busy on it, each runs at 1/(1 + factor*(k-1)) of its speed (1 = fair time "
+                                     "slicing); used by both cost models, fitted by `calibrate --from-run`")
 
 
 class AnalyticParams(_Section):

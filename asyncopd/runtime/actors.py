@@ -72,8 +72,10 @@ class RolloutWorker:
                 self._lock.notify_all()
             return update, evict
 
-    def load_weights(self, holder: list[Any], version: int, pause_mode: str) -> tuple[float, float]:
-        """Fetch ``version`` from the object store and apply it at the next step boundary."""
+    def load_weights(self, holder: list[Any], version: int, pause_mode: str) -> tuple[float, float, float | None]:
+        """Fetch ``version`` from the object store and apply it at the next step boundary.
+        Returns (started, ended, paused seconds): generation keeps going while the weights are
+        fetched and only stops to load them; None when the backend does not time its loads."""
         import ray
 
         started = time.time()
@@ -85,7 +87,16 @@ class RolloutWorker:
             else:
                 self._pending = update
                 self._lock.wait_for(lambda: self._pending is not update)
-        return started, time.time()
+        return started, time.time(), self._pause_of(version)
+
+    def _pause_of(self, version: int) -> float | None:
+        loads = getattr(self.engine, "load_seconds", None)
+        if loads is None:
+            return None
+        deadline = time.time() + 2.0  # handed to the decode thread, which may still be loading it
+        while version not in loads and time.time() < deadline:
+            time.sleep(2e-4)
+        return loads.pop(version, None)
 
     def abort(self, sample_ids: list[int]) -> None:
         with self._lock:

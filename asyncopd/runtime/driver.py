@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem
+from asyncopd.config.placement import placement
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
@@ -86,6 +87,7 @@ class RayDriver:
 
         cfg, lay, algo = self.cfg, self.cfg.layout, self.cfg.algorithm
         dt, dtype = cfg.cluster.device_type, cfg.models.dtype
+        where = placement(lay)  # each worker's own devices, exactly as the simulator places it
         gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
         opts = {"num_cpus": 0, "num_gpus": gpu}
         Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)
@@ -93,7 +95,7 @@ class RayDriver:
         Learner = ray.remote(actors.LearnerWorker).options(**opts)
         self.rollout = {
             f"rollout-{i}": Rollout.remote(
-                f"rollout-{i}", str(self.models.student), device_type=dt, devices=lay.rollout.devices,
+                f"rollout-{i}", str(self.models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
                 eos_id=self.codec.eos_id, pad_id=self.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
                 capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples(), backend=cfg.rollout.backend,
@@ -102,7 +104,7 @@ class RayDriver:
         }
         self.teachers = {
             f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(self.models.teacher), device_type=dt,
-                                           devices=lay.teacher.devices, top_k=cfg.teacher.top_k,
+                                           devices=list(where[f"teacher-{i}"]), top_k=cfg.teacher.top_k,
                                            pad_id=self.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
                                            full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i,
                                            backend=cfg.teacher.backend, **self._vllm_options("teacher"))
@@ -380,9 +382,9 @@ class RayDriver:
             return None
         return tmp, C.step_name(version), self._resume_info(version)
 
-    def _on_sync(self, p: Pending, value: tuple[float, float]) -> None:
-        started, _ = value
-        self._send(M.WeightSyncFinished(self._now(), p.worker, p.context.version, self._rel(started)))
+    def _on_sync(self, p: Pending, value: tuple[float, float, float | None]) -> None:
+        started, _, paused = value
+        self._send(M.WeightSyncFinished(self._now(), p.worker, p.context.version, self._rel(started), paused_s=paused))
 
     def _evaluate(self) -> Any:
         return self.learner.evaluate.remote(self.cfg.task.model_dump(), self.cfg.run.seed, str(self.models.student))

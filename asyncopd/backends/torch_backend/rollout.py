@@ -138,14 +138,22 @@ class TorchRolloutEngine:
         self.mc_generator = torch.Generator(device=self.device)
         self.mc_generator.manual_seed(self.seed + 7919)  # independent of the emitted tokens' stream
         self.version = 0
+        self.load_seconds: dict[int, float] = {}
         # Counters of the most recent ``generate`` call (for calibration and logging).
         self.last_stats: dict[str, float] = {}
 
     # ------------------------------------------------------------------ weights
     def set_weights(self, update: WeightUpdate) -> None:
         """Load ``update.state_dict`` now (the engine is idle) and take its version."""
+        self._take(update)
+
+    def _take(self, update: WeightUpdate) -> None:
+        """Load ``update`` and take its version; ``load_seconds[version]`` records how long
+        generation stood still for it (the part of a weight sync that pauses the worker)."""
+        t0 = time.perf_counter()
         self._load(update.state_dict)
         self.version = int(update.version)
+        self.load_seconds[self.version] = time.perf_counter() - t0
 
     def _load(self, state_dict: Any) -> None:
         with torch.inference_mode(False), torch.no_grad():
@@ -255,8 +263,7 @@ class TorchRolloutEngine:
                 if update is not None:
                     if update.pause_mode not in ("keep", "recompute", "abort"):
                         raise ValueError(f"unknown pause_mode {update.pause_mode!r}")
-                    self._load(update.state_dict)
-                    self.version = int(update.version)
+                    self._take(update)
                     if update.pause_mode == "abort":
                         for i in rows:
                             finish(i, "aborted", "aborted", "sync_abort", now)
