@@ -255,23 +255,83 @@ def _print_compare(r: dict[str, Any]) -> None:
 
 
 @app.command()
-def calibrate(from_run: Path = typer.Option(..., "--from-run", help="a finished run directory (real or simulated)"),
-              out: Optional[Path] = typer.Option(None, help="profile path (default: FROM_RUN/calibration.yaml)")) -> None:
-    """Fit the simulator's cost model to a recorded run; write a calibration profile."""
-    from calibration.from_run import fit_run, write_profile
+def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose models to profile on this machine "
+                                                                 "(default: configs/default.yaml)"),
+              from_run: Optional[Path] = typer.Option(None, "--from-run", help="fit to a finished run directory "
+                                                                                "(real or simulated) instead"),
+              check: Optional[Path] = typer.Option(None, "--check", metavar="PROFILE",
+                                                   help="re-measure a few points and report drift against PROFILE"),
+              budget: Optional[float] = typer.Option(None, "--budget", help="seconds of measuring "
+                                                                              "(default 60; --check: 15)"),
+              threshold: float = typer.Option(0.25, "--threshold", help="--check: a stage has drifted when it is off "
+                                                                        "by more than a factor 1+THRESHOLD"),
+              out: Optional[Path] = typer.Option(None, help="profile path (default: FROM_RUN/calibration.yaml, "
+                                                            "else run.output_dir/NAME-calibration.yaml)"),
+              set_: Optional[list[str]] = SetOpt, progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """Fit the simulator's cost model: profile this machine for CONFIG's models (micro-benchmarks of the
+    torch engines), or fit a recorded run (--from-run); --check PROFILE re-measures and reports drift
+    (exit 0 ok, 1 drifted, 2 bad input)."""
+    from calibration.report import drift_table, extras_table, fit_table
 
-    if not (from_run / "trace.json").is_file():
-        err.print(f"[red]error:[/red] {from_run} has no trace.json; is it a run directory?")
+    def fail(msg: str) -> None:
+        err.print(f"[red]error:[/red] {msg}")
         raise typer.Exit(2)
-    cal = fit_run(from_run)
-    path = write_profile(cal, out or from_run / "calibration.yaml")
-    t = Table(title=f"cost model fitted to {from_run}", title_justify="left")
-    for col in ("stage", "parameters", "MAPE", "n"):
-        t.add_column(col)
-    for stage, fit in cal.stages.items():
-        t.add_row(stage, ", ".join(f"{k}={v:.3g}" for k, v in fit.params.items()), f"{fit.mape:.1%}", str(fit.n))
-    console.print(t)
-    console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
+
+    if from_run is not None and (check is not None or config is not None):
+        fail("--from-run fits a run; give it without CONFIG or --check")
+    if budget is not None and budget <= 0:
+        fail(f"--budget must be > 0 seconds, got {budget:g}")
+    if not 0 < threshold:
+        fail(f"--threshold must be > 0 (0.25 = 25%), got {threshold:g}")
+    if from_run is not None:
+        from calibration.from_run import fit_run, write_profile
+
+        if not (from_run / "trace.json").is_file():
+            fail(f"{from_run} has no trace.json; is it a run directory?")
+        cal = fit_run(from_run)
+        path = write_profile(cal, out or from_run / "calibration.yaml")
+        console.print(fit_table(f"cost model fitted to {from_run}", cal.stages))
+        console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
+        return
+    if check is not None:
+        from calibration.check import check_profile
+
+        try:
+            res = check_profile(check, config=config, overrides=set_ or [], threshold=threshold,
+                                budget_s=15.0 if budget is None else budget, progress=progress)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            fail(str(e))
+        for note in res.notes:
+            console.print(f"note: {note}")
+        console.print(drift_table(res))
+        console.print(f"verdict: [{'green' if res.ok else 'red'}]{res.verdict}[/]")
+        raise typer.Exit(0 if res.ok else 1)
+    from calibration.profile import read_profile, write_profile_dict
+    from calibration.profilers import profile
+
+    cfg = _load(config or Path("configs/default.yaml"), set_)
+    path = out or Path(cfg.run.output_dir) / f"{cfg.run.name}-calibration.yaml"
+    dispatch, dispatch_src = None, "the config's sim.costs.dispatch_s"
+    if path.is_file():  # keep the dispatch latency of the profile being replaced (it may come from a run)
+        try:
+            dispatch = float(read_profile(path)["sim"]["costs"]["dispatch_s"])
+            dispatch_src = f"the profile it replaced ({path})"
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            dispatch = None
+    try:
+        prof = profile(cfg, budget_s=60.0 if budget is None else budget, progress=progress, dispatch_s=dispatch,
+                       dispatch_source=dispatch_src)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    path = write_profile_dict(prof, path)
+    console.print(fit_table(f"cost model profiled on this machine for {config or 'configs/default.yaml'} "
+                            f"({len(prof['points'])} points, {prof['elapsed_s']:.0f} s)", prof["fit"]))
+    if prof["extras"]:
+        console.print(extras_table(prof["extras"]))
+    for note in prof["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path}; "
+                  f"later: asyncopd calibrate --check {path})")
 
 
 @app.command()

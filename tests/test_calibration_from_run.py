@@ -40,3 +40,39 @@ def test_fit_recovers_simulated_costs(tmp_path, policy) -> None:
 def test_missing_profile_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="profile not found"):
         profile_overrides(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("phi", [0.5, 1.0, 1.5])
+def test_fit_undoes_sharing_and_recovers_the_colocation_factor(tmp_path, phi) -> None:
+    """Default layout: the teacher and the learner share core 1. Their wall-clock spans are
+    stretched by the sharing; the fit must take it out (no double counting) and find phi."""
+    cfg = load_config(None, ["run.total_steps=60", "sim.response_length.kind=lognormal", "sim.prompt_tokens_mean=12",
+                             "sim.costs.model_bytes=0", f"sim.costs.colocation_factor={phi}",
+                             *(f"sim.costs.{k}={v}" for k, v in TRUTH.items())])
+    simulate(cfg, tmp_path / "run", progress=False)
+    cal = fit_run(tmp_path / "run")
+    got = cal.costs()
+    assert got["colocation_factor"] == pytest.approx(phi)
+    for k in ("teacher_fixed_s", "teacher_per_token_s", "learner_fixed_s", "learner_per_token_s", "decode_step_s"):
+        assert got[k] == pytest.approx(TRUTH[k], rel=1e-3), k
+    assert cal.stages["contention"].n > 0  # spans that really overlapped
+
+
+def test_fitted_noise_is_replayed_and_refitted(tmp_path) -> None:
+    """``*_cv`` noise: seeded (same seed, same run), mean-preserving, and refitted close to the truth."""
+    noise = ["sim.costs.teacher_cv=0.3", "sim.costs.learner_cv=0.2", "sim.costs.dispatch_cv=0.25"]
+    base = ["run.total_steps=150", *SEPARATE, "sim.prompt_tokens_mean=12", "sim.costs.model_bytes=0",
+            *(f"sim.costs.{k}={v}" for k, v in TRUTH.items())]
+    cfg = load_config(None, [*base, *noise])
+    a = simulate(cfg, tmp_path / "a", progress=False)
+    b = simulate(cfg, None, progress=False)
+    assert a["samples_per_s"] == b["samples_per_s"]
+    quiet = simulate(load_config(None, base), None, progress=False)
+    assert a["samples_per_s"] != quiet["samples_per_s"]
+    got = fit_run(tmp_path / "a").costs()
+    assert got["teacher_cv"] == pytest.approx(0.3, abs=0.06)
+    assert got["learner_cv"] == pytest.approx(0.2, abs=0.06)
+    assert got["dispatch_cv"] == pytest.approx(0.25, abs=0.06)
+    assert got["decode_cv"] == 0.0 and got["sync_cv"] == 0.0
+    assert got["learner_fixed_s"] + 300 * got["learner_per_token_s"] == pytest.approx(
+        TRUTH["learner_fixed_s"] + 300 * TRUTH["learner_per_token_s"], rel=0.1)

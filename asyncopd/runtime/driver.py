@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator
 from tqdm.auto import tqdm
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem
-from asyncopd.config.placement import placement
+from asyncopd.config.placement import placement as layout_placement
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
@@ -87,7 +87,7 @@ class RayDriver:
 
         cfg, lay, algo = self.cfg, self.cfg.layout, self.cfg.algorithm
         dt, dtype = cfg.cluster.device_type, cfg.models.dtype
-        where = placement(lay)  # each worker's own devices, exactly as the simulator places it
+        where = layout_placement(lay)  # each worker's own devices, exactly as the simulator places it
         gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
         opts = {"num_cpus": 0, "num_gpus": gpu}
         Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)

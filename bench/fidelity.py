@@ -1,0 +1,95 @@
+"""Fidelity benchmark: does the simulator predict the real trainer on this machine?
+
+    python bench/fidelity.py [--steps 200] [--calib-steps 300] [--profile PROFILE] [--out DIR]
+
+1. Calibrate once: a real run of the base config (``--calib-steps`` updates, the default
+   policy and layout), fitted with ``asyncopd calibrate --from-run`` (or ``--profile``).
+2. Predict every combination in ``calibration.fidelity.COMBOS`` with the simulator (3 seeds)
+   and write the predictions, before any of them is run.
+3. Run each with the real Ray trainer (``--steps`` updates) and compare.
+
+Prints one table: predicted vs measured samples/s, mean staleness, KS, and the throughput
+MAPE. Targets (issue 5): MAPE <= 10%, mean staleness within 0.25 versions, KS <= 0.1.
+Runs on 2 CPU cores in about 15 minutes; nothing else should run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from calibration.fidelity import COMBOS, LAYOUT_NOTE, mape, run_fidelity
+
+
+def calibrate(config: str, steps: int, out: Path) -> Path:
+    from asyncopd.config import load_config
+    from asyncopd.runtime.driver import train
+    from calibration.from_run import fit_run, write_profile
+
+    run = out / "calibration-run"
+    train(load_config(config, [f"run.total_steps={steps}"]), run, progress=False, evaluate=False)
+    return write_profile(fit_run(run), out / "calibration.yaml")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/default.yaml")
+    ap.add_argument("--steps", type=int, default=200, help="learner updates per measured run")
+    ap.add_argument("--calib-steps", type=int, default=300, help="updates of the calibration run")
+    ap.add_argument("--profile", type=Path, help="use this calibration profile instead of a calibration run")
+    ap.add_argument("--seeds", type=int, default=3, help="simulations per combination")
+    ap.add_argument("--only", help="semicolon-separated subset of the combinations")
+    ap.add_argument("--out", type=Path, default=Path("runs") / f"fidelity-{time.strftime('%Y%m%d-%H%M%S')}")
+    args = ap.parse_args()
+    combos = COMBOS
+    if args.only:
+        wanted = [c.strip() for c in args.only.split(";") if c.strip()]
+        missing = [c for c in wanted if c not in COMBOS]
+        if missing:
+            raise SystemExit(f"--only: unknown combination(s) {missing}; known: {list(COMBOS)}")
+        combos = {c: COMBOS[c] for c in wanted}
+    console = Console(width=150)
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile is None:
+        console.print(f"calibration run: {args.calib_steps} updates of {args.config} ...")
+        args.profile = calibrate(args.config, args.calib_steps, args.out)
+    console.print(f"profile: {args.profile}")
+    bar = tqdm(total=2 * len(combos), desc="fidelity", unit="stage")
+
+    def on_stage(stage: str, name: str) -> None:
+        bar.set_postfix_str(f"{stage} {name}")
+        bar.update(1)
+
+    rows = run_fidelity(args.config, args.profile, combos, args.out, steps=args.steps,
+                        seeds=list(range(args.seeds)), on_stage=on_stage)
+    bar.close()
+    t = Table(title=f"simulated vs measured, {args.steps} updates each ({LAYOUT_NOTE})", title_justify="left")
+    for col in ("combination", "samples/s pred", "meas", "error", "staleness pred", "meas", "error", "KS"):
+        t.add_column(col, justify="left" if col == "combination" else "right")
+    for r in rows:
+        ok = r.ok
+        t.add_row(r.name, f"{r.predicted_samples_per_s:.1f}", f"{r.measured_samples_per_s:.1f}",
+                  _mark(f"{r.throughput_error:+.1%}", ok["throughput"]), f"{r.predicted_staleness:.2f}",
+                  f"{r.measured_staleness:.2f}", _mark(f"{r.staleness_error:+.2f}", ok["staleness"]),
+                  _mark(f"{r.ks:.3f}", ok["ks"]))
+    console.print(t)
+    m = mape(rows)
+    console.print(f"throughput MAPE over {len(rows)} combinations: {_mark(f'{m:.1%}', m <= 0.10)} (target <= 10%)   "
+                  f"staleness within 0.25: {sum(r.ok['staleness'] for r in rows)}/{len(rows)}   "
+                  f"KS <= 0.1: {sum(r.ok['ks'] for r in rows)}/{len(rows)}")
+    console.print(f"results: {args.out}/fidelity.md, fidelity.json, predictions.json; "
+                  f"per-combination reports in {args.out}/<i>/compare/report.md   ({time.perf_counter() - t0:.0f} s)")
+
+
+def _mark(text: str, ok: bool) -> str:
+    return f"[green]{text}[/green]" if ok else f"[red]{text}[/red]"
+
+
+if __name__ == "__main__":
+    main()

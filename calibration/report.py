@@ -1,0 +1,49 @@
+"""Rich tables for ``asyncopd calibrate``: a fit, its extras, a drift check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def fit_table(title: str, fit: dict[str, Any]) -> Table:
+    """``fit``: stage -> ``StageFit`` or ``{"params", "mape", "n"}``."""
+    t = Table(title=title, title_justify="left")
+    for col in ("stage", "parameters", "MAPE", "n"):
+        t.add_column(col)
+    for stage, f in fit.items():
+        params, mape, n = (f["params"], f["mape"], f["n"]) if isinstance(f, dict) else (f.params, f.mape, f.n)
+        t.add_row(stage, ", ".join(f"{k}={v:.3g}" for k, v in params.items()), f"{mape:.1%}", str(n))
+    return t
+
+
+EXTRA_MEANING = {
+    "decode_per_kv_token_s": "per n x kv token",
+    "teacher_per_token_topk_s": "per token x top-k",
+    "learner_per_micro_batch_s": "per micro-batch",
+}
+
+
+def extras_table(extras: dict[str, dict[str, Any]]) -> Table:
+    t = Table(title="not in the simulator's cost model (share = its part of the largest point's time)",
+              title_justify="left")
+    for col in ("term", "meaning", "value", "share", "MAPE with it"):
+        t.add_column(col)
+    for k, e in extras.items():
+        t.add_row(k, EXTRA_MEANING.get(k, ""), f"{e['value']:.3g}", f"{e['share_at_max']:.0%}", f"{e['mape']:.1%}")
+    return t
+
+
+def drift_table(res: Any) -> Table:
+    lo, hi = 1 / (1 + res.threshold) - 1, res.threshold
+    t = Table(title=f"re-measured vs {res.profile} (source: {res.source}); ok within {lo:+.0%} .. {hi:+.0%}",
+              title_justify="left")
+    for col in ("stage", "points", "measured (median)", "profile predicts", "drift", "refit on these points"):
+        t.add_column(col)
+    for s, d in res.stages.items():
+        flag = "red" if d.deviation > res.threshold else "green"
+        params = ", ".join(f"{k} {'n/a' if c is None else f'{c:+.0%}'}" for k, (_o, _n, c) in d.params.items())
+        t.add_row(s, str(d.n), f"{d.measured_s * 1e3:.3g} ms", f"{d.predicted_s * 1e3:.3g} ms",
+                  f"[{flag}]{d.drift:+.0%}[/{flag}]", params or "-")
+    return t
