@@ -376,6 +376,11 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
                   f"demo wall time: {time.perf_counter() - t0:.0f} s")
 
 
+from asyncopd.planner.cli import plan as _plan  # noqa: E402
+
+app.command("plan")(_plan)
+
+
 def main() -> None:
     app()
 
