@@ -14,6 +14,11 @@ For each layout/policy *combination* (a list of config overrides on one base con
        staleness error   pred mean - measured mean (versions)
        KS                sup_x |F_pred(x) - F_meas(x)| over per-sample staleness
 
+Two diagnostics separate the simulator's error from the machine's: a *host probe* before each
+run (``host_probe``; the row's ``host_speed`` is probe-at-calibration / probe-now, and the
+probe-adjusted error scales the prediction by it: still a prediction made before the run), and
+a *replay* (costs refitted to the measured run itself, then simulated: the structural error).
+
 ``COMBOS`` is the set the fidelity benchmark runs on 2 CPU cores (``bench/fidelity.py``).
 """
 
@@ -66,6 +71,9 @@ class FidelityRow:
     staleness_error: float
     ks: float
     compare_dir: str
+    host_speed: float = math.nan  # probe time at calibration / probe time before this run (>1: host faster now)
+    probe_adjusted_error: float = math.nan  # error of the prediction scaled by host_speed
+    replay_error: float = math.nan  # error of a simulation with costs refitted to this very run
 
     @property
     def ok(self) -> dict[str, bool]:
@@ -103,6 +111,45 @@ def pooled_staleness(pred: Prediction) -> np.ndarray:
     return np.concatenate([load_run(d)["staleness"] for d in pred.sim_dirs])
 
 
+def host_probe(repeats: int = 5) -> float:
+    """Seconds for a fixed, small single-threaded torch workload (best of ``repeats``): the
+    host's current speed at the kind of work the built-in models do (many small kernels plus
+    Python overhead). Shared machines drift; comparing the probe before a run with the probe at
+    calibration separates that drift from modelling error."""
+    import time
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w = torch.randn(64, 128, generator=g), torch.randn(128, 128, generator=g)
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(400):
+                torch.softmax(torch.tanh(x @ w) @ w.T, dim=-1)
+            best = min(best, time.perf_counter() - t0)
+        return best
+    finally:
+        torch.set_num_threads(threads)
+
+
+def replay_error(name: str, overrides: list[str], real_dir: Path, out: Path, base: str | Path | None, steps: int,
+                 seeds: list[int], extra: Optional[list[str]] = None) -> float:
+    """Throughput error of a simulation whose costs are refitted to the measured run itself:
+    what is left is the simulator's *structural* error (not the drift of stage costs)."""
+    from calibration.from_run import fit_run, write_profile
+
+    refit = write_profile(fit_run(real_dir), out / "refit.yaml")
+    pred = predict(name, combo_config(base, overrides, steps=steps, profile=refit, extra=extra), out / "replay", seeds)
+    from asyncopd.compare import load_run
+
+    thr = float(load_run(real_dir)["summary"]["samples_per_s"])
+    return (pred.samples_per_s - thr) / thr
+
+
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
     """Run the real trainer (no held-out evaluation: only timing and staleness matter here)."""
     from asyncopd.runtime.driver import train
@@ -126,8 +173,12 @@ def score(pred: Prediction, real_dir: Path, out: Path, *, plots: bool = True) ->
 
 def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str, list[str]], out: Path, *,
                  steps: int, seeds: list[int], plots: bool = True, extra: Optional[list[str]] = None,
+                 calibration_probe: Optional[float] = None, replay: bool = False,
                  on_stage: Callable[[str, str], None] = lambda stage, name: None) -> list[FidelityRow]:
-    """Predict every combination first (``out/predictions.json``), then run and compare each."""
+    """Predict every combination first (``out/predictions.json``), then run and compare each.
+    With ``calibration_probe`` (``host_probe()`` at calibration time) each run is preceded by a
+    probe and the row says how much faster or slower the host was; ``replay`` adds the error
+    of a simulation refitted to the measured run (see ``replay_error``)."""
     out.mkdir(parents=True, exist_ok=True)
     cfgs = {name: combo_config(base, ov, steps=steps, profile=profile, extra=extra) for name, ov in combos.items()}
     preds: dict[str, Prediction] = {}
@@ -138,27 +189,39 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
     rows = []
     for i, (name, cfg) in enumerate(cfgs.items()):
         on_stage("measure", name)
+        speed = calibration_probe / host_probe() if calibration_probe else math.nan
         measure(cfg, out / f"{i}" / "real")
-        rows.append(score(preds[name], out / f"{i}" / "real", out / f"{i}" / "compare", plots=plots))
+        row = score(preds[name], out / f"{i}" / "real", out / f"{i}" / "compare", plots=plots)
+        row.host_speed = speed
+        if calibration_probe:
+            adjusted = row.predicted_samples_per_s * speed
+            row.probe_adjusted_error = (adjusted - row.measured_samples_per_s) / row.measured_samples_per_s
+        if replay:
+            row.replay_error = replay_error(name, combos[name], out / f"{i}" / "real", out / f"{i}", base, steps,
+                                            seeds, extra)
+        rows.append(row)
     write_results(rows, out)
     return rows
 
 
-def mape(rows: list[FidelityRow]) -> float:
-    return float(np.mean([abs(r.throughput_error) for r in rows])) if rows else math.nan
+def mape(rows: list[FidelityRow], column: str = "throughput_error") -> float:
+    return float(np.mean([abs(getattr(r, column)) for r in rows])) if rows else math.nan
 
 
 def write_results(rows: list[FidelityRow], out: Path) -> Path:
     """``fidelity.json`` (rows and MAPE) and ``fidelity.md`` (the table) in ``out``."""
     data = {"rows": [asdict(r) | {"ok": r.ok} for r in rows], "throughput_mape": mape(rows)}
     (out / "fidelity.json").write_text(json.dumps(data, indent=2))
-    lines = ["| combination | samples/s pred | meas | error | staleness pred | meas | error | KS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| combination | samples/s pred | meas | error | staleness pred | meas | error | KS "
+             "| host speed | error, probe-adjusted | error, replay |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.predicted_samples_per_s:.1f} | {r.measured_samples_per_s:.1f} | "
                      f"{r.throughput_error:+.1%} | {r.predicted_staleness:.2f} | {r.measured_staleness:.2f} | "
-                     f"{r.staleness_error:+.2f} | {r.ks:.3f} |")
-    lines.append(f"\nThroughput MAPE over {len(rows)} combinations: {mape(rows):.1%}")
+                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.host_speed:.2f} | {r.probe_adjusted_error:+.1%} | "
+                     f"{r.replay_error:+.1%} |")
+    lines.append(f"\nThroughput MAPE over {len(rows)} combinations: {mape(rows):.1%} "
+                 f"(probe-adjusted: {mape(rows, 'probe_adjusted_error'):.1%}; replay: {mape(rows, 'replay_error'):.1%})")
     path = out / "fidelity.md"
     path.write_text("\n".join(lines) + "\n")
     return path

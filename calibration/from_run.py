@@ -166,7 +166,13 @@ def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | No
 def _fit_colocation(crowd: DeviceCrowd, events: list[dict[str, Any]], samples: list[dict[str, Any]],
                     syncs: list[dict[str, Any]]) -> tuple[float, StageFit]:
     """The ``phi`` on ``PHI_GRID`` whose stage fits leave the smallest squared relative
-    residual over every span of a shared worker (the others do not depend on ``phi``)."""
+    residual over every span of a shared worker (the others do not depend on ``phi``); 1 when
+    no teacher or learner span overlapped another worker on its devices."""
+    overlapped = sum(crowd.crowded(s["args"]["worker"], s["ts"] / 1e6, (s["ts"] + s["dur"]) / 1e6)
+                     for s in events if s.get("ph") == "X" and s.get("name") in ("train", "score")
+                     and s["args"]["worker"] in crowd.shared)
+    if not overlapped:  # e.g. sync: the sharing roles never ran at once, so phi cannot be seen
+        return 1.0, StageFit({"colocation_factor": 1.0}, 0.0, 0)
     stages = [(name, prefix) for name, prefix in (("train", "learner"), ("score", "teacher"))
               if any(w.startswith(prefix) for w in crowd.shared)]
     rollout_shared = any(w.startswith("rollout") for w in crowd.shared)
