@@ -15,9 +15,9 @@ For each layout/policy *combination* (a list of config overrides on one base con
        KS                sup_x |F_pred(x) - F_meas(x)| over per-sample staleness
 
 Two diagnostics separate the simulator's error from the machine's: a *host probe* before each
-run (``host_probe``; the row's ``host_speed`` is probe-at-calibration / probe-now, and the
-probe-adjusted error scales the prediction by it: still a prediction made before the run), and
-a *replay* (costs refitted to the measured run itself, then simulated: the structural error).
+run (``host_probe``; the row's ``host_speed`` is probe-at-calibration / probe-before-the-run),
+and a *replay* (costs refitted to each measured run itself, then simulated: the structural
+error). Runs repeat round robin (``repeats``) so the host's slow spells hit every combination.
 
 ``COMBOS`` is the set the fidelity benchmark runs on 2 CPU cores (``bench/fidelity.py``).
 """
@@ -71,9 +71,8 @@ class FidelityRow:
     staleness_error: float
     ks: float
     compare_dir: str
-    host_speed: float = math.nan  # probe time at calibration / probe time before this run (>1: host faster now)
-    probe_adjusted_error: float = math.nan  # error of the prediction scaled by host_speed
-    replay_error: float = math.nan  # error of a simulation with costs refitted to this very run
+    host_speed: float = math.nan  # probe time at calibration / probe time before the run (>1: host faster then)
+    replay_error: float = math.nan  # error of simulations with costs refitted to the measured runs themselves
 
     @property
     def ok(self) -> dict[str, bool]:
@@ -136,18 +135,22 @@ def host_probe(repeats: int = 5) -> float:
         torch.set_num_threads(threads)
 
 
-def replay_error(name: str, overrides: list[str], real_dir: Path, out: Path, base: str | Path | None, steps: int,
-                 seeds: list[int], extra: Optional[list[str]] = None) -> float:
-    """Throughput error of a simulation whose costs are refitted to the measured run itself:
-    what is left is the simulator's *structural* error (not the drift of stage costs)."""
+def replay_error(name: str, overrides: list[str], real_dirs: list[Path], out: Path, base: str | Path | None,
+                 steps: int, seeds: list[int], extra: Optional[list[str]] = None) -> float:
+    """Throughput error of simulations whose costs are refitted to each measured run itself
+    (mean over the runs): what is left is the simulator's *structural* error, not the drift of
+    stage costs between calibration and the run."""
+    from asyncopd.compare import load_run
     from calibration.from_run import fit_run, write_profile
 
-    refit = write_profile(fit_run(real_dir), out / "refit.yaml")
-    pred = predict(name, combo_config(base, overrides, steps=steps, profile=refit, extra=extra), out / "replay", seeds)
-    from asyncopd.compare import load_run
-
-    thr = float(load_run(real_dir)["summary"]["samples_per_s"])
-    return (pred.samples_per_s - thr) / thr
+    errors = []
+    for k, real in enumerate(real_dirs):
+        refit = write_profile(fit_run(real), out / f"refit{k}.yaml")
+        cfg = combo_config(base, overrides, steps=steps, profile=refit, extra=extra)
+        pred = predict(name, cfg, out / f"replay{k}", seeds)
+        thr = float(load_run(real)["summary"]["samples_per_s"])
+        errors.append((pred.samples_per_s - thr) / thr)
+    return float(np.mean(errors))
 
 
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
@@ -157,28 +160,31 @@ def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
     return train(cfg, out, progress=False, evaluate=False)
 
 
-def score(pred: Prediction, real_dir: Path, out: Path, *, plots: bool = True) -> FidelityRow:
+def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = True) -> FidelityRow:
+    """Errors of ``pred`` against the measured runs (mean samples/s, pooled staleness); the
+    ``asyncopd compare`` report is of the first measured run against the first simulated seed."""
     from scipy import stats
 
     from asyncopd.compare import compare_runs, load_run
 
-    report = compare_runs(real_dir, pred.sim_dirs[0], out, plots=plots)
-    measured = load_run(real_dir)
-    thr = float(measured["summary"]["samples_per_s"])
-    st = float(measured["staleness"].mean())
-    ks = float(stats.ks_2samp(pooled_staleness(pred), measured["staleness"]).statistic)
-    return FidelityRow(pred.name, pred.samples_per_s, thr, (pred.samples_per_s - thr) / thr, pred.staleness_mean, st,
-                       pred.staleness_mean - st, ks, report["out_dir"])
+    report = compare_runs(real_dirs[0], pred.sim_dirs[0], out, plots=plots)
+    measured = [load_run(d) for d in real_dirs]
+    thr = float(np.mean([m["summary"]["samples_per_s"] for m in measured]))
+    stale = np.concatenate([m["staleness"] for m in measured])
+    ks = float(stats.ks_2samp(pooled_staleness(pred), stale).statistic)
+    return FidelityRow(pred.name, pred.samples_per_s, thr, (pred.samples_per_s - thr) / thr, pred.staleness_mean,
+                       float(stale.mean()), pred.staleness_mean - float(stale.mean()), ks, report["out_dir"])
 
 
 def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str, list[str]], out: Path, *,
-                 steps: int, seeds: list[int], plots: bool = True, extra: Optional[list[str]] = None,
-                 calibration_probe: Optional[float] = None, replay: bool = False,
+                 steps: int, seeds: list[int], repeats: int = 1, plots: bool = True,
+                 extra: Optional[list[str]] = None, calibration_probe: Optional[float] = None, replay: bool = False,
                  on_stage: Callable[[str, str], None] = lambda stage, name: None) -> list[FidelityRow]:
-    """Predict every combination first (``out/predictions.json``), then run and compare each.
-    With ``calibration_probe`` (``host_probe()`` at calibration time) each run is preceded by a
-    probe and the row says how much faster or slower the host was; ``replay`` adds the error
-    of a simulation refitted to the measured run (see ``replay_error``)."""
+    """Predict every combination first (``out/predictions.json``), then run each ``repeats``
+    times (round robin, so a slow spell of the host hits every combination alike) and compare.
+    With ``calibration_probe`` (``host_probe()`` at calibration time) every run is preceded by a
+    probe and the row reports the host's speed relative to calibration (mean over its runs);
+    ``replay`` adds the error of simulations refitted to the measured runs (``replay_error``)."""
     out.mkdir(parents=True, exist_ok=True)
     cfgs = {name: combo_config(base, ov, steps=steps, profile=profile, extra=extra) for name, ov in combos.items()}
     preds: dict[str, Prediction] = {}
@@ -186,22 +192,27 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
         on_stage("predict", name)
         preds[name] = predict(name, cfg, out / f"{i}", seeds)
     (out / "predictions.json").write_text(json.dumps({n: asdict(p) for n, p in preds.items()}, indent=2))
+    speeds: dict[str, list[float]] = {name: [] for name in cfgs}
+    for r in range(repeats):
+        for i, (name, cfg) in enumerate(cfgs.items()):
+            on_stage("measure", name)
+            if calibration_probe:
+                speeds[name].append(calibration_probe / host_probe())
+            measure(cfg, _real_dir(out, i, r))
     rows = []
-    for i, (name, cfg) in enumerate(cfgs.items()):
-        on_stage("measure", name)
-        speed = calibration_probe / host_probe() if calibration_probe else math.nan
-        measure(cfg, out / f"{i}" / "real")
-        row = score(preds[name], out / f"{i}" / "real", out / f"{i}" / "compare", plots=plots)
-        row.host_speed = speed
-        if calibration_probe:
-            adjusted = row.predicted_samples_per_s * speed
-            row.probe_adjusted_error = (adjusted - row.measured_samples_per_s) / row.measured_samples_per_s
+    for i, name in enumerate(cfgs):
+        reals = [_real_dir(out, i, r) for r in range(repeats)]
+        row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots)
+        row.host_speed = float(np.mean(speeds[name])) if speeds[name] else math.nan
         if replay:
-            row.replay_error = replay_error(name, combos[name], out / f"{i}" / "real", out / f"{i}", base, steps,
-                                            seeds, extra)
+            row.replay_error = replay_error(name, combos[name], reals, out / f"{i}", base, steps, seeds, extra)
         rows.append(row)
     write_results(rows, out)
     return rows
+
+
+def _real_dir(out: Path, combo: int, repeat: int) -> Path:
+    return out / f"{combo}" / ("real" if repeat == 0 else f"real{repeat}")
 
 
 def mape(rows: list[FidelityRow], column: str = "throughput_error") -> float:
@@ -213,15 +224,14 @@ def write_results(rows: list[FidelityRow], out: Path) -> Path:
     data = {"rows": [asdict(r) | {"ok": r.ok} for r in rows], "throughput_mape": mape(rows)}
     (out / "fidelity.json").write_text(json.dumps(data, indent=2))
     lines = ["| combination | samples/s pred | meas | error | staleness pred | meas | error | KS "
-             "| host speed | error, probe-adjusted | error, replay |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| host speed | error, replay |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.predicted_samples_per_s:.1f} | {r.measured_samples_per_s:.1f} | "
                      f"{r.throughput_error:+.1%} | {r.predicted_staleness:.2f} | {r.measured_staleness:.2f} | "
-                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.host_speed:.2f} | {r.probe_adjusted_error:+.1%} | "
-                     f"{r.replay_error:+.1%} |")
+                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.host_speed:.2f} | {r.replay_error:+.1%} |")
     lines.append(f"\nThroughput MAPE over {len(rows)} combinations: {mape(rows):.1%} "
-                 f"(probe-adjusted: {mape(rows, 'probe_adjusted_error'):.1%}; replay: {mape(rows, 'replay_error'):.1%})")
+                 f"(replay, costs refitted to each measured run: {mape(rows, 'replay_error'):.1%})")
     path = out / "fidelity.md"
     path.write_text("\n".join(lines) + "\n")
     return path

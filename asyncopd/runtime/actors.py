@@ -29,9 +29,25 @@ def place(device_type: str, devices: list[int]) -> str:
             available = os.sched_getaffinity(0)
             cores = {d for d in devices if d in available} or available
             os.sched_setaffinity(0, cores)
+            _pin_other_threads(cores)
         torch.set_num_threads(max(1, len(devices)))
         return "cpu"
     return f"cuda:{devices[0]}"
+
+
+def _pin_other_threads(cores: set[int]) -> None:
+    """``sched_setaffinity(0)`` pins only the calling thread; the threads Ray started before
+    (RPC, (de)serialisation) would keep running on every core. Pin them too, so a role uses
+    exactly its cores, as the simulator assumes (threads started later inherit the mask)."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs: the calling thread is pinned, which is the compute thread
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cores)
+        except OSError:  # the thread ended meanwhile
+            pass
 
 
 class RolloutWorker:
