@@ -72,7 +72,9 @@ class FidelityRow:
     ks: float
     compare_dir: str
     host_speed: float = math.nan  # probe time at calibration / probe time before the run (>1: host faster then)
-    replay_error: float = math.nan  # error of simulations with costs refitted to the measured runs themselves
+    replay_error: float = math.nan  # throughput error of simulations refitted to the measured runs themselves
+    replay_staleness_error: float = math.nan
+    replay_ks: float = math.nan
 
     @property
     def ok(self) -> dict[str, bool]:
@@ -135,22 +137,28 @@ def host_probe(repeats: int = 5) -> float:
         torch.set_num_threads(threads)
 
 
-def replay_error(name: str, overrides: list[str], real_dirs: list[Path], out: Path, base: str | Path | None,
-                 steps: int, seeds: list[int], extra: Optional[list[str]] = None) -> float:
-    """Throughput error of simulations whose costs are refitted to each measured run itself
-    (mean over the runs): what is left is the simulator's *structural* error, not the drift of
-    stage costs between calibration and the run."""
+def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, base: str | Path | None,
+           steps: int, seeds: list[int], extra: Optional[list[str]] = None) -> tuple[float, float, float]:
+    """Simulations whose costs are refitted to each measured run itself: (throughput error, mean
+    over the runs; mean staleness error; KS of the pooled staleness). What is left is the
+    simulator's *structural* error, not the drift of stage costs between calibration and run."""
+    from scipy import stats
+
     from asyncopd.compare import load_run
     from calibration.from_run import fit_run, write_profile
 
-    errors = []
+    errors, sim_stale, real_stale = [], [], []
     for k, real in enumerate(real_dirs):
         refit = write_profile(fit_run(real), out / f"refit{k}.yaml")
         cfg = combo_config(base, overrides, steps=steps, profile=refit, extra=extra)
         pred = predict(name, cfg, out / f"replay{k}", seeds)
-        thr = float(load_run(real)["summary"]["samples_per_s"])
+        measured = load_run(real)
+        thr = float(measured["summary"]["samples_per_s"])
         errors.append((pred.samples_per_s - thr) / thr)
-    return float(np.mean(errors))
+        sim_stale.append(pooled_staleness(pred))
+        real_stale.append(measured["staleness"])
+    a, b = np.concatenate(sim_stale), np.concatenate(real_stale)
+    return float(np.mean(errors)), float(a.mean() - b.mean()), float(stats.ks_2samp(a, b).statistic)
 
 
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
@@ -178,13 +186,13 @@ def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = T
 
 def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str, list[str]], out: Path, *,
                  steps: int, seeds: list[int], repeats: int = 1, plots: bool = True,
-                 extra: Optional[list[str]] = None, calibration_probe: Optional[float] = None, replay: bool = False,
+                 extra: Optional[list[str]] = None, calibration_probe: Optional[float] = None, with_replay: bool = False,
                  on_stage: Callable[[str, str], None] = lambda stage, name: None) -> list[FidelityRow]:
     """Predict every combination first (``out/predictions.json``), then run each ``repeats``
     times (round robin, so a slow spell of the host hits every combination alike) and compare.
     With ``calibration_probe`` (``host_probe()`` at calibration time) every run is preceded by a
     probe and the row reports the host's speed relative to calibration (mean over its runs);
-    ``replay`` adds the error of simulations refitted to the measured runs (``replay_error``)."""
+    ``with_replay`` adds the errors of simulations refitted to the measured runs (``replay``)."""
     out.mkdir(parents=True, exist_ok=True)
     cfgs = {name: combo_config(base, ov, steps=steps, profile=profile, extra=extra) for name, ov in combos.items()}
     preds: dict[str, Prediction] = {}
@@ -204,8 +212,9 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
         reals = [_real_dir(out, i, r) for r in range(repeats)]
         row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots)
         row.host_speed = float(np.mean(speeds[name])) if speeds[name] else math.nan
-        if replay:
-            row.replay_error = replay_error(name, combos[name], reals, out / f"{i}", base, steps, seeds, extra)
+        if with_replay:
+            row.replay_error, row.replay_staleness_error, row.replay_ks = replay(name, combos[name], reals, out / f"{i}",
+                                                                                base, steps, seeds, extra)
         rows.append(row)
     write_results(rows, out)
     return rows
@@ -224,12 +233,13 @@ def write_results(rows: list[FidelityRow], out: Path) -> Path:
     data = {"rows": [asdict(r) | {"ok": r.ok} for r in rows], "throughput_mape": mape(rows)}
     (out / "fidelity.json").write_text(json.dumps(data, indent=2))
     lines = ["| combination | samples/s pred | meas | error | staleness pred | meas | error | KS "
-             "| host speed | error, replay |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| host speed | replay: samples/s error | staleness error | KS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.predicted_samples_per_s:.1f} | {r.measured_samples_per_s:.1f} | "
                      f"{r.throughput_error:+.1%} | {r.predicted_staleness:.2f} | {r.measured_staleness:.2f} | "
-                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.host_speed:.2f} | {r.replay_error:+.1%} |")
+                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.host_speed:.2f} | {r.replay_error:+.1%} | "
+                     f"{r.replay_staleness_error:+.2f} | {r.replay_ks:.3f} |")
     lines.append(f"\nThroughput MAPE over {len(rows)} combinations: {mape(rows):.1%} "
                  f"(replay, costs refitted to each measured run: {mape(rows, 'replay_error'):.1%})")
     path = out / "fidelity.md"
