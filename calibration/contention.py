@@ -3,7 +3,9 @@
 A recorded span of a worker that shares a device is longer than the work it did: while
 ``k(t)`` workers were busy on its most crowded device it progressed at rate
 
-    r(t) = 1 / (1 + phi * (k(t) - 1))                                   (sim/devices.py)
+    r(t) = 1 / prod_d (1 + phi * (k_d(t) - 1))                          (sim/devices.py)
+
+(``k_d(t)``: workers busy on device ``d`` of the span's worker; one factor per device)
 
 so the uncontended work inside a span ``[t0, t1]`` is
 
@@ -88,12 +90,13 @@ class DeviceCrowd:
             cuts.update(times[lo:hi].tolist())
         edges = np.array(sorted(cuts))
         mids = (edges[:-1] + edges[1:]) / 2
-        crowd = np.ones_like(mids)
+        slowdown = np.ones_like(mids)
         for d in devs:
             times, level = self._steps[d]
             idx = np.searchsorted(times, mids, side="right") - 1
-            crowd = np.maximum(crowd, np.where(idx >= 0, level[np.clip(idx, 0, None)], 0.0))
-        return float(np.sum(np.diff(edges) / (1.0 + phi * (crowd - 1.0))))
+            crowd = np.maximum(1.0, np.where(idx >= 0, level[np.clip(idx, 0, None)], 0.0))
+            slowdown *= 1.0 + phi * (crowd - 1.0)
+        return float(np.sum(np.diff(edges) / slowdown))
 
     def crowded(self, worker: str, t0: float, t1: float) -> bool:
         """Did anyone else run on ``worker``'s devices during ``[t0, t1]``?"""

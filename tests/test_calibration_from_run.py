@@ -76,3 +76,21 @@ def test_fitted_noise_is_replayed_and_refitted(tmp_path) -> None:
     assert got["decode_cv"] == 0.0 and got["sync_cv"] == 0.0
     assert got["learner_fixed_s"] + 300 * got["learner_per_token_s"] == pytest.approx(
         TRUTH["learner_fixed_s"] + 300 * TRUTH["learner_per_token_s"], rel=0.1)
+
+
+def test_a_worker_on_two_shared_devices_pays_both_factors() -> None:
+    """Gang scheduling: a 2-device worker runs only while both devices run it, so its slowdown
+    is the product of the per-device factors (sim and calibration agree)."""
+    from calibration.contention import DeviceCrowd
+    from sim.devices import sharing_slowdown
+
+    assert sharing_slowdown([1, 1], 0.7) == 1.0
+    assert sharing_slowdown([2], 1.0) == 2.0
+    assert sharing_slowdown([2, 3], 1.0) == pytest.approx(6.0)
+    assert sharing_slowdown([2, 2], 0.5) == pytest.approx(2.25)
+    busy = {"learner-0": [(0.0, 10.0)], "rollout-0": [(0.0, 4.0)], "teacher-0": [(2.0, 6.0)]}
+    where = {"learner-0": (0, 1), "rollout-0": (0,), "teacher-0": (1,)}
+    crowd = DeviceCrowd(busy, where)
+    # [0,2): rollout on 0 -> 2; [2,4): both -> 4; [4,6): teacher on 1 -> 2; [6,10): alone -> 1
+    assert crowd.work("learner-0", 0.0, 10.0, 1.0) == pytest.approx(2 / 2 + 2 / 4 + 2 / 2 + 4)
+    assert crowd.work("rollout-0", 0.0, 4.0, 1.0) == pytest.approx(4 / 2)

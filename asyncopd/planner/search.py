@@ -3,8 +3,8 @@
 Every candidate (a layout and a policy that fit in memory) is simulated in memory with the
 SimPy driver (``SimDriver(cfg, None, progress=False)``) in a ``ProcessPoolExecutor`` (``jobs``
 processes; 1: in this process). When simulating all of them at the final length costs no more
-than the screening round (``n * final_steps <= budget * screen_steps``) they are all simulated
-at the final length (*exhaustive*). Otherwise, *successive halving* over the simulation length:
+than successive halving over a full budget (``n * final_steps <= 2 * budget * screen_steps``)
+they are all simulated at the final length (*exhaustive*). Otherwise, *successive halving* over the simulation length:
 
     round 0: every candidate, ``screen_steps`` learner updates;
     round r: the best ``max(finalists, ceil(n_{r-1} / eta))`` of round r-1 (by tokens/s, among
@@ -188,7 +188,11 @@ def successive_halving(cands: list[Candidate], ev: Evaluator, s: SearchSettings,
     """Simulate ``cands`` (module docstring); set each candidate's ``status``. Returns the mode
     (``exhaustive`` / ``successive halving``) and the rounds as (steps, candidates, wall seconds)."""
     final = max(1, s.final_steps)
-    exhaustive = len(cands) <= s.finalists or len(cands) * final <= s.budget * max(1, s.screen_steps)
+    # Exhaustive when that costs no more than successive halving over a full budget would
+    # (about 2x a screening round, see the module docstring). Screening is also blind to the
+    # policy: one learner update looks the same under sync and every async policy, so a small
+    # space is better simulated at the final length than screened.
+    exhaustive = len(cands) <= s.finalists or len(cands) * final <= 2 * s.budget * max(1, s.screen_steps)
     steps = final if exhaustive else min(final, max(1, s.screen_steps))
     n_final = s.finalists + s.keep_sync + 5  # finalists, kept sync ones, best of each colocation
     pool, rounds = list(cands), []
