@@ -13,18 +13,9 @@ import time
 from pathlib import Path
 
 from asyncopd.planner import PlanOptions, plan_cluster, planner_config
+from host_load import reference_loop_s  # (bench/ is on sys.path when run as a script)
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "h100x8-qwen3.yaml"
-
-
-def reference_loop_s() -> float:
-    """CPU seconds of a fixed pure-Python loop: how busy the shared host is (bench/sim_scale.py's
-    yardstick, about 0.42 s on a quiet 2-core machine)."""
-    c0 = time.process_time()
-    d: dict[int, int] = {}
-    for i in range(3_000_000):
-        d[i & 1023] = d.get(i & 1023, 0) + i
-    return time.process_time() - c0
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import time
 
 from asyncopd.config import load_config
 from sim.driver import simulate
+from host_load import reference_loop_s  # (bench/ is on sys.path when run as a script)
 
 
 def layout_64(steps: int, batch: int, policy: str) -> list[str]:
@@ -30,16 +31,6 @@ def layout_64(steps: int, batch: int, policy: str) -> list[str]:
         "sim.response_length={kind: lognormal, mean: 4000, cv: 1.0, max: 16384}",
         f"pipeline.policy={policy}",
     ]
-
-
-def reference_loop_s() -> float:
-    """CPU seconds of a fixed pure-Python loop: a yardstick for how busy the shared host is
-    (about 0.42 s on a quiet 2-core machine of this project's kind)."""
-    c0 = time.process_time()
-    d: dict[int, int] = {}
-    for i in range(3_000_000):
-        d[i & 1023] = d.get(i & 1023, 0) + i
-    return time.process_time() - c0
 
 
 def main() -> None:

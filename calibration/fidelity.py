@@ -92,24 +92,27 @@ def combo_config(base: str | Path | None, overrides: list[str], *, steps: int,
 
 
 def predict(name: str, cfg: OPDConfig, out: Path, seeds: list[int]) -> Prediction:
-    from asyncopd.compare import load_run
     from sim.driver import simulate
 
-    rates, stale, dirs = [], [], []
+    rates, dirs = [], []
     for s in seeds:
         d = out / f"sim-seed{s}"
         summary = simulate(cfg, d, seed=s, progress=False)
         rates.append(float(summary["samples_per_s"]))
-        stale.append(load_run(d)["staleness"])
         dirs.append(str(d))
-    pooled = np.concatenate(stale) if stale else np.array([])
+    pooled = _pooled(dirs)
     return Prediction(name, float(np.mean(rates)), float(pooled.mean()) if len(pooled) else math.nan, dirs, rates)
 
 
 def pooled_staleness(pred: Prediction) -> np.ndarray:
+    """Per-sample staleness of every simulated seed of ``pred``, together."""
+    return _pooled(pred.sim_dirs)
+
+
+def _pooled(run_dirs: list[str]) -> np.ndarray:
     from asyncopd.compare import load_run
 
-    return np.concatenate([load_run(d)["staleness"] for d in pred.sim_dirs])
+    return np.concatenate([load_run(d)["staleness"] for d in run_dirs]) if run_dirs else np.array([])
 
 
 def host_probe(repeats: int = 5) -> float:

@@ -101,6 +101,12 @@ def _paused(sync_span: dict[str, Any]) -> float:
     return float(paused) if paused is not None else sync_span["dur"] / 1e6
 
 
+def _pause_interval(sync_span: dict[str, Any]) -> tuple[float, float]:
+    """When the worker stood still for this sync: the last ``_paused`` seconds of the span."""
+    end = (sync_span["ts"] + sync_span["dur"]) / 1e6
+    return end - _paused(sync_span), end
+
+
 def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> DeviceCrowd | None:
     """Who was busy on which device, from the run's layout (``config.yaml``) and its trace;
     None when the run has no config (then stage times are taken as measured)."""
@@ -111,8 +117,7 @@ def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, An
 
     busy = busy_intervals(events)
     for s in syncs:  # loading weights occupies the rollout worker's devices too
-        end = (s["ts"] + s["dur"]) / 1e6
-        busy.setdefault(s["args"]["worker"], []).append((end - _paused(s), end))
+        busy.setdefault(s["args"]["worker"], []).append(_pause_interval(s))
     busy = {w: merge(iv) for w, iv in busy.items()}
     return DeviceCrowd(busy, placement(load_config(cfg_file).layout))
 
@@ -203,8 +208,7 @@ def _fit_rollout(samples: list[dict[str, Any]], syncs: list[dict[str, Any]], cro
             waves[(r["worker"], round(r["gen_start"], 6))].append(r)
     pauses: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for s in syncs:
-        end = (s["ts"] + s["dur"]) / 1e6
-        pauses[s["args"]["worker"]].append((end - _paused(s), end))
+        pauses[s["args"]["worker"]].append(_pause_interval(s))
     rows, ys = [], []
     for (worker, start), wave in waves.items():
         prompt = sum(r["prompt_tokens"] for r in wave)
