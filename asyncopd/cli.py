@@ -257,8 +257,10 @@ def _print_compare(r: dict[str, Any]) -> None:
 @app.command()
 def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose models to profile on this machine "
                                                                  "(default: configs/default.yaml)"),
-              from_run: Optional[Path] = typer.Option(None, "--from-run", help="fit to a finished run directory "
-                                                                                "(real or simulated) instead"),
+              from_run: Optional[list[Path]] = typer.Option(None, "--from-run", help="fit to a finished run "
+                                                                  "directory (real or simulated) instead; repeat it to "
+                                                                  "add the device-sharing factors of more runs' layouts "
+                                                                  "to the first run's costs"),
               check: Optional[Path] = typer.Option(None, "--check", metavar="PROFILE",
                                                    help="re-measure a few points and report drift against PROFILE"),
               budget: Optional[float] = typer.Option(None, "--budget", help="seconds of measuring "
@@ -277,20 +279,22 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         err.print(f"[red]error:[/red] {msg}")
         raise typer.Exit(2)
 
-    if from_run is not None and (check is not None or config is not None):
+    if from_run and (check is not None or config is not None):
         fail("--from-run fits a run; give it without CONFIG or --check")
     if budget is not None and budget <= 0:
         fail(f"--budget must be > 0 seconds, got {budget:g}")
     if not 0 < threshold:
         fail(f"--threshold must be > 0 (0.25 = 25%), got {threshold:g}")
-    if from_run is not None:
-        from calibration.from_run import fit_run, write_profile
+    if from_run:
+        from calibration.from_run import fit_runs, write_profile
 
-        if not (from_run / "trace.json").is_file():
-            fail(f"{from_run} has no trace.json; is it a run directory?")
-        cal = fit_run(from_run)
-        path = write_profile(cal, out or from_run / "calibration.yaml")
-        console.print(fit_table(f"cost model fitted to {from_run}", cal.stages))
+        for run in from_run:
+            if not (run / "trace.json").is_file():
+                fail(f"{run} has no trace.json; is it a run directory?")
+        cal = fit_runs(from_run, progress=progress)
+        path = write_profile(cal, out or from_run[0] / "calibration.yaml")
+        more = f" (+ sharing factors from {', '.join(map(str, from_run[1:]))})" if len(from_run) > 1 else ""
+        console.print(fit_table(f"cost model fitted to {from_run[0]}{more}", cal.stages))
         console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
         return
     if check is not None:

@@ -1,11 +1,11 @@
 """Undo device sharing in measured stage times, and fit how much sharing costs.
 
-A recorded span of a worker that shares a device is longer than the work it did: while
-``k(t)`` workers were busy on its most crowded device it progressed at rate
+A recorded span of a worker of role ``r`` that shares a device is longer than the work it
+did: it progressed at rate
 
-    r(t) = 1 / prod_d (1 + phi * (k_d(t) - 1))                          (sim/devices.py)
+    r(t) = 1 / prod_d (1 + sum_{o busy on d at t, o != worker} phi(r, role(o)))   (sim/devices.py)
 
-(``k_d(t)``: workers busy on device ``d`` of the span's worker; one factor per device)
+(one factor per device of the worker; ``phi`` per pair of roles, asyncopd/config/colocation.py)
 
 so the uncontended work inside a span ``[t0, t1]`` is
 
@@ -13,9 +13,10 @@ so the uncontended work inside a span ``[t0, t1]`` is
 
 Fitting the stage cost models to ``W`` instead of the wall-clock duration keeps contention
 from being counted twice (once inside the fitted costs, again by the simulator's sharing
-model). ``phi`` itself (``sim.costs.colocation_factor``) is the value on a grid that makes the
-linear stage models fit best: with the right ``phi`` a span's work depends on its tokens only,
-not on who else was running.
+model). ``phi`` itself, per pair of roles the run shows sharing a device
+(``sim.costs.colocation_pairs``), is the value on a grid that makes the linear stage models fit
+best: with the right ``phi`` a span's work depends on its tokens only, not on who else was
+running.
 
 Busy intervals come from the trace: ``train`` spans (learner), ``score`` spans (teachers) and
 the union of a rollout worker's ``generate`` spans (its waves or continuous batch).
@@ -27,6 +28,8 @@ from collections import defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from asyncopd.config.colocation import ROLES, Sharing, pair_key, role_of
 
 Interval = tuple[float, float]
 
@@ -54,8 +57,8 @@ def busy_intervals(events: Sequence[Mapping[str, Any]]) -> dict[str, list[Interv
 
 
 class DeviceCrowd:
-    """How many workers were busy on each device over time, and the uncontended work ``W``
-    of a worker's interval (see the module docstring)."""
+    """Who was busy on each device over time, by role, and the uncontended work ``W`` of a
+    worker's interval (see the module docstring)."""
 
     def __init__(self, busy: Mapping[str, list[Interval]], placement: Mapping[str, tuple[int, ...]]) -> None:
         self.placement = dict(placement)
@@ -64,24 +67,32 @@ class DeviceCrowd:
             for d in devs:
                 users[d].append(worker)
         self.shared = {w for w, devs in placement.items() if any(len(users[d]) > 1 for d in devs)}
-        # per device: breakpoints t_0 < t_1 < ... and the crowd on [t_i, t_{i+1})
+        # per device: breakpoints t_0 < t_1 < ... and the busy workers of each role on [t_i, t_{i+1})
         self._steps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[str, float, float], tuple[np.ndarray, list[np.ndarray]]] = {}
         for d, ws in users.items():
             if len(ws) < 2:
                 continue
-            deltas: dict[float, int] = defaultdict(int)
+            deltas: dict[float, np.ndarray] = defaultdict(lambda: np.zeros(len(ROLES)))
             for w in ws:
+                r = ROLES.index(role_of(w))
                 for a, b in busy.get(w, ()):
-                    deltas[a] += 1
-                    deltas[b] -= 1
+                    deltas[a][r] += 1
+                    deltas[b][r] -= 1
             times = np.array(sorted(deltas), dtype=float)
-            crowd = np.cumsum([deltas[t] for t in sorted(deltas)]).astype(float)
-            self._steps[d] = (times, crowd)
+            levels = np.cumsum([deltas[t] for t in sorted(deltas)], axis=0).reshape(len(times), len(ROLES))
+            self._steps[d] = (times, levels)
 
-    def work(self, worker: str, t0: float, t1: float, phi: float) -> float:
-        """``W(t0, t1; phi)`` for ``worker`` (the worker itself is counted in the crowd)."""
-        if worker not in self.shared or t1 <= t0:
-            return max(0.0, t1 - t0)
+    def _pieces(self, worker: str, t0: float, t1: float) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Durations of the pieces of ``[t0, t1]`` over which the crowd on ``worker``'s devices
+        is constant, and per device the *other* busy workers of each role on every piece
+        (cached: a fit asks for the same spans under many values of ``phi``)."""
+        key = (worker, t0, t1)
+        if key not in self._cache:
+            self._cache[key] = self._cut(worker, t0, t1)
+        return self._cache[key]
+
+    def _cut(self, worker: str, t0: float, t1: float) -> tuple[np.ndarray, list[np.ndarray]]:
         devs = [d for d in self.placement[worker] if d in self._steps]
         cuts = {t0, t1}
         for d in devs:
@@ -90,17 +101,42 @@ class DeviceCrowd:
             cuts.update(times[lo:hi].tolist())
         edges = np.array(sorted(cuts))
         mids = (edges[:-1] + edges[1:]) / 2
-        slowdown = np.ones_like(mids)
+        own = np.eye(len(ROLES))[ROLES.index(role_of(worker))]
+        others = []
         for d in devs:
-            times, level = self._steps[d]
+            times, levels = self._steps[d]
             idx = np.searchsorted(times, mids, side="right") - 1
-            crowd = np.maximum(1.0, np.where(idx >= 0, level[np.clip(idx, 0, None)], 0.0))
-            slowdown *= 1.0 + phi * (crowd - 1.0)
-        return float(np.sum(np.diff(edges) / slowdown))
+            at = np.where((idx >= 0)[:, None], levels[np.clip(idx, 0, None)], 0.0)
+            others.append(np.maximum(0.0, at - own))  # the worker itself is busy inside its own spans
+        return np.diff(edges), others
 
-    def crowded(self, worker: str, t0: float, t1: float) -> bool:
-        """Did anyone else run on ``worker``'s devices during ``[t0, t1]``?"""
-        return self.work(worker, t0, t1, 1.0) < (t1 - t0) * (1 - 1e-9)
+    def work(self, worker: str, t0: float, t1: float, sharing: Sharing | float) -> float:
+        """``W(t0, t1)`` for ``worker`` under ``sharing`` (one ``phi`` or a ``Sharing`` per pair)."""
+        if worker not in self.shared or t1 <= t0:
+            return max(0.0, t1 - t0)
+        share = Sharing.coerce(sharing)
+        phi = np.array([share.phi(role_of(worker), r) for r in ROLES])
+        dt, others = self._pieces(worker, t0, t1)
+        slowdown = np.ones_like(dt)
+        for o in others:
+            slowdown *= 1.0 + o @ phi
+        return float(np.sum(dt / slowdown))
+
+    def overlap(self, worker: str, t0: float, t1: float) -> dict[str, float]:
+        """Pair of roles -> seconds of ``[t0, t1]`` during which ``worker`` shared a device with
+        a busy worker of the pair's other role (what makes that pair's ``phi`` observable)."""
+        if worker not in self.shared or t1 <= t0:
+            return {}
+        dt, others = self._pieces(worker, t0, t1)
+        out: dict[str, float] = {}
+        for r, role in enumerate(ROLES):
+            seen = np.zeros_like(dt, dtype=bool)
+            for o in others:
+                seen |= o[:, r] > 0
+            if seen.any():
+                out[pair_key(role_of(worker), role)] = float(dt[seen].sum())
+        return out
 
 
 PHI_GRID = np.round(np.arange(0.0, 2.0001, 0.05), 2)
+MIN_PAIR_SPANS = 2  # a pair's phi is fitted when its workers were busy together in this many spans

@@ -17,8 +17,10 @@ Every stage is linear in its parameters, so each is a small non-negative least-s
   spent in weight syncs during the sequence.
 
 ``work`` is a span's duration with device sharing taken out (``calibration/contention.py``):
-on a layout where workers share devices the sharing penalty ``colocation_factor`` is fitted
-first, as the value that makes these linear models fit best.
+on a layout where workers share devices the sharing penalty per pair of roles
+(``colocation_pairs``) is fitted first, as the values that make these linear models fit best.
+A run only shows the pairs its layout puts together; ``fit_runs`` adds the pairs of further
+runs (e.g. a short run of the layout a planner chose) to a reference run's costs.
 
 The fit error of each stage is reported as MAPE over its observations.
 """
@@ -34,14 +36,15 @@ import numpy as np
 from scipy.optimize import nnls
 
 from asyncopd.trace.schema import read_jsonl, read_trace
+from asyncopd.config.colocation import Sharing
 from asyncopd.config.placement import placement
-from calibration.contention import PHI_GRID, DeviceCrowd, busy_intervals, merge
+from calibration.contention import MIN_PAIR_SPANS, PHI_GRID, DeviceCrowd, busy_intervals, merge
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
 
 
 @dataclass
 class StageFit:
-    params: dict[str, float]
+    params: dict[str, Any]  # numbers, and colocation_pairs: {pair: phi}
     mape: float
     n: int
     sq_rel_err: float = 0.0  # mean squared relative residual (what the contention fit minimises)
@@ -51,6 +54,8 @@ class StageFit:
 class RunCalibration:
     run_dir: str
     stages: dict[str, StageFit] = field(default_factory=dict)
+    extra_runs: list[str] = field(default_factory=list)  # fit_runs: runs that only lent sharing factors
+    pair_sources: dict[str, str] = field(default_factory=dict)  # pair -> the run its phi came from
 
     def costs(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -59,7 +64,8 @@ class RunCalibration:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source_run": self.run_dir,
+        extra = {"sharing_runs": self.extra_runs, "pair_sources": self.pair_sources} if self.extra_runs else {}
+        return {"source_run": self.run_dir, **extra,
                 "fit": {k: {"params": v.params, "mape": v.mape, "n": v.n} for k, v in self.stages.items()},
                 "sim": {"costs": self.costs()}}
 
@@ -122,17 +128,21 @@ def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, An
     return DeviceCrowd(busy, placement(load_config(cfg_file).layout))
 
 
+def _read_run(d: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run directory's trace events, sample records and sync spans."""
+    events = read_trace(d / "trace.json")
+    return events, read_jsonl(d / "samples.jsonl"), _spans(events, "sync")
+
+
 def fit_run(run_dir: str | Path) -> RunCalibration:
     """Fit every stage of ``SimCosts`` to a run directory. When workers share devices, the
     stage times are first turned into uncontended work (``calibration/contention.py``) with the
-    sharing penalty ``colocation_factor`` that fits best."""
+    sharing penalties (``colocation_pairs``) that fit best."""
     d = Path(run_dir)
-    events = read_trace(d / "trace.json")
-    samples = read_jsonl(d / "samples.jsonl")
-    syncs = _spans(events, "sync")
+    events, samples, syncs = _read_run(d)
     cal = RunCalibration(str(d))
     crowd = _crowd(d, events, syncs)
-    phi = 1.0
+    phi = Sharing(1.0)
     if crowd is not None and crowd.shared:
         phi, cal.stages["contention"] = _fit_colocation(crowd, events, samples, syncs)
     for stage, prefix in (("train", "learner"), ("score", "teacher")):
@@ -149,17 +159,17 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
         med = float(np.median(gaps))
         cal.stages["dispatch"] = StageFit({"dispatch_s": med, "dispatch_cv": _cv(gaps)},
                                           float(np.mean(np.abs(gaps - med) / max(med, 1e-9))), len(gaps))
-    rollout = _fit_rollout(samples, syncs, crowd, phi)
+    rollout = _fit_rollout(_rollout_data(samples, syncs), crowd, phi)
     if rollout is not None:
         cal.stages["rollout"] = rollout
     return cal
 
 
-def _work(crowd: DeviceCrowd | None, worker: str, t0: float, t1: float, phi: float) -> float:
+def _work(crowd: DeviceCrowd | None, worker: str, t0: float, t1: float, phi: Sharing) -> float:
     return t1 - t0 if crowd is None else crowd.work(worker, t0, t1, phi)
 
 
-def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | None, phi: float) -> StageFit | None:
+def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | None, phi: Sharing) -> StageFit | None:
     """``work = {prefix}_fixed_s + {prefix}_per_token_s * tokens`` over the stage's spans."""
     if len(spans) < 2:
         return None
@@ -168,60 +178,178 @@ def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | No
     return _linear(X, y, [f"{prefix}_fixed_s", f"{prefix}_per_token_s"], f"{prefix}_cv")
 
 
+def _shown_pairs(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> dict[str, float]:
+    """Pairs of roles whose workers were busy together on a device during at least
+    ``MIN_PAIR_SPANS`` spans -> the seconds they were, most first."""
+    seen: dict[str, float] = defaultdict(float)
+    spans: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in ("train", "score", "generate") and e["args"]["worker"] in crowd.shared:
+            for pair, sec in crowd.overlap(e["args"]["worker"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6).items():
+                seen[pair] += sec
+                spans[pair] += 1
+    return {p: seen[p] for p in sorted(seen, key=lambda p: -seen[p]) if spans[p] >= MIN_PAIR_SPANS}
+
+
 def _fit_colocation(crowd: DeviceCrowd, events: list[dict[str, Any]], samples: list[dict[str, Any]],
-                    syncs: list[dict[str, Any]]) -> tuple[float, StageFit]:
-    """The ``phi`` on ``PHI_GRID`` whose stage fits leave the smallest squared relative
-    residual over every span of a shared worker (the others do not depend on ``phi``); 1 when
-    no teacher or learner span overlapped another worker on its devices."""
-    overlapped = sum(crowd.crowded(s["args"]["worker"], s["ts"] / 1e6, (s["ts"] + s["dur"]) / 1e6)
-                     for s in events if s.get("ph") == "X" and s.get("name") in ("train", "score")
-                     and s["args"]["worker"] in crowd.shared)
-    if not overlapped:  # e.g. sync: the sharing roles never ran at once, so phi cannot be seen
-        return 1.0, StageFit({"colocation_factor": 1.0}, 0.0, 0)
+                    syncs: list[dict[str, Any]]) -> tuple[Sharing, StageFit]:
+    """``phi`` per pair of roles the run shows sharing a device (``_shown_pairs``), on
+    ``PHI_GRID``: the values whose stage fits leave the smallest squared relative residual
+    over every span of a shared worker (the others do not depend on ``phi``), by coordinate
+    descent over the pairs. ``colocation_factor`` (the value for pairs the run does not show)
+    becomes the overlap-weighted mean of the fitted pairs; 1 when nothing overlapped (e.g.
+    sync: the sharing roles never ran at once, so no ``phi`` can be seen).
+
+    A pair whose workers are busy together nearly all the time (two rollout workers on one
+    core) is not identifiable this way: any ``phi`` fits once the costs absorb it. ``fit_runs``
+    measures such pairs against another run's costs instead."""
+    seen = _shown_pairs(crowd, events)
+    pairs = list(seen)
+    if not pairs:
+        return Sharing(1.0), StageFit({"colocation_factor": 1.0}, 0.0, 0)
     stages = [(name, prefix) for name, prefix in (("train", "learner"), ("score", "teacher"))
               if any(w.startswith(prefix) for w in crowd.shared)]
-    rollout_shared = any(w.startswith("rollout") for w in crowd.shared)
-    best: tuple[float, float, float, int] | None = None
-    for phi in PHI_GRID:
-        sse, abs_err, n = 0.0, 0.0, 0
-        fits = [_fit_stage(_spans(events, name), prefix, crowd, float(phi)) for name, prefix in stages]
-        if rollout_shared:
-            fits.append(_fit_rollout(samples, syncs, crowd, float(phi)))
-        for fit in fits:
-            if fit is not None:
-                sse += fit.sq_rel_err * fit.n
-                abs_err += fit.mape * fit.n
-                n += fit.n
-        if n and (best is None or sse < best[1] - 1e-15):
-            best = (float(phi), sse, abs_err / n, n)
-    if best is None:
-        return 1.0, StageFit({"colocation_factor": 1.0}, float("nan"), 0)
-    return best[0], StageFit({"colocation_factor": best[0]}, best[2], best[3])
+    rollout = _rollout_data(samples, syncs) if any(w.startswith("rollout") for w in crowd.shared) else None
+    cache: dict[tuple[float, ...], tuple[float, float, int]] = {}
+
+    def score(values: tuple[float, ...]) -> tuple[float, float, int]:
+        if values not in cache:
+            share = Sharing(1.0, dict(zip(pairs, values)))
+            fits = [_fit_stage(_spans(events, name), prefix, crowd, share) for name, prefix in stages]
+            if rollout is not None:
+                fits.append(_fit_rollout(rollout, crowd, share))
+            fits = [f for f in fits if f is not None]
+            n = sum(f.n for f in fits)
+            cache[values] = (sum(f.sq_rel_err * f.n for f in fits), sum(f.mape * f.n for f in fits) / max(n, 1), n)
+        return cache[values]
+
+    values = [1.0] * len(pairs)
+    for _sweep in range(1 if len(pairs) == 1 else 3):
+        before = list(values)
+        for i in range(len(pairs)):
+            trial = {float(phi): score(tuple(values[:i] + [float(phi)] + values[i + 1:])) for phi in PHI_GRID}
+            values[i] = min((phi for phi in trial if trial[phi][2]), key=lambda phi: (trial[phi][0], abs(phi - 1)),
+                            default=values[i])
+        if values == before:
+            break
+    sse, mape, n = score(tuple(values))
+    if not n:
+        return Sharing(1.0), StageFit({"colocation_factor": 1.0}, float("nan"), 0)
+    fitted = dict(zip(pairs, values))
+    default = round(sum(v * seen[p] for p, v in fitted.items()) / sum(seen[p] for p in fitted), 2)
+    return Sharing(default, fitted), StageFit({"colocation_factor": default, "colocation_pairs": fitted}, mape, n)
 
 
-def _fit_rollout(samples: list[dict[str, Any]], syncs: list[dict[str, Any]], crowd: DeviceCrowd | None = None,
-                 phi: float = 1.0) -> StageFit | None:
+@dataclass
+class _RolloutData:
+    """What the rollout fit needs that does not depend on ``phi``: one row per finished
+    sequence ``[P, L_j, sum_k min(L_k, L_j)]``, its interval ``(worker, wave start, end)`` and
+    the weight-sync pauses inside it (clipped to it)."""
+    rows: np.ndarray
+    spans: list[tuple[str, float, float]]
+    pauses: list[list[tuple[float, float]]]
+
+
+def _rollout_data(samples: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> _RolloutData:
     waves: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for r in samples:
         if r["gen_start"] is not None and r["gen_end"] is not None and r["status"] != "aborted" \
                 and r["response_tokens"] > 0:
             waves[(r["worker"], round(r["gen_start"], 6))].append(r)
-    pauses: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for s in syncs:
-        pauses[s["args"]["worker"]].append(_pause_interval(s))
-    rows, ys = [], []
+    pauses: dict[str, np.ndarray] = defaultdict(lambda: np.zeros((0, 2)))
+    for w in {s["args"]["worker"] for s in syncs}:
+        pauses[w] = np.array(sorted(_pause_interval(s) for s in syncs if s["args"]["worker"] == w))
+    rows, spans, inside = [], [], []
     for (worker, start), wave in waves.items():
         prompt = sum(r["prompt_tokens"] for r in wave)
-        lengths = [r["response_tokens"] for r in wave]
+        lengths = np.array([r["response_tokens"] for r in wave])
+        iv = pauses[worker]
         for r in wave:
-            L = r["response_tokens"]
-            paused = sum(max(0.0, min(e, r["gen_end"]) - max(s, start)) for s, e in pauses[worker])
-            rows.append([prompt, L, sum(min(k, L) for k in lengths)])
-            ys.append(_work(crowd, worker, start, r["gen_end"], phi) - paused)
-    if len(rows) < 3:
+            L, end = r["response_tokens"], r["gen_end"]
+            hit = iv[(iv[:, 1] > start) & (iv[:, 0] < end)] if len(iv) else iv
+            rows.append([prompt, L, int(np.minimum(lengths, L).sum())])
+            spans.append((worker, start, end))
+            inside.append([(max(a, start), min(b, end)) for a, b in hit.tolist()])
+    return _RolloutData(np.array(rows, dtype=float).reshape(-1, 3), spans, inside)
+
+
+def _fit_rollout(data: _RolloutData, crowd: DeviceCrowd | None = None, phi: Sharing | float = 1.0) -> StageFit | None:
+    """The decode model over finished sequences. A sequence's work is its span's uncontended
+    work less that of the sync pauses inside it (a pause is not decoding)."""
+    if len(data.rows) < 3:
         return None
-    return _linear(np.array(rows, dtype=float), np.array(ys), ["prefill_per_token_s", "decode_step_s",
-                                                               "decode_per_seq_s"], "decode_cv")
+    ys = np.array([_work(crowd, w, t0, t1, phi) - sum(_work(crowd, w, a, b, phi) for a, b in inside)
+                   for (w, t0, t1), inside in zip(data.spans, data.pauses)])
+    return _linear(data.rows, ys, ["prefill_per_token_s", "decode_step_s", "decode_per_seq_s"], "decode_cv")
+
+
+def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibration:
+    """The first run's fit, plus a sharing factor for the pairs of roles that later runs put on
+    one device and no earlier run did: ``calibrate --from-run REFERENCE --from-run NEW``, e.g.
+    with a short run of a layout the planner chose (``asyncopd plan`` names such pairs).
+
+    A later run's new pairs get one ``phi``, the value on ``PHI_GRID`` under which the
+    simulator, with the reference run's costs, reproduces that run's measured consumed tokens
+    per second (bisection: throughput falls as ``phi`` grows). Matching the whole run, not its
+    spans, is deliberate: two rollout workers on one core are busy together all the time, so
+    their spans cannot tell ``phi`` from the decode costs, and a teacher's span on a busy core
+    includes waiting that is not contention. Costs are not averaged across runs; a host that
+    drifts between the runs (see the README's calibration section) shows up in the new ``phi``,
+    so run them close together."""
+    base = fit_run(run_dirs[0])
+    own = base.stages.get("contention")
+    pairs = dict(own.params.get("colocation_pairs", {})) if own else {}
+    default = own.params["colocation_factor"] if own else 1.0
+    for d in map(Path, run_dirs[1:]):
+        events, _samples, syncs = _read_run(d)
+        crowd = _crowd(d, events, syncs)
+        new = [p for p in (_shown_pairs(crowd, events) if crowd is not None and crowd.shared else {}) if p not in pairs]
+        if new:
+            phi = _match_throughput(d, {**base.costs(), "colocation_factor": default}, pairs, new, progress)
+            for pair in new:
+                pairs[pair], base.pair_sources[pair] = phi, str(d)
+    if len(run_dirs) > 1:
+        for pair in pairs:
+            base.pair_sources.setdefault(pair, base.run_dir)
+        base.stages["contention"] = StageFit({"colocation_factor": default, "colocation_pairs": pairs},
+                                             own.mape if own else float("nan"), own.n if own else 0)
+        base.extra_runs = [str(d) for d in run_dirs[1:]]
+    return base
+
+
+def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, float], new: list[str],
+                      progress: bool) -> float:
+    """The ``phi`` for ``new`` pairs under which ``run_dir``'s config simulates at its measured
+    tokens/s (see ``fit_runs``)."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from asyncopd.config import load_config
+    from sim.driver import simulate
+
+    measured = json.loads((run_dir / "summary.json").read_text())["tokens_per_s"]
+    fixed = [f"sim.costs.{k}={v!r}" for k, v in costs.items() if k != "colocation_pairs"]
+    bar = tqdm(desc=f"phi for {', '.join(new)}", unit="sim", disable=not progress, leave=False)
+
+    def predict(phi: float) -> float:
+        pairs = {**known, **{p: phi for p in new}}
+        cfg = load_config(run_dir / "config.yaml", [*fixed, f"sim.costs.colocation_pairs={pairs!r}",
+                                                    "sim.cost_model=parametric"])
+        bar.update()
+        return simulate(cfg, None, progress=False)["tokens_per_s"]
+
+    lo, hi = 0, len(PHI_GRID) - 1  # predict(PHI_GRID[lo]) >= measured >= predict(PHI_GRID[hi]), else an end
+    at = {lo: predict(float(PHI_GRID[lo])), hi: predict(float(PHI_GRID[hi]))}
+    if at[lo] <= measured or at[hi] >= measured:
+        bar.close()
+        return float(PHI_GRID[lo] if at[lo] <= measured else PHI_GRID[hi])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        at[mid] = predict(float(PHI_GRID[mid]))
+        lo, hi = (mid, hi) if at[mid] >= measured else (lo, mid)
+    bar.close()
+    return float(PHI_GRID[min((lo, hi), key=lambda i: abs(at[i] - measured))])
 
 
 def write_profile(cal: RunCalibration, path: str | Path) -> Path:
@@ -245,4 +373,4 @@ def write_profile(cal: RunCalibration, path: str | Path) -> Path:
     return write_profile_dict(data, path)
 
 
-__all__ = ["RunCalibration", "StageFit", "fit_run", "profile_overrides", "write_profile"]
+__all__ = ["RunCalibration", "StageFit", "fit_run", "fit_runs", "profile_overrides", "write_profile"]

@@ -14,8 +14,13 @@ def fit_table(title: str, fit: dict[str, Any]) -> Table:
         t.add_column(col)
     for stage, f in fit.items():
         params, mape, n = (f["params"], f["mape"], f["n"]) if isinstance(f, dict) else (f.params, f.mape, f.n)
-        t.add_row(stage, ", ".join(f"{k}={v:.3g}" for k, v in params.items()), f"{mape:.1%}", str(n))
+        t.add_row(stage, _params(params), f"{mape:.1%}", str(n))
     return t
+
+
+def _params(params: dict[str, Any]) -> str:
+    """``a=0.1, pairs={x=0.9, y=1.2}``: numbers to 3 significant digits, mappings inline."""
+    return ", ".join(f"{k}={{{_params(v)}}}" if isinstance(v, dict) else f"{k}={v:.3g}" for k, v in params.items())
 
 
 EXTRA_MEANING = {

@@ -1,17 +1,19 @@
 """Devices shared by several workers: processor sharing with a calibrated penalty.
 
 A layout may put several workers on one device (colocation: e.g. the teacher and the
-learner on the same CPU core or GPU). While ``k`` workers are busy on a device, each
-progresses at ``1 / (1 + phi * (k - 1))`` of its own speed. ``phi = 1`` is fair time
-slicing (``1/k``); ``phi > 1`` adds switching and cache costs, ``phi < 1`` means the workers
-leave gaps the others fill. ``phi`` is ``sim.costs.colocation_factor``, fitted by
-``asyncopd calibrate --from-run`` (``calibration/contention.py``).
+learner on the same CPU core or GPU). While others are busy on its device, a worker of role
+``r`` progresses at ``1 / s`` of its own speed, ``s = 1 + sum_o phi(r, role(o))`` over the
+other busy workers ``o`` (``1 + phi * (k - 1)`` when every pair has the same ``phi``).
+``phi = 1`` is fair time slicing; ``phi > 1`` adds switching and cache costs, ``phi < 1``
+means the workers leave gaps the others fill. ``phi`` per pair of roles is
+``sim.costs.colocation_pairs`` (default ``colocation_factor``; ``asyncopd/config/colocation.py``),
+fitted by ``asyncopd calibrate --from-run`` (``calibration/contention.py``).
 
 A worker spread over several devices (tensor parallelism, or a multi-threaded CPU worker)
 advances only while *all* of its devices run it: its ranks or threads meet at every
 collective or barrier. With each device time-sliced independently, that is the product
 
-    slowdown(worker) = prod_{d in devices(worker)} (1 + phi * (busy_workers(d) - 1))     (>= 1)
+    slowdown(worker) = prod_{d in devices(worker)} s_d(worker)                          (>= 1)
 
 (gang scheduling without coordination). For a worker on one device, or on devices of its
 own, it is the single-device rule. Measured on 2 CPU cores: a 2-thread learner sharing both
@@ -30,18 +32,21 @@ from typing import Callable, Iterable
 
 import simpy
 
+from asyncopd.config.colocation import Sharing, role_of
 from asyncopd.config.placement import placement, worker_devices  # noqa: F401  (re-exported)
 
 
 class SharedDevices:
-    def __init__(self, env: simpy.Environment, colocation_factor: float = 1.0) -> None:
+    def __init__(self, env: simpy.Environment, sharing: Sharing | float = 1.0) -> None:
         self.env = env
-        self.phi = colocation_factor
+        self.sharing = Sharing.coerce(sharing)
         self.busy: dict[int, set[str]] = defaultdict(set)
         self._listeners: dict[int, dict[str, Callable[[], None]]] = defaultdict(dict)
 
-    def slowdown(self, devices: Iterable[int]) -> float:
-        return sharing_slowdown((len(self.busy[d]) for d in devices), self.phi)
+    def slowdown(self, holder: str, devices: Iterable[int]) -> float:
+        """How many times slower than alone ``holder`` runs on ``devices`` right now."""
+        return self.sharing.gang_slowdown(role_of(holder), ([role_of(o) for o in self.busy[d] if o != holder]
+                                                            for d in devices))
 
     def acquire(self, holder: str, devices: Iterable[int]) -> None:
         self._change(holder, devices, add=True)
@@ -74,7 +79,7 @@ class SharedDevices:
         remaining = work
         try:
             while remaining > 0:
-                f = self.slowdown(devices)
+                f = self.slowdown(holder, devices)
                 wake = self.env.event()
                 self.listen(holder, devices, lambda: wake.triggered or wake.succeed())
                 self.env.timeout(remaining * f).callbacks.append(lambda _: wake.triggered or wake.succeed())
@@ -87,12 +92,3 @@ class SharedDevices:
             self.listen(holder, devices, None)
             self.release(holder, devices)
 
-
-def sharing_slowdown(crowds: Iterable[int], phi: float) -> float:
-    """``prod_d (1 + phi * (k_d - 1))`` over a worker's devices (``k_d`` busy workers on device
-    ``d``, the worker included; an idle count reads as 1). See the module docstring."""
-    f = 1.0
-    for k in crowds:
-        if k > 1:
-            f *= 1.0 + phi * (k - 1)
-    return f

@@ -18,6 +18,7 @@ from typing import Any
 import simpy
 from tqdm.auto import tqdm
 
+from asyncopd.config.colocation import Sharing
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages as M
 from asyncopd.trace.setup import start_run
@@ -43,7 +44,7 @@ class SimDriver:
         self.placement = placement(cfg.layout)
         use = Counter(d for devs in self.placement.values() for d in devs)
         self.shared = {w for w, devs in self.placement.items() if any(use[d] > 1 for d in devs)}
-        self.devices = SharedDevices(self.env, cfg.sim.costs.colocation_factor)
+        self.devices = SharedDevices(self.env, Sharing.of(cfg.sim.costs))
         mode = cfg.sim.rollout_batching
         if mode == "auto":
             mode = "wave" if cfg.rollout.backend == "torch" else "continuous"

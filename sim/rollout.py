@@ -176,7 +176,7 @@ class SimRolloutWorker:
             self._pop_finished()
 
     def _slowdown(self) -> float:
-        return self.d.devices.slowdown(self.devices) if self.shared else 1.0
+        return self.d.devices.slowdown(self.name, self.devices) if self.shared else 1.0
 
     def _set_busy(self, busy: bool) -> None:
         """Occupy (or leave) this worker's devices while it has sequences to decode."""

@@ -81,16 +81,42 @@ def test_fitted_noise_is_replayed_and_refitted(tmp_path) -> None:
 def test_a_worker_on_two_shared_devices_pays_both_factors() -> None:
     """Gang scheduling: a 2-device worker runs only while both devices run it, so its slowdown
     is the product of the per-device factors (sim and calibration agree)."""
+    from asyncopd.config.colocation import Sharing
     from calibration.contention import DeviceCrowd
-    from sim.devices import sharing_slowdown
 
-    assert sharing_slowdown([1, 1], 0.7) == 1.0
-    assert sharing_slowdown([2], 1.0) == 2.0
-    assert sharing_slowdown([2, 3], 1.0) == pytest.approx(6.0)
-    assert sharing_slowdown([2, 2], 0.5) == pytest.approx(2.25)
+    assert Sharing(0.7).gang_slowdown("learner", [[], []]) == 1.0
+    assert Sharing(1.0).gang_slowdown("learner", [["rollout"]]) == 2.0
+    assert Sharing(1.0).gang_slowdown("learner", [["rollout"], ["teacher", "teacher"]]) == pytest.approx(6.0)
+    assert Sharing(0.5).gang_slowdown("learner", [["rollout"], ["teacher"]]) == pytest.approx(2.25)
     busy = {"learner-0": [(0.0, 10.0)], "rollout-0": [(0.0, 4.0)], "teacher-0": [(2.0, 6.0)]}
     where = {"learner-0": (0, 1), "rollout-0": (0,), "teacher-0": (1,)}
     crowd = DeviceCrowd(busy, where)
     # [0,2): rollout on 0 -> 2; [2,4): both -> 4; [4,6): teacher on 1 -> 2; [6,10): alone -> 1
     assert crowd.work("learner-0", 0.0, 10.0, 1.0) == pytest.approx(2 / 2 + 2 / 4 + 2 / 2 + 4)
     assert crowd.work("rollout-0", 0.0, 4.0, 1.0) == pytest.approx(4 / 2)
+
+
+PAIRS = {"rollout+rollout": 1.3, "teacher+learner": 0.6}
+TWO_ROLLOUT = ["run.total_steps=60", "layout.rollout.workers=2", "sim.response_length.kind=lognormal",
+               "sim.prompt_tokens_mean=12", "sim.costs.model_bytes=0", "sim.costs.colocation_factor=1.0",
+               *(f"sim.costs.{k}={v}" for k, v in TRUTH.items())]
+
+
+def test_more_runs_add_the_pairs_their_layouts_show(tmp_path) -> None:
+    """``calibrate --from-run A --from-run B``: A's costs, plus the pair only B shows. B's two
+    rollout workers on one core are busy together all the time, so B alone cannot tell their
+    ``phi`` from its decode costs; held to A's costs, it can."""
+    from calibration.from_run import fit_runs
+
+    simulate(load_config(None, [*TWO_ROLLOUT[:1], *TWO_ROLLOUT[2:], "sim.costs.colocation_factor=0.6"]),
+             tmp_path / "a", progress=False)
+    simulate(load_config(None, [*TWO_ROLLOUT, f"sim.costs.colocation_pairs={PAIRS}"]), tmp_path / "b",
+             progress=False)
+    merged = fit_runs([tmp_path / "a", tmp_path / "b"])
+    alone = fit_run(tmp_path / "a")
+    assert merged.costs()["colocation_pairs"] == pytest.approx(PAIRS, abs=0.05)
+    assert merged.costs()["learner_fixed_s"] == alone.costs()["learner_fixed_s"]
+    assert merged.pair_sources == {"teacher+learner": str(tmp_path / "a"), "rollout+rollout": str(tmp_path / "b")}
+    prof = write_profile(merged, tmp_path / "merged.yaml")
+    cfg = load_config(None, [*TWO_ROLLOUT, *profile_overrides(prof)])
+    assert cfg.sim.costs.colocation_pairs == merged.costs()["colocation_pairs"]

@@ -24,7 +24,9 @@ def test_calibrate_simulate_train_compare(tmp_path) -> None:
           evaluate=False)
     cal = fit_run(tmp_path / "calib")
     assert {"learner", "teacher", "rollout", "sync", "dispatch", "contention"} <= set(cal.stages)
-    assert all(_finite(v) and v >= 0 for v in cal.costs().values())
+    costs = cal.costs()
+    pairs = costs.pop("colocation_pairs", {})
+    assert all(_finite(v) and v >= 0 for v in [*costs.values(), *pairs.values()])
     profile = write_profile(cal, tmp_path / "calibration.yaml")
     combos = {"fully_async(eta=2)": COMBOS["fully_async(eta=2)"]}
     rows = run_fidelity("configs/default.yaml", profile, combos, tmp_path / "fid", steps=6, seeds=[0, 1], plots=True)

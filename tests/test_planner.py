@@ -205,19 +205,57 @@ def test_builtin_task_plans_cpu_core_layouts(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_written_config_runs_through_asyncopd_train(tmp_path) -> None:
+def test_verified_plan_is_the_best_measured_and_runs_through_asyncopd_train(tmp_path) -> None:
+    """``--verify 2``: two layouts run on this machine, the best measured becomes plan.yaml,
+    plan.csv carries the measurements; then the written config trains as is."""
+    import json
+
     from asyncopd.trace.schema import validate_run_dir
 
     r = runner.invoke(app, ["plan", "configs/default.yaml", "--set", "run.total_steps=3", "--steps", "4",
-                            "--out", str(tmp_path / "plan"), "--no-progress"])
+                            "--out", str(tmp_path / "plan"), "--no-progress", "--verify", "2", "--verify-steps", "3",
+                            "--verify-repeats", "1"])
     assert r.exit_code == 0, r.output
     assert "chosen:" in r.output and (tmp_path / "plan" / "pareto.png").is_file()
+    assert "chosen after verification" in r.output
+    trials = json.loads((tmp_path / "plan" / "verify" / "verify.json").read_text())
+    assert len(trials) == 2 and len({t["layout"] for t in trials}) == 2
+    assert all(len(t["runs"]) == 1 and t["measured_tokens_per_s"] > 0 for t in trials)
+    rows = list(csv.DictReader((tmp_path / "plan" / "plan.csv").open()))
+    measured = [r for r in rows if r["measured_tokens_per_s"]]
+    assert len(measured) == 2
+    best = max(measured, key=lambda r: float(r["measured_tokens_per_s"]))
+    assert rows[0] == best  # the chosen plan is the best measured one
+    assert "measured on the planning machine" in (tmp_path / "plan" / "plan.yaml").read_text()
+    assert json.loads((tmp_path / "plan" / "plan.json").read_text())["verify"][0]["layout"] == best["layout"]
     r = runner.invoke(app, ["train", str(tmp_path / "plan" / "plan.yaml"), "--out", str(tmp_path / "run"),
                             "--no-plots", "--no-progress"])
     assert r.exit_code == 0, r.output
     validate_run_dir(tmp_path / "run")
     summary = yaml.safe_load((tmp_path / "run" / "summary.json").read_text())
     assert summary["ok"] and summary["steps"] == 3
+
+
+def test_verify_refuses_a_cluster_this_machine_cannot_run(tmp_path) -> None:
+    r = runner.invoke(app, ["plan", "configs/default.yaml", "--devices", "64", "--steps", "2", "--budget-layouts",
+                            "8", "--out", str(tmp_path), "--no-progress", "--no-plots", "--verify", "2"])
+    assert r.exit_code == 2
+    assert "--verify runs the plan on this machine" in r.output and "64" in r.output
+
+
+def test_plan_names_device_sharing_its_calibration_has_not_measured() -> None:
+    """The default layout's teacher+learner pair is measured by a calibration of the default run;
+    a layout with two rollout workers on one core also needs rollout+rollout."""
+    from asyncopd.planner.verify import contenders
+
+    cfg = planner_config("configs/default.yaml", ["sim.costs.colocation_pairs={'teacher+learner': 0.9}"])
+    res = plan_cluster(cfg, PlanOptions(steps=4, jobs=1), progress=False)
+    for c in res.ranked()[:10]:
+        pairs = res.unmeasured_pairs(c)
+        assert "teacher+learner" not in pairs
+        assert ("rollout+rollout" in pairs) == (c.layout.rollout.per_device > 1)
+    three = contenders(res, 3)
+    assert len({c.layout.describe() for c in three}) == 3 and three[0] is res.best
 
 
 def test_plan_cluster_notebook() -> None:

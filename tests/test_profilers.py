@@ -97,7 +97,8 @@ def test_profile_is_complete_and_loads(profile_path: Path) -> None:
     assert set(data["fit"]) == {"decode", "prefill", "teacher", "learner", "sync"}
     costs = data["sim"]["costs"]
     assert set(costs) == set(SimCosts.model_fields)
-    assert all(math.isfinite(v) and v >= 0 for v in costs.values())
+    assert costs["colocation_pairs"] == {}  # a profile of single workers measures no sharing
+    assert all(math.isfinite(v) and v >= 0 for k, v in costs.items() if k != "colocation_pairs")
     for k in ("decode_step_s", "teacher_per_token_s", "learner_per_token_s", "sync_bytes_per_s", "model_bytes"):
         assert costs[k] > 0, k
     assert "dispatch_s" in data["notes"][0]
@@ -114,7 +115,7 @@ def test_check_tells_a_fresh_profile_from_a_wrong_one(profile_path: Path, tmp_pa
     for k in list(costs):
         if k == "sync_bytes_per_s":
             costs[k] /= 10
-        elif k not in ("model_bytes", "dispatch_s"):
+        elif k not in ("model_bytes", "dispatch_s", "colocation_pairs"):
             costs[k] *= 10
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text(yaml.safe_dump(data, sort_keys=False))

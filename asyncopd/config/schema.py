@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from asyncopd.config.colocation import parse_pair
 from asyncopd.config.algorithm import AlgorithmConfig, check_backends
 from asyncopd.control.policies import FullyAsyncPolicy, Policy, StepOffPolicy, SyncPolicy, parse_policy
 from asyncopd.task.config import TaskConfig
@@ -230,6 +231,23 @@ class SimCosts(_Section):
     colocation_factor: float = Field(1.0, ge=0, le=10, description="contention on a shared device: with k workers "
                                      "busy on it, each runs at 1/(1 + factor*(k-1)) of its speed (1 = fair time "
                                      "slicing); used by both cost models, fitted by `calibrate --from-run`")
+    colocation_pairs: dict[str, float] = Field(default_factory=dict, description="colocation_factor per pair of "
+                                               "roles, e.g. {'teacher+learner': 0.95, 'rollout+rollout': 1.1}; pairs "
+                                               "not named use colocation_factor (asyncopd/config/colocation.py)")
+
+    @field_validator("colocation_pairs")
+    @classmethod
+    def _pairs(cls, v: dict[str, float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, phi in v.items():
+            try:
+                pair = parse_pair(str(key))
+            except ValueError as e:
+                raise ValueError(f"colocation_pairs: {e}") from None
+            if not 0 <= phi <= 10:
+                raise ValueError(f"colocation_pairs[{key!r}] must be within [0, 10], got {phi}")
+            out[pair] = float(phi)
+        return out
 
 
 class AnalyticParams(_Section):

@@ -11,11 +11,12 @@ response, ``P`` the mean prompt):
     teacher  T = workers * m / c.teacher(m S, m)          (m = teacher.max_batch_samples)
     learner  G = B / c.learner(B S, B)
 
-Roles that share a device group share its time: with ``k`` of them busy each runs at
-``1 / (1 + phi (k - 1))`` of its speed (``phi = sim.costs.colocation_factor``, as
-``sim.devices`` charges), so the group gets through at most ``g(k) = max_{c <= k} c / (1 + phi
-(c - 1))`` seconds of uncontended work per second (1 for ``phi >= 1``) and sustains
-``g(k) / sum(1 / rate)`` over its roles. A pipelined policy (``step_off``, ``fully_async``) can do no better than the
+Roles that share a device group share its time: a role runs at ``1 / (1 + sum phi(role, o))``
+of its speed over the other busy roles ``o`` (``phi`` per pair of roles,
+``asyncopd/config/colocation.py``, as ``sim.devices`` charges), so the group gets through at most
+``g`` seconds of uncontended work per second, ``g`` the best over the subsets of its roles that
+run at once of ``sum_i 1 / s_i`` (1 when every ``phi >= 1``; ``Sharing.best_gain``), and
+sustains ``g / sum(1 / rate)`` over its roles. A pipelined policy (``step_off``, ``fully_async``) can do no better than the
 slowest group; its busiest role is the layout's *bottleneck*. ``sync`` runs the stages in
 sequence, and a batch's generation lasts at least as long as its longest response::
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from asyncopd.config.colocation import Sharing
 from asyncopd.planner.space import Layout
 from asyncopd.planner.workload import Workload
 from sim.costs import segment_time
@@ -58,12 +60,7 @@ def _step(costs, n: int, kv: float) -> float:
     return segment_time(costs.decode_segment(n, int(kv)), 1)
 
 
-def sharing_gain(k: int, phi: float) -> float:
-    """Most uncontended work per second ``k`` workers sharing a device get through."""
-    return max(c / (1.0 + phi * (c - 1)) for c in range(1, max(1, k) + 1))
-
-
-def layout_bound(layout: Layout, w: Workload, costs, slots: int, phi: float = 1.0) -> Bound:
+def layout_bound(layout: Layout, w: Workload, costs, slots: int, sharing: Sharing | float = 1.0) -> Bound:
     B, P, L = w.batch_size, w.prompt_tokens, max(1.0, w.response_mean)
     S = P + L
     ro = layout.rollout
@@ -80,7 +77,7 @@ def layout_bound(layout: Layout, w: Workload, costs, slots: int, phi: float = 1.
     }
     pipelined, bottleneck = float("inf"), ""
     for _, roles in layout.groups():
-        rate = sharing_gain(len(roles), phi) / sum(1.0 / rates[r] for r in roles)
+        rate = Sharing.coerce(sharing).best_gain(list(roles)) / sum(1.0 / rates[r] for r in roles)
         if rate < pipelined:
             busiest = min(roles, key=lambda r: rates[r])
             pipelined, bottleneck = rate, busiest + (" (shared)" if len(roles) > 1 else "")

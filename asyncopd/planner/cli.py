@@ -50,6 +50,10 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
          top: int = typer.Option(10, "--top", help="rows of the ranked table printed"),
          set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a config field: "
                                                   "--set learner.batch_size=512"),
+         verify: int = typer.Option(0, "--verify", help="run the K best distinct layouts with the real trainer on "
+                                    "this machine and choose the best measured (0: choose by simulation only)"),
+         verify_steps: int = typer.Option(100, "--verify-steps", help="learner updates per --verify run"),
+         verify_repeats: int = typer.Option(2, "--verify-repeats", help="runs per contender (round robin)"),
          plots: bool = typer.Option(True, help="write the Pareto plot (pareto.png)"),
          progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Plan a cluster: enumerate layouts and policies, reject what does not fit in memory,
@@ -68,6 +72,9 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                            screen_steps=screen_steps, finalists=finalists, policies=policy or None, jobs=jobs,
                            seed=seed, tolerance=tolerance)
         opts.check()
+        if verify < 0 or verify_steps < 1 or verify_repeats < 1:
+            raise ValueError(f"--verify must be >= 0 and --verify-steps, --verify-repeats >= 1 "
+                             f"(got {verify}, {verify_steps}, {verify_repeats})")
     except (ConfigError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     out_dir = out or Path(cfg.run.output_dir) / f"{cfg.run.name}-plan-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -98,6 +105,41 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                   f"({r['samples_per_s']:.4g} samples/s)"
                   + (f", {sp:.2f}x the best sync layout ({base.layout.describe()})" if sp and base else "")
                   + f", staleness mean {r['staleness_mean']:.2f} / p95 {r['staleness_p95']}")
+    if verify:
+        paths = _verify(res, out_dir, verify, verify_steps, verify_repeats, progress, plots)
     console.print(f"config: {paths['config']}  (asyncopd train {paths['config']})")
+    unmeasured = res.unmeasured_pairs() if cfg.sim.costs.colocation_pairs else []  # else nothing is calibrated
+    if unmeasured and not verify:
+        console.print(f"[yellow]note:[/yellow] the chosen layout shares devices between {', '.join(unmeasured)}, "
+                      f"which the cost model has not measured (assumed colocation_factor "
+                      f"{cfg.sim.costs.colocation_factor:g}). To check: asyncopd train {paths['config']} "
+                      f"--set run.total_steps=200 --out RUN; asyncopd calibrate --from-run REFERENCE_RUN "
+                      f"--from-run RUN; plan again with --costs REFERENCE_RUN/calibration.yaml")
     console.print(f"table: {paths['csv']}  rejected: {paths['rejected']}" +
                   (f"  Pareto plot: {paths['pareto']}" if "pareto" in paths else ""))
+
+
+def _verify(res, out_dir: Path, k: int, steps: int, repeats: int, progress: bool, plots: bool) -> dict[str, Path]:
+    """``--verify``: the bake-off (``asyncopd/planner/verify.py``), its table, the plan rewritten."""
+    from rich.table import Table
+
+    from asyncopd.planner.verify import verify_plan
+    from asyncopd.planner.write import save_plan
+
+    try:
+        trials = verify_plan(res, out_dir, k=k, steps=steps, repeats=repeats, progress=progress)
+    except ValueError as e:
+        _fail(str(e))
+    t = Table(title=f"verified on this machine: {steps} updates x {repeats} runs each, round robin",
+              title_justify="left")
+    for col in ("layout", "policy", "predicted tokens/s", "measured tokens/s (runs)", "measured / predicted"):
+        t.add_column(col)
+    for tr in trials:
+        runs = ", ".join(f"{r['tokens_per_s']:,.0f}" for r in tr.runs)
+        t.add_row(tr.layout, tr.policy, f"{tr.predicted_tokens_per_s:,.0f}", f"{tr.tokens_per_s:,.0f} ({runs})",
+                  f"{tr.tokens_per_s / tr.predicted_tokens_per_s:.2f}" if tr.predicted_tokens_per_s else "-")
+    console.print(t)
+    best = trials[0]
+    console.print(f"chosen after verification: {best.layout}  {best.policy}: {best.tokens_per_s:,.0f} tokens/s "
+                  f"({best.samples_per_s:.4g} samples/s) measured")
+    return save_plan(res, out_dir, plots=plots)

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from asyncopd.config.colocation import Sharing, shared_pairs
 from asyncopd.config.loader import load_config
+from asyncopd.config.placement import placement
 from asyncopd.config.schema import OPDConfig
 from asyncopd.planner.bounds import layout_bound, layout_costs
 from asyncopd.planner.memory import check_memory, kv_slots
@@ -113,6 +115,7 @@ class PlanResult:
     mode: str = ""
     rounds: list[tuple[int, int, float]] = field(default_factory=list)
     wall_s: float = 0.0
+    verified: dict[int, Any] = field(default_factory=dict)  # candidate key -> verify.Trial, best measured first
 
     def ranked(self) -> list[Candidate]:
         """Final-length candidates meeting the constraints, best first: by throughput, except
@@ -124,9 +127,12 @@ class PlanResult:
                                       c.layout.devices_used, c.key))
         if not final:
             return []
-        near = [c for c in final if c.throughput >= (1 - self.options.tolerance) * final[0].throughput]
-        chosen = min(near, key=lambda c: ((c.result or {}).get("staleness_mean", 0.0), c.layout.devices_used,
-                                          -c.throughput, c.key))
+        if self.verified:  # measured on this machine (verify.py): the best measured contender
+            chosen = next(c for c in final if c.key == next(iter(self.verified)))
+        else:
+            near = [c for c in final if c.throughput >= (1 - self.options.tolerance) * final[0].throughput]
+            chosen = min(near, key=lambda c: ((c.result or {}).get("staleness_mean", 0.0), c.layout.devices_used,
+                                              -c.throughput, c.key))
         return [chosen] + [c for c in final if c is not chosen]
 
     @property
@@ -151,6 +157,16 @@ class PlanResult:
             raise ValueError("no candidate met the constraints; nothing to write")
         return candidate_config(self.base, c.layout.section(), c.policy, c.mem.rollout_share)
 
+    def unmeasured_pairs(self, c: Optional[Candidate] = None) -> list[str]:
+        """Pairs of roles that ``c``'s layout (default: the best) puts on one device and that the
+        cost model's ``colocation_pairs`` does not name: its prediction rests on the assumed
+        ``colocation_factor`` for them (``asyncopd/config/colocation.py``)."""
+        c = c or self.best
+        if c is None:
+            return []
+        known = self.base.sim.costs.colocation_pairs
+        return sorted(shared_pairs(placement(self.chosen_config(c).layout)) - set(known))
+
     def summary(self) -> dict[str, Any]:
         b, s = self.best, self.best_sync
         return {
@@ -164,6 +180,9 @@ class PlanResult:
             "best": None if b is None else {"layout": b.layout.describe(), "policy": b.policy, **(b.result or {}),
                                             "speedup_vs_best_sync": self.speedup(b)},
             "best_sync": None if s is None else {"layout": s.layout.describe(), **(s.result or {})},
+            "unmeasured_pairs": self.unmeasured_pairs(),
+            "verify": [t.as_dict() for t in self.verified.values()],
+            "colocation_factor": self.base.sim.costs.colocation_factor,
         }
 
 
@@ -225,7 +244,7 @@ def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progr
                                       f"next to the weights ({mem.rollout_share:.0%} of each device)"))
             continue
         feasible.append((lay, mem, layout_bound(lay, w, layout_costs(base_costs, lay), slots,
-                                                    cfg.sim.costs.colocation_factor), slots))
+                                                    Sharing.of(cfg.sim.costs)), slots))
     cands = [Candidate(i * len(policies) + j, lay, p, mem, bound, slots)
              for i, (lay, mem, bound, slots) in enumerate(feasible) for j, p in enumerate(policies)]
     n_all = len(cands)

@@ -16,7 +16,9 @@ Columns of ``plan.csv`` (one row per simulated candidate; ranked ones first):
 - ``bound_samples_per_s`` and ``bottleneck``: the optimistic throughput and its limiting
   group (``bounds``); ``kv_slots``: sequences per rollout worker after the memory cap;
   ``memory_peak``: the fullest device's share of its usable memory;
-- ``steps_simulated`` and ``status`` (``final``, a broken constraint, ``screened out at N steps``).
+- ``steps_simulated`` and ``status`` (``final``, a broken constraint, ``screened out at N steps``);
+- ``measured_tokens_per_s`` / ``measured_samples_per_s`` / ``measured_runs``: with ``--verify``,
+  the mean over the contender's real runs on this machine (``verify.py``), else empty.
 
 ``rejected.csv`` lists the layouts that do not fit in memory with the reason; ``pareto`` marks
 the final-length runs no other run beats on both throughput and mean staleness.
@@ -52,7 +54,16 @@ def _row(res: "PlanResult", c: "Candidate", rank: Optional[int]) -> dict[str, An
         "bound_samples_per_s": c.bound_value, "bottleneck": c.bound.bottleneck, "kv_slots": c.slots,
         "memory_peak": c.mem.peak_fraction, "rollout_memory_share": c.mem.rollout_share,
         "evicted": r.get("evicted"), "steps_simulated": c.steps, "status": c.status, "pareto": False,
+        **_measured(res, c),
     }
+
+
+def _measured(res: "PlanResult", c: "Candidate") -> dict[str, Any]:
+    """``measured_*`` columns: the mean of the ``--verify`` runs of ``c`` (empty if none)."""
+    t = res.verified.get(c.key)
+    return {"measured_tokens_per_s": t.tokens_per_s if t else None,
+            "measured_samples_per_s": t.samples_per_s if t else None,
+            "measured_runs": len(t.runs) if t else None}
 
 
 def rows(res: "PlanResult") -> list[dict[str, Any]]:

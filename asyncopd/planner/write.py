@@ -72,6 +72,11 @@ def save_plan(res, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path
                   f"predicted {r.get('tokens_per_s', 0):,.0f} tokens/s ({r.get('samples_per_s', 0):.4g} samples/s)"
                   + (f", {sp:.2f}x the best sync layout" if sp else "")
                   + f", mean staleness {r.get('staleness_mean', 0):.2f} (simulated {best.steps} learner steps)"]
+        trial = res.verified.get(best.key)
+        if trial is not None:
+            header.append(f"measured on the planning machine: {trial.tokens_per_s:,.0f} tokens/s "
+                          f"({trial.samples_per_s:.4g} samples/s), mean of {len(trial.runs)} runs "
+                          f"(asyncopd plan --verify)")
         paths["config"] = write_config(res.chosen_config(best), out / "plan.yaml", header)
     summary = res.summary()
     summary["outputs"] = {k: str(v) for k, v in paths.items()}

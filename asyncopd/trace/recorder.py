@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from asyncopd.control.controller import Controller
 from asyncopd.control.ledger import Attempt
 from asyncopd.control.messages import role_of
+from asyncopd.trace.schema import write_atomic
 from asyncopd.trace.stats import QueueTracker, busy_by_stage, staleness_summary
 
 STAGE_OF_SPAN = {"generate": "generate", "generate (aborted)": "generate", "score": "teacher",
@@ -251,7 +252,7 @@ class RunRecorder:
                 with (d / name.replace(".jsonl", ".rolled_back.jsonl")).open("a") as f:
                     f.write("".join(x + "\n" for x in dropped))
             if dropped or partial.strip():
-                _atomic_write(path, "".join(x + "\n" for x in kept_lines))
+                write_atomic(path, "".join(x + "\n" for x in kept_lines))
             moved[name.split(".")[0]] = len(dropped)
             return kept
 
@@ -312,7 +313,7 @@ class RunRecorder:
         info["resumes"] = [*old.get("resumes", []), {"from_step": version, "at": meta.get("created"), "t": t_max,
                                                        "rolled_back_steps": moved["log"],
                                                        "rolled_back_samples": moved["samples"]}]
-        _atomic_write(info_path, json.dumps(info, indent=2, default=str))
+        write_atomic(info_path, json.dumps(info, indent=2, default=str))
         self.summary_extra["resume"] = {"from_step": version, "t_origin": t_max, "rolled_back_steps": moved["log"],
                                         "rolled_back_samples": moved["samples"]}
 
@@ -377,12 +378,6 @@ class RunRecorder:
             if role_of(w) == "rollout":
                 for lane in range(lanes):
                     name("thread_name", pid, self._tid(w, lane), f"{w} slot {lane}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_queues_csv(path: Path) -> list[tuple[float, tuple[int, ...]]]:

@@ -7,6 +7,7 @@ naming the file, the line and the field of the first problem.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -174,3 +175,10 @@ def validate_run_dir(run_dir: str | Path, *, require_summary: bool = True) -> di
     if require_summary:
         _check(Summary, json.loads((d / "summary.json").read_text()), f"{d / 'summary.json'}")
     return {"samples": len(samples), "steps": len(steps), "trace_events": len(events)}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a reader, or a crash, never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,118 @@
+"""Check a plan on this machine: a short bake-off of the planner's best layouts with the real trainer.
+
+The simulator ranks layouts from a calibrated cost model; where the top layouts are closer
+than the model's error (about 10% on a shared CPU host, see the README's calibration section)
+or rest on a device-sharing factor no calibration has measured (``PlanResult.unmeasured_pairs``),
+the ranking among them is a guess. ``asyncopd plan --verify K`` settles it by measurement:
+
+1. the contenders are the ``K`` best *distinct layouts* of the simulated ranking, each with the
+   policy the ranking gives it first;
+2. each runs ``asyncopd train`` for ``--verify-steps`` learner updates, ``--verify-repeats``
+   times, round robin (the order reversed on every other round, so a slow spell of the host
+   hits all contenders alike);
+3. the chosen plan becomes the contender with the highest mean *measured* consumed tokens per
+   second (the planner's ranking metric); ``plan.yaml``, ``plan.csv`` (``measured_*``
+   columns) and ``plan.json`` (``verify``) are rewritten.
+
+Every finished run is written to ``OUT/verify/`` and ``OUT/verify/verify.json`` is updated
+after each, so an interrupted bake-off keeps what it measured. The trainer is imported here
+only (``asyncopd.planner`` itself stays free of torch and ray).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asyncopd.planner.write import candidate_config
+from asyncopd.trace.schema import write_atomic
+
+if TYPE_CHECKING:
+    from asyncopd.planner.core import PlanResult
+    from asyncopd.planner.search import Candidate
+
+
+@dataclass
+class Trial:
+    key: int  # the candidate's key in the plan
+    layout: str
+    policy: str
+    predicted_tokens_per_s: float
+    predicted_samples_per_s: float
+    runs: list[dict[str, Any]] = field(default_factory=list)  # per run: tokens/s, samples/s, staleness, dir
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(r["tokens_per_s"] for r in self.runs) / len(self.runs) if self.runs else float("nan")
+
+    @property
+    def samples_per_s(self) -> float:
+        return sum(r["samples_per_s"] for r in self.runs) / len(self.runs) if self.runs else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "measured_tokens_per_s": self.tokens_per_s,
+                "measured_samples_per_s": self.samples_per_s}
+
+
+def contenders(res: "PlanResult", k: int) -> list["Candidate"]:
+    """The ``k`` best distinct layouts of the ranking, each with its first-ranked policy."""
+    out: dict[str, Candidate] = {}
+    for c in res.ranked():
+        out.setdefault(c.layout.describe(), c)
+        if len(out) == k:
+            break
+    return list(out.values())
+
+
+def check_runnable(res: "PlanResult") -> None:
+    """Raise ValueError (naming ``--verify``) when this machine cannot run the plan's cluster."""
+    cl = res.base.cluster
+    if cl.device_type == "cpu":
+        have = os.cpu_count() or 1
+        if cl.num_devices > have:
+            raise ValueError(f"--verify runs the plan on this machine, which has {have} CPU cores; "
+                             f"the plan is for {cl.num_devices}")
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if cl.num_devices > have:
+        raise ValueError(f"--verify runs the plan on this machine, which has {have} CUDA devices; "
+                         f"the plan is for {cl.num_devices} x {cl.hardware}")
+
+
+def verify_plan(res: "PlanResult", out_dir: str | Path, *, k: int = 3, steps: int = 100, repeats: int = 2,
+                progress: bool = True) -> list[Trial]:
+    """Run the bake-off (module docstring) and make its winner the plan's choice
+    (``res.verified``); returns the trials, best measured first."""
+    from tqdm.auto import tqdm
+
+    from asyncopd.runtime.driver import train
+
+    if k < 1 or steps < 1 or repeats < 1:
+        raise ValueError(f"--verify, --verify-steps and --verify-repeats must be >= 1 (got {k}, {steps}, {repeats})")
+    check_runnable(res)
+    out = Path(out_dir) / "verify"
+    out.mkdir(parents=True, exist_ok=True)
+    cands = contenders(res, k)
+    trials = {c.key: Trial(c.key, c.layout.describe(), c.policy, c.throughput, (c.result or {}).get("samples_per_s", 0.0))
+              for c in cands}
+    with tqdm(total=len(cands) * repeats, desc="verify", unit="run", disable=not progress) as bar:
+        for rep in range(repeats):
+            for i, c in (list(enumerate(cands)) if rep % 2 == 0 else list(enumerate(cands))[::-1]):
+                cfg = candidate_config(res.base, c.layout.section(), c.policy, c.mem.rollout_share, steps)
+                run_dir = out / f"contender{i}-run{rep}"
+                bar.set_postfix_str(f"{c.layout.describe()} {c.policy}")
+                s = train(cfg, run_dir, progress=False, evaluate=False)
+                trials[c.key].runs.append({"tokens_per_s": s["tokens_per_s"], "samples_per_s": s["samples_per_s"],
+                                           "staleness_mean": (s.get("staleness") or {}).get("mean"),
+                                           "run_dir": str(run_dir)})
+                write_atomic(out / "verify.json", json.dumps([t.as_dict() for t in trials.values()], indent=2))
+                bar.update()
+    ranked = sorted(trials.values(), key=lambda t: -t.tokens_per_s)
+    res.verified = {t.key: t for t in ranked}
+    return ranked
+
