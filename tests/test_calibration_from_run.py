@@ -120,3 +120,24 @@ def test_more_runs_add_the_pairs_their_layouts_show(tmp_path) -> None:
     prof = write_profile(merged, tmp_path / "merged.yaml")
     cfg = load_config(None, [*TWO_ROLLOUT, *profile_overrides(prof)])
     assert cfg.sim.costs.colocation_pairs == merged.costs()["colocation_pairs"]
+
+
+def test_a_verify_bake_off_refines_the_plans_calibration(tmp_path) -> None:
+    """``asyncopd plan --costs PROFILE --verify``: the pairs the bake-off's runs show and PROFILE
+    lacks are added (here from simulated runs standing in for the trainer's)."""
+    from asyncopd.planner.verify import Trial, refine_calibration
+
+    simulate(load_config(None, [*TWO_ROLLOUT[:1], *TWO_ROLLOUT[2:], "sim.costs.colocation_factor=0.6"]),
+             tmp_path / "ref", progress=False)
+    profile = write_profile(fit_run(tmp_path / "ref"), tmp_path / "ref.yaml")
+    simulate(load_config(None, [*TWO_ROLLOUT, f"sim.costs.colocation_pairs={PAIRS}"]), tmp_path / "v0",
+             progress=False)
+    trial = Trial(0, "[0] R2xtp1 | [1] T1xtp1 + L tp1", "fully_async(eta=2)", 1.0, 1.0,
+                  [{"tokens_per_s": 1.0, "samples_per_s": 1.0, "run_dir": str(tmp_path / "v0")}])
+    path, message = refine_calibration(profile, [trial], tmp_path / "plan", progress=False)
+    assert path == tmp_path / "plan" / "calibration.yaml" and "rollout+rollout=1.3" in message
+    assert load_config(None, profile_overrides(path)).sim.costs.colocation_pairs == pytest.approx(PAIRS, abs=0.05)
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("sim:\n  costs: {decode_step_s: 0.003}\n")
+    path, message = refine_calibration(bare, [trial], tmp_path / "plan2", progress=False)
+    assert path is None and "asyncopd calibrate --from-run" in message

@@ -106,7 +106,7 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                   + (f", {sp:.2f}x the best sync layout ({base.layout.describe()})" if sp and base else "")
                   + f", staleness mean {r['staleness_mean']:.2f} / p95 {r['staleness_p95']}")
     if verify:
-        paths = _verify(res, out_dir, verify, verify_steps, verify_repeats, progress, plots)
+        paths = _verify(res, out_dir, verify, verify_steps, verify_repeats, progress, plots, costs)
     console.print(f"config: {paths['config']}  (asyncopd train {paths['config']})")
     unmeasured = res.unmeasured_pairs() if cfg.sim.costs.colocation_pairs else []  # else nothing is calibrated
     if unmeasured and not verify:
@@ -119,11 +119,13 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                   (f"  Pareto plot: {paths['pareto']}" if "pareto" in paths else ""))
 
 
-def _verify(res, out_dir: Path, k: int, steps: int, repeats: int, progress: bool, plots: bool) -> dict[str, Path]:
-    """``--verify``: the bake-off (``asyncopd/planner/verify.py``), its table, the plan rewritten."""
+def _verify(res, out_dir: Path, k: int, steps: int, repeats: int, progress: bool, plots: bool,
+            costs: Optional[Path]) -> dict[str, Path]:
+    """``--verify``: the bake-off (``asyncopd/planner/verify.py``), its table, the plan rewritten,
+    and the calibration (``--costs``) refined with the sharing factors its runs show."""
     from rich.table import Table
 
-    from asyncopd.planner.verify import verify_plan
+    from asyncopd.planner.verify import refine_calibration, verify_plan
     from asyncopd.planner.write import save_plan
 
     try:
@@ -142,4 +144,7 @@ def _verify(res, out_dir: Path, k: int, steps: int, repeats: int, progress: bool
     best = trials[0]
     console.print(f"chosen after verification: {best.layout}  {best.policy}: {best.tokens_per_s:,.0f} tokens/s "
                   f"({best.samples_per_s:.4g} samples/s) measured")
+    if costs is not None:
+        _path, message = refine_calibration(costs, trials, out_dir, progress)
+        console.print(message)
     return save_plan(res, out_dir, plots=plots)

@@ -12,7 +12,10 @@ the ranking among them is a guess. ``asyncopd plan --verify K`` settles it by me
    hits all contenders alike);
 3. the chosen plan becomes the contender with the highest mean *measured* consumed tokens per
    second (the planner's ranking metric); ``plan.yaml``, ``plan.csv`` (``measured_*``
-   columns) and ``plan.json`` (``verify``) are rewritten.
+   columns) and ``plan.json`` (``verify``) are rewritten;
+4. with ``--costs PROFILE`` fitted to a run, the bake-off's runs refine it: the pairs of roles
+   they put on one device and the profile had not measured get their factor
+   (``refine_calibration``; ``OUT/calibration.yaml``, for the next ``asyncopd plan --costs``).
 
 Every finished run is written to ``OUT/verify/`` and ``OUT/verify/verify.json`` is updated
 after each, so an interrupted bake-off keeps what it measured. The trainer is imported here
@@ -116,3 +119,28 @@ def verify_plan(res: "PlanResult", out_dir: str | Path, *, k: int = 3, steps: in
     res.verified = {t.key: t for t in ranked}
     return ranked
 
+
+
+def refine_calibration(profile: str | Path, trials: list[Trial], out_dir: str | Path,
+                       progress: bool = True) -> tuple[Path | None, str]:
+    """Close the loop: add the sharing factors the bake-off's runs show to the calibration the
+    plan used (``calibrate --from-run SOURCE [--from-run ...] --from-run VERIFY_RUNS``, see
+    ``calibration.from_run.fit_runs``). Returns the new profile (``OUT/calibration.yaml``; None
+    when the profile is not from a run, or its source run is gone) and a one-line message."""
+    from calibration.from_run import fit_runs, write_profile
+    from calibration.profile import read_profile
+
+    data = read_profile(profile)
+    source = data.get("source_run")
+    if not source or not (Path(source) / "trace.json").is_file():
+        return None, (f"{profile} is not fitted to a run that is still here, so the bake-off's runs cannot "
+                      f"refine it; to do it by hand: asyncopd calibrate --from-run REFERENCE_RUN "
+                      f"--from-run {Path(out_dir) / 'verify'}/contender0-run0 ...")
+    before = (data.get("sim") or {}).get("costs", {}).get("colocation_pairs") or {}
+    runs = [source, *data.get("sharing_runs", []), *(r["run_dir"] for t in trials for r in t.runs)]
+    cal = fit_runs([Path(r) for r in runs if (Path(r) / "trace.json").is_file()], progress=progress)
+    path = write_profile(cal, Path(out_dir) / "calibration.yaml")
+    pairs = cal.costs().get("colocation_pairs", {})
+    new = {p: v for p, v in pairs.items() if p not in before}
+    what = ", ".join(f"{p}={v:g}" for p, v in new.items()) or "no pair it had not measured"
+    return path, f"calibration refined with the bake-off's runs ({what}): {path}"
