@@ -295,6 +295,8 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         path = write_profile(cal, out or from_run[0] / "calibration.yaml")
         more = f" (+ sharing factors from {', '.join(map(str, from_run[1:]))})" if len(from_run) > 1 else ""
         console.print(fit_table(f"cost model fitted to {from_run[0]}{more}", cal.stages))
+        for note in cal.notes:
+            console.print(f"[yellow]note:[/yellow] {note}")
         console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
         return
     if check is not None:

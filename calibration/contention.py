@@ -140,3 +140,4 @@ class DeviceCrowd:
 
 PHI_GRID = np.round(np.arange(0.0, 2.0001, 0.05), 2)
 MIN_PAIR_SPANS = 2  # a pair's phi is fitted when its workers were busy together in this many spans
+INSEPARABLE = 0.9  # ... and it cannot be told from the costs when each role spent this share of its busy time in it

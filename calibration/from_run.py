@@ -36,9 +36,9 @@ import numpy as np
 from scipy.optimize import nnls
 
 from asyncopd.trace.schema import read_jsonl, read_trace
-from asyncopd.config.colocation import Sharing
+from asyncopd.config.colocation import Sharing, role_of
 from asyncopd.config.placement import placement
-from calibration.contention import MIN_PAIR_SPANS, PHI_GRID, DeviceCrowd, busy_intervals, merge
+from calibration.contention import INSEPARABLE, MIN_PAIR_SPANS, PHI_GRID, DeviceCrowd, busy_intervals, merge
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
 
 
@@ -56,6 +56,7 @@ class RunCalibration:
     stages: dict[str, StageFit] = field(default_factory=dict)
     extra_runs: list[str] = field(default_factory=list)  # fit_runs: runs that only lent sharing factors
     pair_sources: dict[str, str] = field(default_factory=dict)  # pair -> the run its phi came from
+    notes: list[str] = field(default_factory=list)  # what the fit could not see
 
     def costs(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -65,6 +66,7 @@ class RunCalibration:
 
     def as_dict(self) -> dict[str, Any]:
         extra = {"sharing_runs": self.extra_runs, "pair_sources": self.pair_sources} if self.extra_runs else {}
+        extra.update({"notes": self.notes} if self.notes else {})
         return {"source_run": self.run_dir, **extra,
                 "fit": {k: {"params": v.params, "mape": v.mape, "n": v.n} for k, v in self.stages.items()},
                 "sim": {"costs": self.costs()}}
@@ -145,6 +147,12 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
     phi = Sharing(1.0)
     if crowd is not None and crowd.shared:
         phi, cal.stages["contention"] = _fit_colocation(crowd, events, samples, syncs)
+        for pair, share in _inseparable(crowd, events).items():
+            if pair in phi.pairs:
+                cal.notes.append(f"{pair}: busy together {share:.0%} of the time, so this run cannot tell its "
+                                 f"colocation factor from the stage costs ({phi.pairs[pair]:g} is a guess); measure "
+                                 f"it against a run that keeps them apart: asyncopd calibrate --from-run REFERENCE "
+                                 f"--from-run {d}")
     for stage, prefix in (("train", "learner"), ("score", "teacher")):
         fit = _fit_stage(_spans(events, stage), prefix, crowd, phi)
         if fit is not None:
@@ -178,17 +186,45 @@ def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | No
     return _linear(X, y, [f"{prefix}_fixed_s", f"{prefix}_per_token_s"], f"{prefix}_cv")
 
 
+def _pair_overlap(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int],
+                                                                              dict[tuple[str, str], float],
+                                                                              dict[str, float]]:
+    """Over the busy spans of shared workers: per pair of roles the seconds and the number of
+    spans its workers were busy together, per (pair, role of the span) those seconds, and per
+    role the seconds of its spans."""
+    seen: dict[str, float] = defaultdict(float)
+    spans: dict[str, int] = defaultdict(int)
+    by_role: dict[tuple[str, str], float] = defaultdict(float)
+    total: dict[str, float] = defaultdict(float)
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in ("train", "score", "generate") and e["args"]["worker"] in crowd.shared:
+            worker, t0, t1 = e["args"]["worker"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6
+            total[role_of(worker)] += t1 - t0
+            for pair, sec in crowd.overlap(worker, t0, t1).items():
+                seen[pair] += sec
+                spans[pair] += 1
+                by_role[(pair, role_of(worker))] += sec
+    return seen, spans, by_role, total
+
+
 def _shown_pairs(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> dict[str, float]:
     """Pairs of roles whose workers were busy together on a device during at least
     ``MIN_PAIR_SPANS`` spans -> the seconds they were, most first."""
-    seen: dict[str, float] = defaultdict(float)
-    spans: dict[str, int] = defaultdict(int)
-    for e in events:
-        if e.get("ph") == "X" and e.get("name") in ("train", "score", "generate") and e["args"]["worker"] in crowd.shared:
-            for pair, sec in crowd.overlap(e["args"]["worker"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6).items():
-                seen[pair] += sec
-                spans[pair] += 1
+    seen, spans, _, _ = _pair_overlap(crowd, events)
     return {p: seen[p] for p in sorted(seen, key=lambda p: -seen[p]) if spans[p] >= MIN_PAIR_SPANS}
+
+
+def _inseparable(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> dict[str, float]:
+    """Pairs whose workers of *every* role in the pair spent at least ``INSEPARABLE`` of their
+    busy time together -> the smallest such share. No span of theirs ran without the other, so
+    the run cannot tell the pair's ``phi`` from the roles' costs (see ``fit_runs``)."""
+    _, spans, by_role, total = _pair_overlap(crowd, events)
+    out = {}
+    for pair in spans:
+        share = min(by_role[(pair, r)] / total[r] if total[r] else 0.0 for r in set(pair.split("+")))
+        if share >= INSEPARABLE:
+            out[pair] = share
+    return out
 
 
 def _fit_colocation(crowd: DeviceCrowd, events: list[dict[str, Any]], samples: list[dict[str, Any]],

@@ -114,6 +114,9 @@ def test_more_runs_add_the_pairs_their_layouts_show(tmp_path) -> None:
              progress=False)
     merged = fit_runs([tmp_path / "a", tmp_path / "b"])
     alone = fit_run(tmp_path / "a")
+    assert alone.notes == []  # teacher and learner also run apart: their phi is seen
+    b_notes = fit_run(tmp_path / "b").notes  # the two rollout workers never run apart
+    assert len(b_notes) == 1 and b_notes[0].startswith("rollout+rollout: busy together")
     assert merged.costs()["colocation_pairs"] == pytest.approx(PAIRS, abs=0.05)
     assert merged.costs()["learner_fixed_s"] == alone.costs()["learner_fixed_s"]
     assert merged.pair_sources == {"teacher+learner": str(tmp_path / "a"), "rollout+rollout": str(tmp_path / "b")}
