@@ -142,10 +142,13 @@ def profile_costs(path: str | Path, data: Optional[dict[str, Any]] = None):
 
 
 def profile_overrides(path: str | Path) -> list[str]:
-    """``--set`` overrides that apply a saved profile's ``sim.costs`` to a config."""
+    """``--set`` overrides that apply a saved profile's ``sim.costs`` to a config. Mappings
+    (``colocation_pairs``) are applied key by key: a pair the profile does not measure keeps the
+    config's value."""
     p = Path(path)
     data = read_profile(p)
     costs = (data.get("sim") or {}).get("costs") if isinstance(data.get("sim"), dict) else None
     if not isinstance(costs, dict):
         raise ValueError(f"{p}: no sim.costs mapping in this calibration profile")
-    return [f"sim.costs.{k}={v!r}" for k, v in costs.items()]
+    return [f"sim.costs.{k}.{sub}={x!r}" if isinstance(v, dict) else f"sim.costs.{k}={v!r}"
+            for k, v in costs.items() for sub, x in (v.items() if isinstance(v, dict) else [(None, None)])]
