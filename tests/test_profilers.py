@@ -97,7 +97,8 @@ def test_profile_is_complete_and_loads(profile_path: Path) -> None:
     assert set(data["fit"]) == {"decode", "prefill", "teacher", "learner", "sync"}
     costs = data["sim"]["costs"]
     assert set(costs) == set(SimCosts.model_fields)
-    assert costs["colocation_pairs"] == {}  # a profile of single workers measures no sharing
+    # a profile of single workers measures no sharing: it keeps the config's pairs
+    assert costs["colocation_pairs"] == load_config(DEFAULT).sim.costs.colocation_pairs
     assert all(math.isfinite(v) and v >= 0 for k, v in costs.items() if k != "colocation_pairs")
     for k in ("decode_step_s", "teacher_per_token_s", "learner_per_token_s", "sync_bytes_per_s", "model_bytes"):
         assert costs[k] > 0, k
