@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from tqdm.auto import tqdm
 
 from asyncopd.config import load_config
-from asyncopd.runtime.driver import train
+from asyncopd.planner.verify import bake_off
 from asyncopd.trace.schema import write_atomic
 from calibration.fidelity import COMBOS
 
@@ -54,16 +53,12 @@ def main() -> None:
         raise SystemExit("nothing to run: give --plan and/or --only")
     args.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {n: [] for n in configs}
-    names = list(configs)
-    with tqdm(total=len(names) * args.repeats, desc="runs", unit="run") as bar:
-        for rep in range(args.repeats):
-            for i, name in (list(enumerate(names)) if rep % 2 == 0 else list(enumerate(names))[::-1]):
-                bar.set_postfix_str(name)
-                s = train(configs[name], args.out / f"c{i}-r{rep}", progress=False, evaluate=False)
-                runs[name].append({"tokens_per_s": s["tokens_per_s"], "samples_per_s": s["samples_per_s"],
-                                   "staleness_mean": s["staleness"]["mean"]})
-                write_atomic(args.out / "results.json", json.dumps(runs, indent=2))
-                bar.update()
+
+    def record(name: str, run: dict) -> None:
+        runs[name].append(run)
+        write_atomic(args.out / "results.json", json.dumps(runs, indent=2))
+
+    bake_off(configs, args.out, repeats=args.repeats, on_run=record)
     mean = {n: float(np.mean([r["tokens_per_s"] for r in rs])) for n, rs in runs.items()}
     best = max(mean, key=mean.get)
     t = Table(title=f"{args.steps} updates x {args.repeats} runs each, round robin", title_justify="left")

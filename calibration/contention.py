@@ -114,8 +114,7 @@ class DeviceCrowd:
         """``W(t0, t1)`` for ``worker`` under ``sharing`` (one ``phi`` or a ``Sharing`` per pair)."""
         if worker not in self.shared or t1 <= t0:
             return max(0.0, t1 - t0)
-        share = Sharing.coerce(sharing)
-        phi = np.array([share.phi(role_of(worker), r) for r in ROLES])
+        phi = np.array(Sharing.coerce(sharing).row[role_of(worker)])
         dt, others = self._pieces(worker, t0, t1)
         slowdown = np.ones_like(dt)
         for o in others:

@@ -27,6 +27,7 @@ The fit error of each stage is reported as MAPE over its observations.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,8 @@ class RunCalibration:
     pair_sources: dict[str, str] = field(default_factory=dict)  # pair -> the run its phi came from
     notes: list[str] = field(default_factory=list)  # what the fit could not see
 
-    def costs(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def costs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for fit in self.stages.values():
             out.update(fit.params)
         return out
@@ -146,8 +147,9 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
     crowd = _crowd(d, events, syncs)
     phi = Sharing(1.0)
     if crowd is not None and crowd.shared:
-        phi, cal.stages["contention"] = _fit_colocation(crowd, events, samples, syncs)
-        for pair, share in _inseparable(crowd, events).items():
+        overlap = _PairOverlap.of(crowd, events)
+        phi, cal.stages["contention"] = _fit_colocation(crowd, events, samples, syncs, overlap)
+        for pair, share in overlap.inseparable().items():
             if pair in phi.pairs:
                 cal.notes.append(f"{pair}: busy together {share:.0%} of the time, so this run cannot tell its "
                                  f"colocation factor from the stage costs ({phi.pairs[pair]:g} is a guess); measure "
@@ -186,50 +188,52 @@ def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | No
     return _linear(X, y, [f"{prefix}_fixed_s", f"{prefix}_per_token_s"], f"{prefix}_cv")
 
 
-def _pair_overlap(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int],
-                                                                              dict[tuple[str, str], float],
-                                                                              dict[str, float]]:
+@dataclass
+class _PairOverlap:
     """Over the busy spans of shared workers: per pair of roles the seconds and the number of
     spans its workers were busy together, per (pair, role of the span) those seconds, and per
     role the seconds of its spans."""
-    seen: dict[str, float] = defaultdict(float)
-    spans: dict[str, int] = defaultdict(int)
-    by_role: dict[tuple[str, str], float] = defaultdict(float)
-    total: dict[str, float] = defaultdict(float)
-    for e in events:
-        if e.get("ph") == "X" and e.get("name") in ("train", "score", "generate") and e["args"]["worker"] in crowd.shared:
-            worker, t0, t1 = e["args"]["worker"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6
-            total[role_of(worker)] += t1 - t0
-            for pair, sec in crowd.overlap(worker, t0, t1).items():
-                seen[pair] += sec
-                spans[pair] += 1
-                by_role[(pair, role_of(worker))] += sec
-    return seen, spans, by_role, total
+    seen: dict[str, float]
+    spans: dict[str, int]
+    by_role: dict[tuple[str, str], float]
+    total: dict[str, float]
 
+    @classmethod
+    def of(cls, crowd: DeviceCrowd, events: list[dict[str, Any]]) -> "_PairOverlap":
+        ov = cls(defaultdict(float), defaultdict(int), defaultdict(float), defaultdict(float))
+        for e in events:
+            if e.get("ph") == "X" and e.get("name") in ("train", "score", "generate") \
+                    and e["args"]["worker"] in crowd.shared:
+                worker, t0, t1 = e["args"]["worker"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6
+                ov.total[role_of(worker)] += t1 - t0
+                for pair, sec in crowd.overlap(worker, t0, t1).items():
+                    ov.seen[pair] += sec
+                    ov.spans[pair] += 1
+                    ov.by_role[(pair, role_of(worker))] += sec
+        return ov
 
-def _shown_pairs(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> dict[str, float]:
-    """Pairs of roles whose workers were busy together on a device during at least
-    ``MIN_PAIR_SPANS`` spans -> the seconds they were, most first."""
-    seen, spans, _, _ = _pair_overlap(crowd, events)
-    return {p: seen[p] for p in sorted(seen, key=lambda p: -seen[p]) if spans[p] >= MIN_PAIR_SPANS}
+    def shown(self) -> dict[str, float]:
+        """Pairs whose workers were busy together during at least ``MIN_PAIR_SPANS`` spans ->
+        the seconds they were, most first."""
+        return {p: self.seen[p] for p in sorted(self.seen, key=lambda p: -self.seen[p])
+                if self.spans[p] >= MIN_PAIR_SPANS}
 
-
-def _inseparable(crowd: DeviceCrowd, events: list[dict[str, Any]]) -> dict[str, float]:
-    """Pairs whose workers of *every* role in the pair spent at least ``INSEPARABLE`` of their
-    busy time together -> the smallest such share. No span of theirs ran without the other, so
-    the run cannot tell the pair's ``phi`` from the roles' costs (see ``fit_runs``)."""
-    _, spans, by_role, total = _pair_overlap(crowd, events)
-    out = {}
-    for pair in spans:
-        share = min(by_role[(pair, r)] / total[r] if total[r] else 0.0 for r in set(pair.split("+")))
-        if share >= INSEPARABLE:
-            out[pair] = share
-    return out
+    def inseparable(self) -> dict[str, float]:
+        """Pairs whose workers of *every* role in the pair spent at least ``INSEPARABLE`` of
+        their busy time together -> the smallest such share. No span of theirs ran without the
+        other, so the run cannot tell the pair's ``phi`` from the roles' costs (``fit_runs``)."""
+        out = {}
+        for pair in self.spans:
+            share = min(self.by_role[(pair, r)] / self.total[r] if self.total[r] else 0.0
+                        for r in set(pair.split("+")))
+            if share >= INSEPARABLE:
+                out[pair] = share
+        return out
 
 
 def _fit_colocation(crowd: DeviceCrowd, events: list[dict[str, Any]], samples: list[dict[str, Any]],
-                    syncs: list[dict[str, Any]]) -> tuple[Sharing, StageFit]:
-    """``phi`` per pair of roles the run shows sharing a device (``_shown_pairs``), on
+                    syncs: list[dict[str, Any]], overlap: _PairOverlap) -> tuple[Sharing, StageFit]:
+    """``phi`` per pair of roles the run shows sharing a device (``overlap.shown()``), on
     ``PHI_GRID``: the values whose stage fits leave the smallest squared relative residual
     over every span of a shared worker (the others do not depend on ``phi``), by coordinate
     descent over the pairs. ``colocation_factor`` (the value for pairs the run does not show)
@@ -239,7 +243,7 @@ def _fit_colocation(crowd: DeviceCrowd, events: list[dict[str, Any]], samples: l
     A pair whose workers are busy together nearly all the time (two rollout workers on one
     core) is not identifiable this way: any ``phi`` fits once the costs absorb it. ``fit_runs``
     measures such pairs against another run's costs instead."""
-    seen = _shown_pairs(crowd, events)
+    seen = overlap.shown()
     pairs = list(seen)
     if not pairs:
         return Sharing(1.0), StageFit({"colocation_factor": 1.0}, 0.0, 0)
@@ -339,7 +343,8 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibr
     for d in map(Path, run_dirs[1:]):
         events, _samples, syncs = _read_run(d)
         crowd = _crowd(d, events, syncs)
-        new = [p for p in (_shown_pairs(crowd, events) if crowd is not None and crowd.shared else {}) if p not in pairs]
+        shown = _PairOverlap.of(crowd, events).shown() if crowd is not None and crowd.shared else {}
+        new = [p for p in shown if p not in pairs]
         if new:
             phi = _match_throughput(d, {**base.costs(), "colocation_factor": default}, pairs, new, progress)
             for pair in new:
@@ -357,8 +362,6 @@ def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, flo
                       progress: bool) -> float:
     """The ``phi`` for ``new`` pairs under which ``run_dir``'s config simulates at its measured
     tokens/s (see ``fit_runs``)."""
-    import json
-
     from tqdm.auto import tqdm
 
     from asyncopd.config import load_config

@@ -150,5 +150,10 @@ def profile_overrides(path: str | Path) -> list[str]:
     costs = (data.get("sim") or {}).get("costs") if isinstance(data.get("sim"), dict) else None
     if not isinstance(costs, dict):
         raise ValueError(f"{p}: no sim.costs mapping in this calibration profile")
-    return [f"sim.costs.{k}.{sub}={x!r}" if isinstance(v, dict) else f"sim.costs.{k}={v!r}"
-            for k, v in costs.items() for sub, x in (v.items() if isinstance(v, dict) else [(None, None)])]
+    out = []
+    for k, v in costs.items():
+        if isinstance(v, dict):
+            out += [f"sim.costs.{k}.{sub}={x!r}" for sub, x in v.items()]
+        else:
+            out.append(f"sim.costs.{k}={v!r}")
+    return out

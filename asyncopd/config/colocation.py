@@ -54,6 +54,7 @@ class Sharing:
         self.default = float(default)
         self.pairs = {parse_pair(k): float(v) for k, v in (pairs or {}).items()}
         self._phi = {(a, b): self.pairs.get(pair_key(a, b), self.default) for a in ROLES for b in ROLES}
+        self.row = {a: tuple(self._phi[(a, b)] for b in ROLES) for a in ROLES}  # phi(a, .) in ROLES order
 
     @classmethod
     def of(cls, costs) -> "Sharing":

@@ -165,7 +165,7 @@ class PlanResult:
         if c is None:
             return []
         known = self.base.sim.costs.colocation_pairs
-        return sorted(shared_pairs(placement(self.chosen_config(c).layout)) - set(known))
+        return sorted(shared_pairs(placement(c.layout)) - set(known))  # a planner Layout places like a config's
 
     def summary(self) -> dict[str, Any]:
         b, s = self.best, self.best_sync

@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from asyncopd.planner.write import candidate_config
 from asyncopd.trace.schema import write_atomic
@@ -87,38 +87,54 @@ def check_runnable(res: "PlanResult") -> None:
                          f"the plan is for {cl.num_devices} x {cl.hardware}")
 
 
+def bake_off(configs: dict[str, Any], out_dir: Path, *, repeats: int, progress: bool = True,
+             on_run: Callable[[str, dict[str, Any]], None] = lambda name, run: None, desc: str = "runs") -> None:
+    """Run every config of ``configs`` (name -> ``OPDConfig``) with the real trainer ``repeats``
+    times, round robin with the order reversed every other round (a slow spell of the host hits
+    every config alike), into ``out_dir/contender{i}-run{r}``; ``on_run(name, run)`` after each
+    run with its tokens/s, samples/s, mean staleness and directory. ``bench/plan_choice.py``
+    runs its comparison with it too."""
+    from tqdm.auto import tqdm
+
+    from calibration.fidelity import measure
+
+    names = list(configs)
+    with tqdm(total=len(names) * repeats, desc=desc, unit="run", disable=not progress) as bar:
+        for rep in range(repeats):
+            for i, name in (list(enumerate(names)) if rep % 2 == 0 else list(enumerate(names))[::-1]):
+                bar.set_postfix_str(name)
+                run_dir = out_dir / f"contender{i}-run{rep}"
+                s = measure(configs[name], run_dir)
+                on_run(name, {"tokens_per_s": s["tokens_per_s"], "samples_per_s": s["samples_per_s"],
+                              "staleness_mean": (s.get("staleness") or {}).get("mean"), "run_dir": str(run_dir)})
+                bar.update()
+
+
 def verify_plan(res: "PlanResult", out_dir: str | Path, *, k: int = 3, steps: int = 100, repeats: int = 2,
                 progress: bool = True) -> list[Trial]:
     """Run the bake-off (module docstring) and make its winner the plan's choice
     (``res.verified``); returns the trials, best measured first."""
-    from tqdm.auto import tqdm
-
-    from asyncopd.runtime.driver import train
-
     if k < 1 or steps < 1 or repeats < 1:
         raise ValueError(f"--verify, --verify-steps and --verify-repeats must be >= 1 (got {k}, {steps}, {repeats})")
     check_runnable(res)
     out = Path(out_dir) / "verify"
     out.mkdir(parents=True, exist_ok=True)
-    cands = contenders(res, k)
-    trials = {c.key: Trial(c.key, c.layout.describe(), c.policy, c.throughput, (c.result or {}).get("samples_per_s", 0.0))
-              for c in cands}
-    with tqdm(total=len(cands) * repeats, desc="verify", unit="run", disable=not progress) as bar:
-        for rep in range(repeats):
-            for i, c in (list(enumerate(cands)) if rep % 2 == 0 else list(enumerate(cands))[::-1]):
-                cfg = candidate_config(res.base, c.layout.section(), c.policy, c.mem.rollout_share, steps)
-                run_dir = out / f"contender{i}-run{rep}"
-                bar.set_postfix_str(f"{c.layout.describe()} {c.policy}")
-                s = train(cfg, run_dir, progress=False, evaluate=False)
-                trials[c.key].runs.append({"tokens_per_s": s["tokens_per_s"], "samples_per_s": s["samples_per_s"],
-                                           "staleness_mean": (s.get("staleness") or {}).get("mean"),
-                                           "run_dir": str(run_dir)})
-                write_atomic(out / "verify.json", json.dumps([t.as_dict() for t in trials.values()], indent=2))
-                bar.update()
+    trials: dict[str, Trial] = {}
+    configs = {}
+    for c in contenders(res, k):
+        name = f"{c.layout.describe()} {c.policy}"
+        trials[name] = Trial(c.key, c.layout.describe(), c.policy, c.throughput,
+                             (c.result or {}).get("samples_per_s", 0.0))
+        configs[name] = candidate_config(res.base, c.layout.section(), c.policy, c.mem.rollout_share, steps)
+
+    def record(name: str, run: dict[str, Any]) -> None:
+        trials[name].runs.append(run)
+        write_atomic(out / "verify.json", json.dumps([t.as_dict() for t in trials.values()], indent=2))
+
+    bake_off(configs, out, repeats=repeats, progress=progress, on_run=record, desc="verify")
     ranked = sorted(trials.values(), key=lambda t: -t.tokens_per_s)
     res.verified = {t.key: t for t in ranked}
     return ranked
-
 
 
 def refine_calibration(profile: str | Path, trials: list[Trial], out_dir: str | Path,
