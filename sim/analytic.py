@@ -39,8 +39,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from sim.costs import Segment, SyncCost
-from sim.hardware import Hardware, get_hardware
-from sim.modeldesc import ModelDesc
+from asyncopd.catalog import Hardware, ModelDesc, get_hardware, model_desc_for
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,6 @@ class AnalyticCosts:
 
     @classmethod
     def from_config(cls, cfg) -> "AnalyticCosts":
-        from sim.modeldesc import model_desc_for
-
         a, lay = cfg.sim.analytic, cfg.layout
         return cls(
             hw=get_hardware(cfg.cluster.hardware), student=model_desc_for(cfg.models.student),

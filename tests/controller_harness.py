@@ -10,8 +10,29 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from hypothesis import strategies as st
+
 from asyncopd.control import messages as M
 from asyncopd.control.controller import Controller
+from asyncopd.control.policies import POLICIES, Policy
+
+
+def registered_policies() -> st.SearchStrategy[Policy]:
+    """Any registered policy with any parameters its declaration allows (integers from their
+    minimum to 4 above it, ``None`` where optional, each choice): a policy added to the
+    registry is covered by every property test that draws from this, with no new test code."""
+    def params(cls: type[Policy]) -> st.SearchStrategy[Policy]:
+        fields = {}
+        for spec in cls.params():
+            if spec.choices is not None:
+                values = st.sampled_from(spec.choices)
+            else:
+                low = spec.minimum or 0
+                values = st.integers(low, low + 4)
+            fields[spec.name] = st.one_of(st.none(), values) if spec.optional else values
+        return st.builds(cls, **fields)
+
+    return st.one_of([params(cls) for cls in POLICIES.values()])
 
 
 @dataclass

@@ -11,16 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncopd.control.controller import Controller
-from asyncopd.control.policies import FullyAsyncPolicy, StepOffPolicy, SyncPolicy
-from tests.controller_harness import FakeCluster
+from asyncopd.control.policies import FullyAsyncPolicy, SyncPolicy
+from tests.controller_harness import FakeCluster, registered_policies
 
-policies = st.one_of(
-    st.just(SyncPolicy()),
-    st.builds(StepOffPolicy, n=st.integers(0, 4)),
-    st.builds(FullyAsyncPolicy, eta=st.integers(0, 4),
-              max_staleness=st.one_of(st.none(), st.integers(0, 3)),
-              on_exceed=st.sampled_from(["evict", "keep"])),
-)
+policies = registered_policies()  # every registered policy, its parameters drawn from their declarations
 
 setups = st.fixed_dictionaries({
     "policy": policies,

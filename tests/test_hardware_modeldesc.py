@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.hardware import HARDWARE, Hardware, get_hardware
-from sim.modeldesc import (
+from asyncopd.catalog.hardware import HARDWARE, Hardware, get_hardware
+from asyncopd.catalog import (
     BUILTIN_MODELS,
     MODELS,
     ModelConfigError,
@@ -312,12 +312,12 @@ def _torch_free(code: str) -> None:
 
 
 def test_import_is_torch_free():
-    _torch_free("import sim.hardware, sim.modeldesc; sim.modeldesc.get_model('Qwen/Qwen3-8B'); "
-                "sim.hardware.get_hardware('h100')")
+    _torch_free("import asyncopd.catalog as c; c.get_model('Qwen/Qwen3-8B'); "
+                "c.get_hardware('h100')")
 
 
 def test_builtin_model_desc_is_torch_free():
-    _torch_free("import sim.modeldesc; sim.modeldesc.get_model('builtin-teacher')")
+    _torch_free("import asyncopd.catalog as c; c.get_model('builtin-teacher')")
 
 
 _dims = st.fixed_dictionaries({

@@ -31,7 +31,7 @@ from asyncopd.planner.space import (
 )
 from asyncopd.planner.workload import Workload
 from asyncopd.planner.write import save_plan
-from sim.hardware import get_hardware
+from asyncopd.catalog.hardware import get_hardware
 
 GPU_CONFIG = "configs/h100x8-qwen3.yaml"
 runner = CliRunner()

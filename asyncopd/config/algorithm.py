@@ -1,10 +1,8 @@
 """The ``algorithm`` section: which OPD estimator the learner optimises, and what it needs.
 
-``ESTIMATORS`` is the catalogue (pure Python: the config is validated without torch). Each
-entry says what the estimator reads — from the teacher-score cache and from the rollout — so
-the trainer asks the rollout and the teacher for exactly that, and whether it is a
-policy-gradient (PG) estimator, the only kind the async-RL stabilisers and the
-``advantage`` choice apply to. The math of each lives in ``asyncopd/losses/<name>.py``.
+The estimators are catalogued in ``asyncopd/catalog/estimators.py`` (``ESTIMATORS``: what
+each reads, whether it is a policy-gradient estimator); the math of each lives in
+``asyncopd/losses/<name>.py``.
 
 Combinations are refused here, at config time, with the reason:
 
@@ -18,39 +16,13 @@ Combinations are refused here, at config time, with the reason:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from asyncopd.catalog.estimators import ESTIMATORS, EstimatorSpec
 
-@dataclass(frozen=True)
-class EstimatorSpec:
-    name: str
-    summary: str
-    policy_gradient: bool = False  # a PG surrogate on sampled ids: stabilisers and advantage apply
-    rollout_topk: bool = False  # needs the student's top-K at generation time (RolloutCapture.topk_*)
-    rollout_mc: bool = False  # needs M draws from mu per position (RolloutCapture.mc_*)
-    teacher_query: Optional[Literal["rollout_topk", "mc"]] = None  # teacher log p_T at those ids
-    teacher_samples: bool = False  # needs M ids drawn from p_T (TeacherPayload.sample_*)
-    teacher_full: bool = False  # needs the full-vocabulary teacher distribution (dense reference)
-
-
-ESTIMATORS: dict[str, EstimatorSpec] = {e.name: e for e in (
-    EstimatorSpec("forward_kl_topk", "forward KL on the teacher's top-k (teacher-weighted)"),
-    EstimatorSpec("reverse_kl_topk", "reverse KL on the teacher's top-k, truncated"),
-    EstimatorSpec("reverse_kl_student_topk", "reverse KL on the rollout student's top-K, teacher queried there",
-                  rollout_topk=True, teacher_query="rollout_topk"),
-    EstimatorSpec("sampled_reverse_kl", "one-sample PG reverse KL on the emitted token", policy_gradient=True),
-    EstimatorSpec("mc_reverse_kl", "M-sample PG reverse KL on draws from mu", policy_gradient=True,
-                  rollout_mc=True, teacher_query="mc"),
-    EstimatorSpec("mc_forward_kl", "M-sample forward KL on draws from the teacher", teacher_samples=True),
-    EstimatorSpec("dense_forward_kl", "full-vocabulary forward KL (the infinite-cache reference)", teacher_full=True),
-    EstimatorSpec("dense_reverse_kl", "full-vocabulary reverse KL (the infinite-cache reference)", teacher_full=True),
-)}
-
-LossName = Literal["forward_kl_topk", "reverse_kl_topk", "reverse_kl_student_topk", "sampled_reverse_kl",
-                   "mc_reverse_kl", "mc_forward_kl", "dense_forward_kl", "dense_reverse_kl"]
+LossName = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  (the names of the catalogue)
 
 
 class AlgorithmConfig(BaseModel):
@@ -58,7 +30,7 @@ class AlgorithmConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    loss: LossName = "forward_kl_topk"
+    loss: LossName = Field("forward_kl_topk", description="the OPD estimator: " + ", ".join(ESTIMATORS))
     advantage: Literal["online", "offline"] = Field(
         "online", description="PG estimators: reward log p_T - log pi_theta (online, recomputed at learner "
                               "time) or log p_T - log mu (offline, the behaviour log-prob)")

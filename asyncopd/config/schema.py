@@ -7,16 +7,18 @@ starts, with a message naming the field.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from asyncopd.config.colocation import parse_pair
+from asyncopd.catalog import (
+    BUILTIN_MODELS, COST_MODELS, HARDWARE, UnknownHardwareError, UnknownModelError, get_hardware, get_model,
+)
 from asyncopd.config.algorithm import AlgorithmConfig, check_backends
-from asyncopd.control.policies import FullyAsyncPolicy, Policy, StepOffPolicy, SyncPolicy, parse_policy
+from asyncopd.config.colocation import parse_pair
+from asyncopd.control.policies import Policy, policy_from
 from asyncopd.task.config import TaskConfig
-
-BUILTIN_MODELS = ("builtin-teacher", "builtin-student")
 
 
 class _Section(BaseModel):
@@ -47,13 +49,11 @@ class ModelSpec(_Section):
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
         if isinstance(v, str):
-            from pathlib import Path
-
             return {"path": v} if Path(v).expanduser().exists() else {"preset": v}
         return v
 
-    preset: Optional[str] = Field(None, description="builtin-teacher / builtin-student (trainable), or a "
-                                  "public architecture for the simulator only, e.g. qwen3-1.7b")
+    preset: Optional[str] = Field(None, description=" / ".join(BUILTIN_MODELS) + " (trainable), or a public "
+                                  "architecture for the simulator only, e.g. qwen3-1.7b")
     path: Optional[str] = Field(None, description="local directory with config.json (+ weights, tokenizer)")
 
     @field_validator("preset")
@@ -61,8 +61,6 @@ class ModelSpec(_Section):
     def _known_preset(cls, v: Optional[str]) -> Optional[str]:
         if v is None or v in BUILTIN_MODELS:
             return v
-        from sim.modeldesc import UnknownModelError, get_model
-
         try:
             get_model(v)
         except UnknownModelError as e:
@@ -138,21 +136,6 @@ class PipelineConfig(_Section):
         return policy_from(self.policy)
 
 
-def policy_from(v: str | dict[str, Any]) -> Policy:
-    if isinstance(v, str):
-        return parse_policy(v)
-    d = dict(v)
-    kind = d.pop("kind", None)
-    classes = {"sync": SyncPolicy, "step_off": StepOffPolicy, "fully_async": FullyAsyncPolicy}
-    if kind not in classes:
-        raise ValueError(f"policy.kind must be one of {sorted(classes)}, got {kind!r}")
-    allowed = {"sync": set(), "step_off": {"n"}, "fully_async": {"eta", "max_staleness", "on_exceed"}}[kind]
-    unknown = set(d) - allowed
-    if unknown:
-        raise ValueError(f"policy {kind}: unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return classes[kind](**d)
-
-
 class RoleLayout(_Section):
     workers: int = Field(1, ge=1)
     devices: list[int] = Field(default_factory=lambda: [0], min_length=1,
@@ -181,7 +164,7 @@ class LayoutConfig(_Section):
 
 class ClusterConfig(_Section):
     device_type: Literal["cpu", "cuda"] = "cpu"
-    hardware: str = Field("cpu", description="hardware preset for analytic costs: cpu, a100-80gb, h100-sxm, h200, b200")
+    hardware: str = Field("cpu", description="hardware preset for analytic costs: " + ", ".join(HARDWARE))
     num_devices: int = Field(2, ge=1, description="CPU cores (device_type=cpu) or GPUs")
     ray_address: Optional[str] = Field(None, description="connect to this Ray cluster instead of starting one")
 
@@ -269,8 +252,8 @@ class AnalyticParams(_Section):
 
 
 class SimConfig(_Section):
-    cost_model: Literal["parametric", "analytic"] = Field(
-        "parametric", description="parametric: sim.costs; analytic: roofline from cluster.hardware and the models")
+    cost_model: Literal[tuple(COST_MODELS)] = Field(  # type: ignore[valid-type]
+        "parametric", description="; ".join(f"{name}: {what}" for name, what in COST_MODELS.items()))
     rollout_batching: Literal["auto", "wave", "continuous"] = Field(
         "auto", description="auto: wave for the torch backend, continuous for vLLM")
     costs: SimCosts = SimCosts()
@@ -301,8 +284,6 @@ class OPDConfig(_Section):
                     raise ValueError(f"layout.{role}.devices: device {d} is outside the cluster "
                                      f"(cluster.num_devices={n})")
         if self.sim.cost_model == "analytic":
-            from sim.hardware import UnknownHardwareError, get_hardware
-
             try:
                 get_hardware(self.cluster.hardware)
             except UnknownHardwareError as e:

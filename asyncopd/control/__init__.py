@@ -5,7 +5,9 @@ Imports nothing heavier than the standard library: no torch, ray or simpy.
 
 from asyncopd.control.controller import Controller, ControllerDeadlock, Observer
 from asyncopd.control.messages import *  # noqa: F401,F403
-from asyncopd.control.policies import FullyAsyncPolicy, Policy, StepOffPolicy, SyncPolicy, parse_policy
+from asyncopd.control.policies import (
+    POLICIES, FullyAsyncPolicy, Policy, StepOffPolicy, SyncPolicy, parse_policy, policy_from, register_policy,
+)
 
-__all__ = ["Controller", "ControllerDeadlock", "Observer", "Policy", "SyncPolicy", "StepOffPolicy",
-           "FullyAsyncPolicy", "parse_policy"]
+__all__ = ["Controller", "ControllerDeadlock", "Observer", "POLICIES", "Policy", "SyncPolicy", "StepOffPolicy",
+           "FullyAsyncPolicy", "parse_policy", "policy_from", "register_policy"]

@@ -137,6 +137,42 @@ class RolloutWorkerState:
         return self.alive and self.syncing_to is None and len(self.running) < self.slots
 
 
+class RolloutPool:
+    """The rollout workers and which of them takes the next sample: the accepting worker
+    with the most free slots; ties go to the worker whose slots changed most recently
+    (usually the one that just finished a sequence and is admitting anyway). Found through a
+    lazily updated heap: every change that frees a slot or ends a sync pushes a fresh entry,
+    and entries that went stale are skipped when popped."""
+
+    def __init__(self, slots: list[int], version: int) -> None:
+        self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i, version=version)
+                        for i, n in enumerate(slots)}
+        self._heap: list[tuple[int, int, str]] = []  # (-free slots, -stamp, name)
+        self._stamp = 0  # pushes so far: a later push wins ties
+        for w in reversed(self.workers.values()):  # (so that at first, ties go to the lowest index)
+            self.push(w)
+
+    def push(self, w: RolloutWorkerState) -> None:
+        """``w``'s slots or state changed: offer it again if it accepts work."""
+        if w.accepting:
+            self._stamp += 1
+            heapq.heappush(self._heap, (len(w.running) - w.slots, -self._stamp, w.name))
+
+    def pop_best(self) -> RolloutWorkerState | None:
+        """Pop the accepting worker with the most free slots (None: no worker accepts)."""
+        while self._heap:
+            neg_free, _, name = heapq.heappop(self._heap)
+            w = self.workers[name]
+            if w.accepting and len(w.running) - w.slots == neg_free:
+                return w
+        return None
+
+    def newest_accepting(self) -> RolloutWorkerState:
+        """The accepting worker holding the newest weights (most free slots, then lowest index)."""
+        accepting = [x for x in self.workers.values() if x.accepting]
+        return max(accepting, key=lambda x: (x.version, x.slots - len(x.running), -x.index))
+
+
 @dataclass(slots=True)
 class TeacherWorkerState:
     name: str

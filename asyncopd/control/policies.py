@@ -1,4 +1,4 @@
-"""Scheduling policies: when a prompt may start, and what the learner consumes.
+"""The scheduling policies: when a prompt may start, and what the learner consumes.
 
 Batched policies (``sync``, ``step_off(n)``) number fresh prompts into batches of ``B``:
 prompt ``i`` belongs to batch ``b = i // B`` and learner update ``s`` trains on exactly batch
@@ -21,81 +21,97 @@ bottleneck). While the learner is idle this lets ``(eta + 1) * B`` samples be li
 alone bounds nothing per sample, though: a long response can be overtaken indefinitely.
 ``max_staleness`` with ``on_exceed="evict"`` is a hard per-sample cap; with
 ``on_exceed="keep"`` over-cap samples are consumed and counted.
+
+The interface each one implements, and the parser, are in ``asyncopd/control/policy_base.py``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Literal, Union
+from itertools import islice
+from typing import ClassVar, Iterable, Literal, Optional
+
+from asyncopd.control.ledger import Attempt
+from asyncopd.control.policy_base import (
+    POLICIES, Admit, Policy, SchedulerView, param, parse_policy, policy_from, policy_from_mapping, register_policy,
+)
+from asyncopd.control.staleness import Staleness
+
+_OLDEST_REQUEUED, _FRESH = Admit(0), Admit(None)  # (decisions are immutable: one of each will do)
+
+__all__ = ["POLICIES", "Policy", "SyncPolicy", "StepOffPolicy", "FullyAsyncPolicy", "parse_policy", "policy_from",
+           "policy_from_mapping", "register_policy"]
 
 
+class BatchedPolicy(Policy):
+    """Prompt ``i`` belongs to batch ``i // B``; update ``s`` trains on all of batch ``s``; a
+    batch-``b`` sample starts only on a worker holding version ``>= b - lead``."""
+
+    batched: ClassVar[bool] = True
+
+    @property
+    def lead(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def staleness_bound(self) -> Optional[int]:
+        return self.lead
+
+    def admission(self, view: SchedulerView, worker_version: int) -> Optional[Admit]:
+        limit = worker_version + self.lead
+        for i, (_, batch, _) in enumerate(view.requeued):
+            if batch is not None and batch <= limit:
+                return Admit(i, batch)
+        batch = view.fresh_admitted // view.batch_size
+        if batch < view.total_steps and batch <= limit and view.prompts_left:
+            return Admit(None, batch)
+        return None
+
+    def next_batch(self, view: SchedulerView) -> Optional[list[int]]:
+        ready = view.ready_in_batch(view.steps_issued)
+        return list(ready) if len(ready) >= view.batch_size else None
+
+
+@register_policy
 @dataclass(frozen=True)
-class SyncPolicy:
-    """Generate → score → train → sync, strictly in sequence (scoring waits for the batch)."""
+class SyncPolicy(BatchedPolicy):
+    """Generate → score → train → sync, strictly in sequence (scoring waits for the whole batch)."""
 
-    kind: Literal["sync"] = "sync"
-
-    batched = True
-    scoring_barrier = True
+    name: ClassVar[str] = "sync"
 
     @property
     def lead(self) -> int:
         return 0
 
-    @property
-    def staleness_bound(self) -> int | None:
-        return 0
-
-    def describe(self) -> str:
-        return "sync"
+    def scorable(self, view: SchedulerView, attempt: Attempt) -> bool:
+        return view.generated_in_batch(attempt.batch) >= view.batch_size  # type: ignore[arg-type]
 
 
+@register_policy
 @dataclass(frozen=True)
-class StepOffPolicy:
+class StepOffPolicy(BatchedPolicy):
     """Rollout runs up to ``n`` batches ahead of the learner, overlapping continuously."""
 
-    n: int = 1
-    kind: Literal["step_off"] = "step_off"
-
-    batched = True
-    scoring_barrier = False
-
-    def __post_init__(self) -> None:
-        if self.n < 0:
-            raise ValueError(f"step_off: n must be >= 0, got {self.n}")
+    name: ClassVar[str] = "step_off"
+    n: int = param(1, minimum=0)
 
     @property
     def lead(self) -> int:
-        return self.n
-
-    @property
-    def staleness_bound(self) -> int | None:
         return self.n
 
     def describe(self) -> str:
         return f"step_off({self.n})"
 
 
+@register_policy
 @dataclass(frozen=True)
-class FullyAsyncPolicy:
+class FullyAsyncPolicy(Policy):
     """AReaL admission ``admitted <= (eta + version + 1) * B``; optional hard per-sample cap."""
 
-    eta: int = 2
-    max_staleness: int | None = None
-    on_exceed: Literal["evict", "keep"] = "evict"
-    kind: Literal["fully_async"] = "fully_async"
-
-    batched = False
-    scoring_barrier = False
-
-    def __post_init__(self) -> None:
-        if self.eta < 0:
-            raise ValueError(f"fully_async: eta must be >= 0, got {self.eta}")
-        if self.max_staleness is not None and self.max_staleness < 0:
-            raise ValueError(f"fully_async: max_staleness must be >= 0, got {self.max_staleness}")
-        if self.on_exceed not in ("evict", "keep"):
-            raise ValueError(f"fully_async: on_exceed must be 'evict' or 'keep', got {self.on_exceed!r}")
+    name: ClassVar[str] = "fully_async"
+    eta: int = param(2, minimum=0)
+    max_staleness: Optional[int] = param(None, minimum=0, optional=True)
+    on_exceed: Literal["evict", "keep"] = param("evict", choices=("evict", "keep"))
 
     def admission_limit(self, batch_size: int, version: int) -> int:
         """Admitted samples (net of aborts and evictions) allowed at learner version ``version``."""
@@ -106,7 +122,7 @@ class FullyAsyncPolicy:
         return self.max_staleness is not None and self.on_exceed == "evict"
 
     @property
-    def staleness_bound(self) -> int | None:
+    def staleness_bound(self) -> Optional[int]:
         return self.max_staleness if self.evicts else None
 
     def describe(self) -> str:
@@ -115,51 +131,29 @@ class FullyAsyncPolicy:
             parts += [f"max_staleness={self.max_staleness}", f"on_exceed={self.on_exceed}"]
         return f"fully_async({', '.join(parts)})"
 
+    def admission(self, view: SchedulerView, worker_version: int) -> Optional[Admit]:
+        held, batch_size = view.held, view.batch_size  # held: admitted, minus aborted / evicted permits
+        if held >= (self.eta + view.version + 1) * batch_size or held >= view.total_steps * batch_size:
+            return None  # (the first test is ``admission_limit``, inlined: this runs per admission)
+        if view.requeued:
+            return _OLDEST_REQUEUED
+        return _FRESH if view.prompts_left else None
 
-Policy = Union[SyncPolicy, StepOffPolicy, FullyAsyncPolicy]
-
-_CALL = re.compile(r"^\s*(\w+)\s*(?:\((.*)\))?\s*$")
-
-
-def parse_policy(text: str) -> Policy:
-    """Parse ``sync``, ``step_off(2)``, ``step_off(n=2)``, ``fully_async(eta=4, max_staleness=6,
-    on_exceed=evict)`` or ``fully_async(4)``."""
-    m = _CALL.match(text)
-    if not m:
-        raise ValueError(f"cannot parse policy {text!r}; expected e.g. 'sync', 'step_off(2)', 'fully_async(eta=2)'")
-    name, argtext = m.group(1), (m.group(2) or "").strip()
-    args: list[str] = [a.strip() for a in argtext.split(",") if a.strip()] if argtext else []
-    positional = [a for a in args if "=" not in a]
-    keywords = dict(a.split("=", 1) for a in args if "=" in a)
-    keywords = {k.strip(): v.strip().strip("'\"") for k, v in keywords.items()}
-
-    def as_int(v: str, field: str) -> int | None:
-        if v.lower() in ("none", "null"):
+    def next_batch(self, view: SchedulerView) -> Optional[list[int]]:
+        # (over-cap ready samples are already gone: checked on arrival and after every update)
+        if view.ready_count() < view.batch_size:
             return None
-        try:
-            return int(v)
-        except ValueError:
-            raise ValueError(f"policy {text!r}: {field} must be an integer, got {v!r}") from None
+        return list(islice(view.ready_in_order(), view.batch_size))
 
-    if name == "sync":
-        if args:
-            raise ValueError(f"policy {text!r}: sync takes no arguments")
-        return SyncPolicy()
-    if name == "step_off":
-        n = positional[0] if positional else keywords.pop("n", "1")
-        extra = set(keywords) - {"n"}
-        if extra:
-            raise ValueError(f"policy {text!r}: unknown argument(s) {sorted(extra)} for step_off")
-        return StepOffPolicy(n=as_int(n, "n") or 0)
-    if name == "fully_async":
-        if positional:
-            keywords.setdefault("eta", positional[0])
-        extra = set(keywords) - {"eta", "max_staleness", "on_exceed"}
-        if extra:
-            raise ValueError(f"policy {text!r}: unknown argument(s) {sorted(extra)} for fully_async")
-        return FullyAsyncPolicy(
-            eta=as_int(keywords.get("eta", "2"), "eta") or 0,
-            max_staleness=as_int(keywords["max_staleness"], "max_staleness") if "max_staleness" in keywords else None,
-            on_exceed=keywords.get("on_exceed", "evict"),  # type: ignore[arg-type]
-        )
-    raise ValueError(f"unknown policy {name!r} in {text!r}; choose sync, step_off or fully_async")
+    def doomed(self, view: SchedulerView, attempt: Attempt) -> bool:
+        """Certain to exceed the hard cap: the earliest update that could consume it is
+        ``steps_issued``, and staleness only grows from there."""
+        return self.evicts and view.steps_issued - attempt.start_version > self.max_staleness  # type: ignore[operator]
+
+    def newly_doomed(self, view: SchedulerView) -> Iterable[Attempt]:
+        if not self.evicts:
+            return ()
+        return [a for a in view.live_attempts() if not a.doomed and self.doomed(view, a)]
+
+    def exceeds_cap(self, staleness: Staleness) -> bool:
+        return self.max_staleness is not None and staleness.max > self.max_staleness

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from asyncopd.catalog.hardware import UnknownHardwareError, get_hardware
 from asyncopd.config.colocation import Sharing, shared_pairs
 from asyncopd.config.loader import load_config
 from asyncopd.config.placement import placement
@@ -58,8 +59,6 @@ def planner_config(path: str | Path | None, overrides: list[str] | tuple = (), *
             raise ValueError(f"--devices must be >= 1, got {devices}")
         extra.append(f"cluster.num_devices={devices}")
     if hardware is not None:
-        from sim.hardware import UnknownHardwareError, get_hardware
-
         try:
             hw = get_hardware(hardware)
         except UnknownHardwareError as e:
@@ -220,7 +219,6 @@ def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progr
     from tqdm.auto import tqdm
 
     from sim.costs import make_cost_model
-    from sim.hardware import get_hardware
 
     t0 = time.perf_counter()
     o = options or PlanOptions()

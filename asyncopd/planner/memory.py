@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from asyncopd.planner.space import Layout
 from asyncopd.planner.workload import Workload
-from sim.hardware import Hardware
+from asyncopd.catalog.hardware import Hardware
 
 CHUNK_TOKENS = 8192
 

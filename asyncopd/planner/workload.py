@@ -1,6 +1,6 @@
 """What the planner needs to know about the workload, read once from the config.
 
-The models (``sim.modeldesc`` descriptions of the student and the teacher), the batch
+The models (``asyncopd.catalog`` descriptions of the student and the teacher), the batch
 shapes, and the token counts the memory model and the throughput bounds use:
 
 - ``prompt_tokens``: ``sim.prompt_tokens_mean``, else the task's mean prompt;
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asyncopd.config.schema import OPDConfig
-from sim.modeldesc import ModelDesc, model_desc_for
+from asyncopd.catalog import ModelDesc, model_desc_for
 
 
 @dataclass(frozen=True)
