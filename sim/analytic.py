@@ -4,7 +4,7 @@ Per role, a ``Hardware`` (``cluster.hardware``), the model's ``ModelDesc`` and t
 tensor-parallel degree ``tp`` (devices per worker). With ``F = peak_flops * flops_eff`` and
 ``BW = mem_bw * bw_eff`` per device:
 
-decode step, ``n`` active sequences holding ``kv`` KV tokens (``sim.costs.Segment`` form)::
+decode step, ``n`` active sequences holding ``kv`` KV tokens (``sim.cost_model.Segment`` form)::
 
     alpha = step_s + layers*layer_s + n*request_s + 2*layers*allreduce(n * hidden * bytes)
     beta  = 2 * N_matmul_active * n / (F * tp)
@@ -29,65 +29,61 @@ weight sync of the student (``W`` bytes)::
 
 ``allreduce(b) = 2 (tp-1)/tp * b / link_bw + allreduce_latency_s`` (ring). The overhead
 defaults follow public fits of vLLM on H100 (about 126 µs per step, 32 µs per layer, 4 µs per
-request, KV reads x1.9, weight reads x1.4); calibration replaces them.
+request, KV reads x1.9, weight reads x1.4); their values live in one place, the config's
+``sim.analytic`` section (``AnalyticParams``); calibration replaces them.
+
+``for_layout`` swaps the tensor-parallel degrees, the learner's devices and the cluster size
+(``LayoutShape``), the only layout facts these formulas read.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
-from sim.costs import Segment, SyncCost
 from asyncopd.catalog import Hardware, ModelDesc, get_hardware, model_desc_for
+from asyncopd.config.schema import AnalyticParams, OPDConfig
+from sim.cost_model import CostModel, LayoutShape, Segment, SyncCost, register_cost_model
 
 
+@register_cost_model
 @dataclass(frozen=True)
-class AnalyticCosts:
+class AnalyticCosts(CostModel):
+    """The roofline model of the module docstring; ``overheads`` holds its overhead terms."""
+
+    name = "analytic"
+    layout_sensitive = True
     hw: Hardware
     student: ModelDesc
     teacher_model: ModelDesc
     dtype_bytes: float
-    rollout_tp: int
-    teacher_tp: int
-    learner_devices: int
-    learner_tp: int
+    shape: LayoutShape
     micro_batch_size: int
     top_k: int
-    total_devices: int
-    step_s: float = 126e-6
-    layer_s: float = 32e-6
-    request_s: float = 4e-6
-    kv_read: float = 1.9
-    weight_read: float = 1.4
-    allreduce_latency_s: float = 10e-6
-    topk_passes: float = 2.0
-    teacher_fixed_s: float = 5e-3
-    learner_fixed_s: float = 0.05
-    micro_batch_s: float = 5e-3
-    sync_ctrl_s: float = 0.5
-    sync_gather_s: float = 0.2
-    dispatch_s: float = 1e-3
+    overheads: AnalyticParams  # (sim.analytic: the only place its defaults are written)
 
     @classmethod
-    def from_config(cls, cfg) -> "AnalyticCosts":
-        a, lay = cfg.sim.analytic, cfg.layout
+    def from_config(cls, cfg: OPDConfig) -> "AnalyticCosts":
         return cls(
             hw=get_hardware(cfg.cluster.hardware), student=model_desc_for(cfg.models.student),
             teacher_model=model_desc_for(cfg.models.teacher),
-            dtype_bytes=4.0 if cfg.models.dtype == "float32" else 2.0,
-            rollout_tp=lay.rollout.tp, teacher_tp=lay.teacher.tp, learner_devices=len(lay.learner.devices),
-            learner_tp=lay.learner.tp, micro_batch_size=cfg.learner.micro_batch_size, top_k=cfg.teacher.top_k,
-            total_devices=cfg.cluster.num_devices, **a.model_dump(),
+            dtype_bytes=4.0 if cfg.models.dtype == "float32" else 2.0, shape=LayoutShape.of_config(cfg),
+            micro_batch_size=cfg.learner.micro_batch_size, top_k=cfg.teacher.top_k, overheads=cfg.sim.analytic,
         )
+
+    def for_layout(self, shape: LayoutShape) -> "AnalyticCosts":
+        return replace(self, shape=shape)
 
     # ------------------------------------------------------------ helpers
     @cached_property
-    def F(self) -> float:
+    def flops(self) -> float:
+        """``F``: achievable FLOP/s of one device."""
         return self.hw.peak_flops * self.hw.flops_eff
 
     @cached_property
-    def BW(self) -> float:
+    def bandwidth(self) -> float:
+        """``BW``: achievable memory bandwidth of one device."""
         return self.hw.mem_bw * self.hw.bw_eff
 
     @cached_property
@@ -99,57 +95,61 @@ class AnalyticCosts:
     def _allreduce(self, nbytes: float, group: int) -> float:
         if group <= 1:
             return 0.0
-        return 2 * (group - 1) / group * nbytes / self.hw.link_bw(group) + self.allreduce_latency_s
+        return 2 * (group - 1) / group * nbytes / self.hw.link_bw(group) + self.overheads.allreduce_latency_s
 
     def _prefill(self, m: ModelDesc, tokens: float, tp: int) -> float:
-        compute = m.prefill_flops(int(round(tokens))) / (self.F * tp)
-        weights = m.weight_bytes(self.dtype_bytes) / (self.BW * tp)
+        compute = m.prefill_flops(int(round(tokens))) / (self.flops * tp)
+        weights = m.weight_bytes(self.dtype_bytes) / (self.bandwidth * tp)
         return max(compute, weights)
 
     # ------------------------------------------------------------ interface
     def decode_segment(self, n: int, kv0: int) -> Segment:
-        m, tp, b = self.student, self.rollout_tp, self.dtype_bytes
+        m, tp, b, o = self.student, self.shape.rollout_tp, self.dtype_bytes, self.overheads
         matmul, kvb, weights = self._student
         comm = 2 * m.num_layers * self._allreduce(n * m.hidden_size * b, tp)
-        alpha = self.step_s + m.num_layers * self.layer_s + n * self.request_s + comm
-        beta = 2 * matmul * n / (self.F * tp)
+        alpha = o.step_s + m.num_layers * o.layer_s + n * o.request_s + comm
+        beta = 2 * matmul * n / (self.flops * tp)
         w_read = m.decode_weight_bytes(n, b) if m.is_moe else weights
-        gamma = (self.weight_read * w_read + self.kv_read * kv0 * kvb) / (self.BW * tp)
-        delta = self.kv_read * n * kvb / (self.BW * tp)
+        gamma = (o.weight_read * w_read + o.kv_read * kv0 * kvb) / (self.bandwidth * tp)
+        delta = o.kv_read * n * kvb / (self.bandwidth * tp)
         return alpha, beta, gamma, delta
 
     def prefill(self, tokens: int) -> float:
-        return self._prefill(self.student, tokens, self.rollout_tp) if tokens > 0 else 0.0
+        return self._prefill(self.student, tokens, self.shape.rollout_tp) if tokens > 0 else 0.0
 
     def teacher(self, tokens: int, seqs: int) -> float:
-        m, tp = self.teacher_model, self.teacher_tp
+        m, tp = self.teacher_model, self.shape.teacher_tp
         seqs = max(1, seqs)
-        compute = seqs * m.prefill_flops(max(1, round(tokens / seqs))) / (self.F * tp)
-        weights = m.weight_bytes(self.dtype_bytes) / (self.BW * tp)
-        topk = tokens * m.vocab_size * 4 * self.topk_passes / (self.BW * tp)
-        return self.teacher_fixed_s + max(compute, weights) + topk
+        compute = seqs * m.prefill_flops(max(1, round(tokens / seqs))) / (self.flops * tp)
+        weights = m.weight_bytes(self.dtype_bytes) / (self.bandwidth * tp)
+        topk = tokens * m.vocab_size * 4 * self.overheads.topk_passes / (self.bandwidth * tp)
+        return self.overheads.teacher_fixed_s + max(compute, weights) + topk
 
     def learner(self, tokens: int, samples: int) -> float:
-        m, d = self.student, max(1, self.learner_devices)
+        m, d = self.student, max(1, self.shape.learner_devices)
+        tp = max(1, self.shape.learner_tp)
         samples = max(1, samples)
         fwd = samples * m.prefill_flops(max(1, round(tokens / samples)))
-        compute = 3 * fwd / (self.F * d)
-        optimizer = 16 * m.n_params / (self.BW * d)
-        dp = max(1, d // max(1, self.learner_tp))
-        grads = self._allreduce(2 * m.n_params / max(1, self.learner_tp), dp)
+        compute = 3 * fwd / (self.flops * d)
+        optimizer = 16 * m.n_params / (self.bandwidth * d)
+        dp = max(1, d // tp)
+        grads = self._allreduce(2 * m.n_params / tp, dp)
         micro = math.ceil(samples / max(1, self.micro_batch_size))
-        return self.learner_fixed_s + compute + optimizer + grads + micro * self.micro_batch_s
+        return self.overheads.learner_fixed_s + compute + optimizer + grads + micro * self.overheads.micro_batch_s
 
     def sync(self) -> SyncCost:
         w = self.student.weight_bytes(self.dtype_bytes)
-        return SyncCost(overlap_s=self.sync_gather_s + w / self.hw.intra_node_bw,
-                        pause_s=self.sync_ctrl_s + w / self.hw.link_bw(self.total_devices))
+        return SyncCost(overlap_s=self.overheads.sync_gather_s + w / self.hw.intra_node_bw,
+                        pause_s=self.overheads.sync_ctrl_s + w / self.hw.link_bw(self.shape.total_devices))
 
     def dispatch(self) -> float:
-        return self.dispatch_s
+        return self.overheads.dispatch_s
 
     def kv_capacity_seqs(self, tokens_per_seq: float, memory_utilization: float) -> int:
-        """Sequences of ``tokens_per_seq`` that fit in one rollout worker's KV cache."""
-        free = self.hw.mem_bytes * self.rollout_tp * memory_utilization - self.student.weight_bytes(self.dtype_bytes)
+        """Sequences of ``tokens_per_seq`` that fit in one rollout worker's KV cache: the
+        worker's share of its ``tp`` devices less the student's weights, over the KV bytes of
+        one sequence."""
+        free = (self.hw.mem_bytes * self.shape.rollout_tp * memory_utilization
+                - self.student.weight_bytes(self.dtype_bytes))
         per_seq = self.student.kv_bytes_per_token(self.dtype_bytes) * max(1.0, tokens_per_seq)
         return max(0, int(free // per_seq))

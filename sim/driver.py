@@ -56,16 +56,14 @@ class SimDriver:
     def _slots_per_worker(self) -> int:
         """``rollout.max_num_seqs``, capped by the KV cache when the cost model knows memory."""
         want = self.cfg.rollout.max_num_seqs
-        cap_fn = getattr(self.costs, "kv_capacity_seqs", None)
-        if cap_fn is None:
-            return want
         per_seq = self.lengths.mean_prompt_tokens() + self.cfg.rollout.max_new_tokens
-        cap = cap_fn(per_seq, self.cfg.rollout.gpu_memory_utilization)
+        cap = self.costs.kv_capacity_seqs(per_seq, self.cfg.rollout.gpu_memory_utilization)
+        if cap is None:
+            return want
         if cap < 1:
             raise ValueError(f"layout.rollout: one worker (tp={self.cfg.layout.rollout.tp}) cannot hold the student "
                              f"plus one {per_seq:.0f}-token sequence in memory ({self.cfg.cluster.hardware})")
-        self.kv_capped_slots = min(want, cap)
-        return self.kv_capped_slots
+        return min(want, cap)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import simpy
 
 from asyncopd.control import messages as M
-from sim.costs import segment_steps_within, segment_time
+from sim.cost_model import segment_steps_within, segment_time
 
 if TYPE_CHECKING:
     from sim.driver import SimDriver

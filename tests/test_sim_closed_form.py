@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from asyncopd.config import load_config
 from asyncopd.trace.schema import read_jsonl
-from sim.costs import segment_steps_within, segment_time
+from sim.cost_model import segment_steps_within, segment_time
 from sim.driver import simulate
 
 DET = ["sim.response_length.kind=fixed", "sim.response_length.max=20", "sim.prompt_tokens_mean=10",

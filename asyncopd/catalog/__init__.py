@@ -6,7 +6,7 @@
 - ``model_presets``: public architectures by name (``MODELS``), the built-in tiny models
   (``BUILTIN_MODELS``), ``get_model``;
 - ``estimators``: the OPD estimators the learner can optimise (``ESTIMATORS``);
-- ``COST_MODELS`` below: the simulator's cost models by name (``sim.cost_model``; the
+- ``COST_MODEL_NAMES`` below: the simulator's cost models by name (``sim.cost_model``; the
   implementations register under these names in ``sim/``).
 
 Each list is the only one of its kind: the config's choices, ``Literal`` types and help texts
@@ -22,11 +22,11 @@ from asyncopd.catalog.model_presets import (
     BUILTIN_MODELS, MODELS, UnknownModelError, builtin_model_desc, get_model, model_desc_for,
 )
 
-COST_MODELS: dict[str, str] = {
+COST_MODEL_NAMES: dict[str, str] = {
     "parametric": "linear per-stage costs (sim.costs), measured here and fitted by `asyncopd calibrate`",
     "analytic": "roofline from cluster.hardware and the model architectures (sim.analytic)",
 }
 
-__all__ = ["BUILTIN_MODELS", "COST_MODELS", "ESTIMATORS", "EstimatorSpec", "HARDWARE", "Hardware", "MODELS",
+__all__ = ["BUILTIN_MODELS", "COST_MODEL_NAMES", "ESTIMATORS", "EstimatorSpec", "HARDWARE", "Hardware", "MODELS",
            "ModelConfigError", "ModelDesc", "UnknownHardwareError", "UnknownModelError", "builtin_model_desc", "from_hf_config",
            "get_hardware", "get_model", "model_desc_for"]

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from asyncopd.catalog import (
-    BUILTIN_MODELS, COST_MODELS, HARDWARE, UnknownHardwareError, UnknownModelError, get_hardware, get_model,
+    BUILTIN_MODELS, COST_MODEL_NAMES, HARDWARE, UnknownHardwareError, UnknownModelError, get_hardware, get_model,
 )
 from asyncopd.config.algorithm import AlgorithmConfig, check_backends
 from asyncopd.config.colocation import parse_pair
@@ -252,8 +252,8 @@ class AnalyticParams(_Section):
 
 
 class SimConfig(_Section):
-    cost_model: Literal[tuple(COST_MODELS)] = Field(  # type: ignore[valid-type]
-        "parametric", description="; ".join(f"{name}: {what}" for name, what in COST_MODELS.items()))
+    cost_model: Literal[tuple(COST_MODEL_NAMES)] = Field(  # type: ignore[valid-type]
+        "parametric", description="; ".join(f"{name}: {what}" for name, what in COST_MODEL_NAMES.items()))
     rollout_batching: Literal["auto", "wave", "continuous"] = Field(
         "auto", description="auto: wave for the torch backend, continuous for vLLM")
     costs: SimCosts = SimCosts()

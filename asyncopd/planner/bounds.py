@@ -29,13 +29,12 @@ these numbers when the space is larger than ``--budget-layouts``, and reports th
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from asyncopd.config.colocation import Sharing
 from asyncopd.planner.space import Layout
 from asyncopd.planner.workload import Workload
-from sim.costs import segment_time
+from sim.cost_model import CostModel, segment_time
 
 
 @dataclass(frozen=True)
@@ -46,21 +45,12 @@ class Bound:
     rates: dict[str, float]  # per-role samples/s on their own
 
 
-def layout_costs(base, layout: Layout):
-    """The cost model for ``layout``: the analytic one depends on the tensor-parallel degrees
-    and the learner's devices; the parametric one does not."""
-    if dataclasses.is_dataclass(base) and hasattr(base, "rollout_tp"):
-        return dataclasses.replace(base, rollout_tp=layout.rollout.tp, teacher_tp=layout.teacher.tp,
-                                   learner_devices=layout.learner.size, learner_tp=layout.learner.tp,
-                                   total_devices=layout.num_devices)
-    return base
-
-
-def _step(costs, n: int, kv: float) -> float:
+def _step(costs: CostModel, n: int, kv: float) -> float:
     return segment_time(costs.decode_segment(n, int(kv)), 1)
 
 
-def layout_bound(layout: Layout, w: Workload, costs, slots: int, sharing: Sharing | float = 1.0) -> Bound:
+def layout_bound(layout: Layout, w: Workload, costs: CostModel, slots: int, sharing: Sharing | float = 1.0) -> Bound:
+    """The bounds of ``layout``; ``costs`` is the cost model for it (``CostModel.for_layout``)."""
     B, P, L = w.batch_size, w.prompt_tokens, max(1.0, w.response_mean)
     S = P + L
     ro = layout.rollout

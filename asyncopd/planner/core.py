@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from asyncopd.catalog.hardware import UnknownHardwareError, get_hardware
+from asyncopd.catalog.hardware import Hardware, UnknownHardwareError, get_hardware
 from asyncopd.config.colocation import Sharing, shared_pairs
 from asyncopd.config.loader import load_config
 from asyncopd.config.placement import placement
 from asyncopd.config.schema import OPDConfig
-from asyncopd.planner.bounds import layout_bound, layout_costs
-from asyncopd.planner.memory import check_memory, kv_slots
+from asyncopd.planner.bounds import layout_bound
+from asyncopd.planner.memory import check_memory
 from asyncopd.planner.search import (
     Candidate,
     Evaluator,
@@ -36,6 +36,8 @@ from asyncopd.planner.search import (
 from asyncopd.planner.space import Layout, SpaceOptions, enumerate_layouts, policy_grid
 from asyncopd.planner.workload import Workload
 from asyncopd.planner.write import candidate_config
+from sim.cost_model import CostModel
+from sim.costs import make_cost_model
 
 PLACEHOLDER_LAYOUT = ("layout={rollout: {workers: 1, devices: [0], tp: 1}, teacher: {workers: 1, devices: [0], tp: 1}, "
                       "learner: {workers: 1, devices: [0], tp: 1}}")
@@ -206,9 +208,10 @@ def prune_by_bound(cands: list[Candidate], budget: int, n_policies: int) -> list
     return _best_by_bound(sync, n_sync) + _best_by_bound(rest, budget - n_sync)
 
 
-def _space_options(cfg: OPDConfig, w: Workload, hw) -> SpaceOptions:
+def _space_options(cfg: OPDConfig, w: Workload, hw: Hardware, costs: CostModel) -> SpaceOptions:
+    """Tensor-parallel degrees are searched only when the cost model depends on them."""
     per_node = hw.devices_per_node
-    tps = tuple(t for t in (1, 2, 4, 8, 16) if t <= per_node) if w.analytic else (1,)
+    tps = tuple(t for t in (1, 2, 4, 8, 16) if t <= per_node) if costs.layout_sensitive else (1,)
     return SpaceOptions(num_devices=cfg.cluster.num_devices, devices_per_node=per_node,
                         student_heads=w.student.num_heads, teacher_heads=w.teacher.num_heads, tp_values=tps,
                         rollout_oversubscription=(1, 2) if w.batching == "wave" else (1,))
@@ -218,7 +221,6 @@ def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progr
     """Plan ``cfg``'s cluster (module docstring). No files are written here."""
     from tqdm.auto import tqdm
 
-    from sim.costs import make_cost_model
 
     t0 = time.perf_counter()
     o = options or PlanOptions()
@@ -228,21 +230,22 @@ def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progr
     w = Workload.from_config(cfg, seed)
     policies = policy_grid(o.max_staleness, o.policies)
     res = PlanResult(base=cfg, options=o, workload=w, policies=policies)
-    space = enumerate_layouts(_space_options(cfg, w, hw))
     base_costs = make_cost_model(cfg)
+    space = enumerate_layouts(_space_options(cfg, w, hw, base_costs))
     feasible: list[tuple[Layout, Any, Any, int]] = []
     for lay in space.layouts:
         mem = check_memory(lay, w, hw, o.memory_headroom, cfg.rollout.gpu_memory_utilization)
         if not mem.ok:
             res.rejected.append((lay, mem.reason))
             continue
-        slots = kv_slots(w, hw, lay.rollout.tp, mem.rollout_share) if w.analytic else w.max_num_seqs
+        costs = base_costs.for_layout(lay.shape())
+        capacity = costs.kv_capacity_seqs(w.prompt_tokens + w.max_new_tokens, mem.rollout_share)
+        slots = w.max_num_seqs if capacity is None else min(w.max_num_seqs, capacity)
         if slots < 1:
             res.rejected.append((lay, f"rollout: no room for the KV cache of one {w.seq_max:.0f}-token sequence "
                                       f"next to the weights ({mem.rollout_share:.0%} of each device)"))
             continue
-        feasible.append((lay, mem, layout_bound(lay, w, layout_costs(base_costs, lay), slots,
-                                                    Sharing.of(cfg.sim.costs)), slots))
+        feasible.append((lay, mem, layout_bound(lay, w, costs, slots, Sharing.of(cfg.sim.costs)), slots))
     cands = [Candidate(i * len(policies) + j, lay, p, mem, bound, slots)
              for i, (lay, mem, bound, slots) in enumerate(feasible) for j, p in enumerate(policies)]
     n_all = len(cands)

@@ -150,11 +150,3 @@ def check_memory(layout: Layout, w: Workload, hw: Hardware, headroom: float,
         check.reason = (f"out of memory on {span}: {' + '.join(parts)} = {_gb(peak)} > {_gb(usable)} usable "
                         f"({hw.name}: {_gb(hw.mem_bytes)}, headroom {headroom:.0%})")
     return check
-
-
-def kv_slots(w: Workload, hw: Hardware, tp: int, share: float) -> int:
-    """Concurrent sequences a rollout worker holds with ``share`` of each of its devices: the
-    simulator's own rule (``AnalyticCosts.kv_capacity_seqs``), capped by ``rollout.max_num_seqs``."""
-    free = hw.mem_bytes * tp * share - w.student.weight_bytes(w.dtype_bytes)
-    per_seq = w.student.kv_bytes_per_token(w.dtype_bytes) * max(1.0, w.prompt_tokens + w.max_new_tokens)
-    return max(0, min(w.max_num_seqs, int(free // per_seq)))

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from asyncopd.control.policies import parse_policy
+from sim.cost_model import LayoutShape
 
 ROLES = ("rollout", "teacher", "learner")
 
@@ -78,6 +79,11 @@ class Layout:
             p = self.role(r)
             out.setdefault((p.first, p.size), []).append(r)
         return [(RolePlan(first, size, 1, 1), tuple(rs)) for (first, size), rs in sorted(out.items())]
+
+    def shape(self) -> LayoutShape:
+        """What the cost model needs of this layout (``CostModel.for_layout``)."""
+        return LayoutShape(rollout_tp=self.rollout.tp, teacher_tp=self.teacher.tp, learner_devices=self.learner.size,
+                           learner_tp=self.learner.tp, total_devices=self.num_devices)
 
     @property
     def devices_used(self) -> int:

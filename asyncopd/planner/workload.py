@@ -44,7 +44,6 @@ class Workload:
     rollout_backend: str
     teacher_backend: str
     batching: str  # wave | continuous
-    analytic: bool  # sim.cost_model == analytic
 
     @property
     def seq_max(self) -> float:
@@ -90,5 +89,4 @@ class Workload:
             max_new_tokens=cfg.rollout.max_new_tokens,
             teacher_payload_per_token=float(payload), rollout_capture_per_token=float(capture),
             rollout_backend=cfg.rollout.backend, teacher_backend=cfg.teacher.backend, batching=batching,
-            analytic=cfg.sim.cost_model == "analytic",
         )
