@@ -20,7 +20,10 @@ from tqdm.auto import tqdm
 
 from asyncopd.config.colocation import Sharing
 from asyncopd.config.schema import OPDConfig
-from asyncopd.control import messages as M
+from asyncopd.control.messages import (
+    AbortGeneration, Action, Event, Generate, PromptsAvailable, RunStarted, Score, ScoringFinished, Stop,
+    StopRequested, SyncWeights, Train, TrainStepFinished,
+)
 from asyncopd.trace.setup import start_run
 from sim.costs import make_cost_model
 from sim.devices import SharedDevices, placement
@@ -68,12 +71,12 @@ class SimDriver:
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
         wall0 = time.perf_counter()
-        self.send(M.RunStarted(0.0))
-        self.send(M.PromptsAvailable(0.0, None))
+        self.send(RunStarted(0.0))
+        self.send(PromptsAvailable(0.0, None))
         budget = self.cfg.run.time_budget_s
         if budget is not None:
             self.env.timeout(budget).callbacks.append(
-                lambda _: self.send(M.StopRequested(self.env.now, f"run.time_budget_s={budget:g} reached")))
+                lambda _: self.send(StopRequested(self.env.now, f"run.time_budget_s={budget:g} reached")))
         with _rare_gc():
             self.env.run(until=self.finished)
         self._bar.close()
@@ -83,30 +86,30 @@ class SimDriver:
             (self.recorder.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    def send(self, event: M.Event) -> None:
-        if isinstance(event, M.TrainStepFinished):
+    def send(self, event: Event) -> None:
+        if isinstance(event, TrainStepFinished):
             self._bar.update(1)
         for action in self.ctrl.handle(event):
             self._dispatch(action)
 
     # ------------------------------------------------------------- actions
-    def _dispatch(self, a: M.Action) -> None:
-        if isinstance(a, M.Generate):
+    def _dispatch(self, a: Action) -> None:
+        if isinstance(a, Generate):
             seq = SimSeq(a.sample_id, self.lengths.prompt_tokens(a.prompt_id),
                          self.lengths.response_tokens(a.prompt_id, self.ctrl.version))
             self.tokens[a.sample_id] = (seq.prompt_tokens, seq.length)
             self.rollout[a.worker].submit(seq)
-        elif isinstance(a, M.AbortGeneration):
+        elif isinstance(a, AbortGeneration):
             self.rollout[a.worker].request_abort(a.sample_ids)
-        elif isinstance(a, M.SyncWeights):
+        elif isinstance(a, SyncWeights):
             self.rollout[a.worker].request_sync(a)
-        elif isinstance(a, M.Score):
+        elif isinstance(a, Score):
             d = self.costs.teacher(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after(a.worker, d, lambda start: M.ScoringFinished(self.env.now, a.batch_id, a.worker, start))
-        elif isinstance(a, M.Train):
+            self._after(a.worker, d, lambda start: ScoringFinished(self.env.now, a.batch_id, a.worker, start))
+        elif isinstance(a, Train):
             d = self.costs.learner(self._batch_tokens(a.sample_ids), len(a.sample_ids))
-            self._after("learner-0", d, lambda start: M.TrainStepFinished(self.env.now, a.step, start, {}))
-        elif isinstance(a, M.Stop):
+            self._after("learner-0", d, lambda start: TrainStepFinished(self.env.now, a.step, start, {}))
+        elif isinstance(a, Stop):
             if not self.finished.triggered:
                 self.finished.succeed(a)
 

@@ -20,13 +20,8 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from asyncopd.config.schema import OPDConfig
-from asyncopd.task.builtin import prompt_tokens_for, response_tokens_for
-
-if TYPE_CHECKING:
-    from asyncopd.task import BuiltinTask
+from asyncopd.task.builtin import BuiltinTask, prompt_tokens_for, response_tokens_for
 
 
 def load_lengths(path: str | Path) -> list[int]:
@@ -67,8 +62,6 @@ class LengthModel:
         self.observed = load_lengths(self.dist.path) if self.dist.kind == "empirical" else []
         self.task: BuiltinTask | None = None
         if self.dist.kind == "task" or self.prompt_mean is None:
-            from asyncopd.task import BuiltinTask
-
             self.task = BuiltinTask(cfg.task, seed=seed)
 
     def response_tokens(self, prompt_id: int, version: int = 0) -> int:

@@ -15,6 +15,7 @@ from typing import Callable
 
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control.policies import parse_policy
+from sim.driver import simulate
 
 
 @dataclass
@@ -51,8 +52,6 @@ def t_interval(xs: list[float], level: float = 0.95) -> tuple[float, float, floa
 
 def predict(cfg: OPDConfig, policies: list[str], seeds: list[int],
             on_progress: Callable[[], None] | None = None) -> tuple[list[PolicyPrediction], list[Speedup]]:
-    from sim.driver import simulate
-
     preds = []
     for text in policies:
         policy = parse_policy(text).describe()

@@ -8,7 +8,7 @@ Batching modes (``sim.rollout_batching``):
 - ``continuous`` — what vLLM does: requests join at the next decode iteration (after their
   prefill) and leave as soon as they finish; each completion is reported at once.
 
-No event per token: the worker keeps a global decode-step counter ``S``. A sequence that
+No event per token: the worker keeps a global decode-step counter ``S`` (``step_count``). A sequence that
 joins at step ``s0`` with response length ``L`` finishes at step ``s0 + L``; a heap gives the
 next completion. Between events the number of active sequences is constant, so the time of
 ``k`` steps is ``segment_time`` (closed form) and the steps done by an interrupt (a new
@@ -23,15 +23,27 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import simpy
 
-from asyncopd.control import messages as M
-from sim.cost_model import segment_steps_within, segment_time
+from asyncopd.control.messages import (
+    Event, GenerationAborted, GenerationFinished, SyncWeights, WeightSyncFinished,
+)
+from sim.cost_model import CostModel, segment_steps_within, segment_time
+from sim.devices import SharedDevices
 
-if TYPE_CHECKING:
-    from sim.driver import SimDriver
+
+class RolloutHost(Protocol):
+    """What a simulated rollout worker needs of the simulator (``sim.driver.SimDriver``)."""
+
+    env: simpy.Environment
+    costs: CostModel
+    devices: SharedDevices
+    placement: dict[str, list[int]]
+    shared: set[str]
+
+    def send(self, event: Event) -> None: ...
 
 
 @dataclass
@@ -55,26 +67,26 @@ class _Batch:
 
 
 class SimRolloutWorker:
-    def __init__(self, driver: "SimDriver", name: str, slots: int, mode: str) -> None:
+    def __init__(self, host: RolloutHost, name: str, slots: int, mode: str) -> None:
         if mode not in ("wave", "continuous"):
             raise ValueError(f"rollout batching must be 'wave' or 'continuous', got {mode!r}")
-        self.d, self.env, self.name, self.slots, self.mode = driver, driver.env, name, slots, mode
+        self.host, self.env, self.name, self.slots, self.mode = host, host.env, name, slots, mode
         self.version = 0
         self.changes: list[tuple[int, int]] = [(0, 0)]  # (first step, version)
-        self.S = 0
+        self.step_count = 0
         self.queue: list[SimSeq] = []
         self.batch = _Batch()
         self.done: list[SimSeq] = []  # finished in the current wave, not yet reported
-        self.pending_sync: M.SyncWeights | None = None
+        self.pending_sync: SyncWeights | None = None
         self.sync_ready = False  # overlap phase over: apply at the next step boundary
         self.sync_started = 0.0
         self.evict: set[int] = set()
         self._asleep = False
-        self.devices = driver.placement[name]
-        self.shared = name in driver.shared
+        self.devices = host.placement[name]
+        self.shared = name in host.shared
         self.busy = False
         if self.shared:  # re-plan the segment in progress when the crowd on our devices changes
-            driver.devices.listen(name, self.devices, self._poke)
+            host.devices.listen(name, self.devices, self._poke)
         self._proc = self.env.process(self._loop())
 
     # ------------------------------------------------------------- driver calls
@@ -83,9 +95,9 @@ class SimRolloutWorker:
         if self.mode == "continuous" or not self.batch.active:
             self._poke()
 
-    def request_sync(self, action: M.SyncWeights) -> None:
+    def request_sync(self, action: SyncWeights) -> None:
         self.pending_sync, self.sync_ready, self.sync_started = action, False, self.env.now
-        overlap = self.d.costs.sync().overlap_s
+        overlap = self.host.costs.sync().overlap_s
         if overlap > 0:
             self.env.process(self._overlap(overlap, action))
         else:
@@ -104,7 +116,7 @@ class SimRolloutWorker:
             self._poke()
 
     # -------------------------------------------------------------- processes
-    def _overlap(self, seconds: float, action: M.SyncWeights):
+    def _overlap(self, seconds: float, action: SyncWeights):
         yield self.env.timeout(seconds)
         if self.pending_sync is action:
             self.sync_ready = True
@@ -133,7 +145,7 @@ class SimRolloutWorker:
         return (self.pending_sync is not None and self.sync_ready) or bool(self.evict)
 
     def _loop(self):
-        costs = self.d.costs
+        costs = self.host.costs
         while True:
             if self.pending_sync is not None and self.sync_ready:
                 yield from self._apply_sync()
@@ -159,7 +171,7 @@ class SimRolloutWorker:
                 yield from self._park(None)
                 continue
             seg = costs.decode_segment(len(b.active), b.kv)
-            steps = b.ends[0][0] - self.S
+            steps = b.ends[0][0] - self.step_count
             if self._urgent():
                 k = 1
                 yield self.env.timeout(pre + segment_time(seg, 1) * f)
@@ -171,17 +183,17 @@ class SimRolloutWorker:
                     yield self.env.timeout(max(0.0, t0 + pre + segment_time(seg, k) * f - self.env.now))
                 else:
                     k = steps
-            self.S += k
+            self.step_count += k
             b.kv += k * len(b.active)
             self._pop_finished()
 
     def _slowdown(self) -> float:
-        return self.d.devices.slowdown(self.name, self.devices) if self.shared else 1.0
+        return self.host.devices.slowdown(self.name, self.devices) if self.shared else 1.0
 
     def _set_busy(self, busy: bool) -> None:
         """Occupy (or leave) this worker's devices while it has sequences to decode."""
         if self.shared and busy != self.busy:
-            (self.d.devices.acquire if busy else self.d.devices.release)(self.name, self.devices)
+            (self.host.devices.acquire if busy else self.host.devices.release)(self.name, self.devices)
         self.busy = busy
 
     def _timed(self, seconds: float):
@@ -195,15 +207,15 @@ class SimRolloutWorker:
         room = self.slots - len(b.active)
         joining, self.queue = self.queue[:room], self.queue[room:]
         for s in joining:
-            s.started_at, s.s0 = self.env.now, self.S
+            s.started_at, s.s0 = self.env.now, self.step_count
             b.active[s.sample_id] = s
             b.kv += s.prompt_tokens
-            heapq.heappush(b.ends, (self.S + s.length, s.sample_id))
+            heapq.heappush(b.ends, (self.step_count + s.length, s.sample_id))
         return joining
 
     def _pop_finished(self) -> None:
         b = self.batch
-        while b.ends and b.ends[0][0] <= self.S:
+        while b.ends and b.ends[0][0] <= self.step_count:
             _, sid = heapq.heappop(b.ends)
             s = b.active.pop(sid, None)
             if s is None:  # lazily deleted (evicted / aborted)
@@ -250,7 +262,7 @@ class SimRolloutWorker:
         for sid in sorted(self.evict):
             s = self.batch.active.pop(sid, None)
             if s is not None:
-                self._close(s, self.S)
+                self._close(s, self.step_count)
                 s.aborted, s.finished_at = "evict", self.env.now
                 self._finish(s)
         self.evict.clear()
@@ -262,32 +274,32 @@ class SimRolloutWorker:
         assert action is not None
         paused_from = self.env.now
         self._set_busy(True)  # loading weights occupies the worker's devices
-        yield from self._timed(self.d.costs.sync().pause_s)
+        yield from self._timed(self.host.costs.sync().pause_s)
         b = self.batch
         if action.pause_mode == "recompute" and b.active:
-            yield from self._timed(self.d.costs.prefill(b.kv))
+            yield from self._timed(self.host.costs.prefill(b.kv))
         self.version = max(self.version, action.version)
-        if self.changes[-1][0] == self.S:
-            self.changes[-1] = (self.S, self.version)
+        if self.changes[-1][0] == self.step_count:
+            self.changes[-1] = (self.step_count, self.version)
         else:
-            self.changes.append((self.S, self.version))
+            self.changes.append((self.step_count, self.version))
         self.pending_sync = None
         if action.pause_mode == "abort" and b.active:
             for s in list(b.active.values()):
                 b.active.pop(s.sample_id)
-                self._close(s, self.S)
+                self._close(s, self.step_count)
                 s.aborted, s.finished_at = "sync_abort", self.env.now
                 self._finish(s)
             b.ends.clear()
             self._flush_wave()
-        self.d.send(M.WeightSyncFinished(self.env.now, self.name, action.version, self.sync_started,
+        self.host.send(WeightSyncFinished(self.env.now, self.name, action.version, self.sync_started,
                                          paused_s=self.env.now - paused_from))
 
     def _report(self, s: SimSeq) -> None:
         self.evict.discard(s.sample_id)
         if s.aborted:
-            self.d.send(M.GenerationAborted(self.env.now, s.sample_id, self.name, s.started_at,
+            self.host.send(GenerationAborted(self.env.now, s.sample_id, self.name, s.started_at,
                                             s.generated, s.aborted, ended_at=s.finished_at))
         else:
-            self.d.send(M.GenerationFinished(self.env.now, s.sample_id, self.name, s.started_at, s.spans,
+            self.host.send(GenerationFinished(self.env.now, s.sample_id, self.name, s.started_at, s.spans,
                                              s.prompt_tokens, ended_at=s.finished_at))

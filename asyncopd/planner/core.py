@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tqdm.auto import tqdm
+
 from asyncopd.catalog.hardware import Hardware, UnknownHardwareError, get_hardware
 from asyncopd.config.colocation import Sharing, shared_pairs
 from asyncopd.config.loader import load_config
 from asyncopd.config.placement import placement
 from asyncopd.config.schema import OPDConfig
 from asyncopd.planner.bounds import layout_bound
+from asyncopd.planner.candidates import candidate_config
 from asyncopd.planner.memory import check_memory
 from asyncopd.planner.search import (
     Candidate,
@@ -35,7 +38,7 @@ from asyncopd.planner.search import (
 )
 from asyncopd.planner.space import Layout, SpaceOptions, enumerate_layouts, policy_grid
 from asyncopd.planner.workload import Workload
-from asyncopd.planner.write import candidate_config
+from calibration.profile import profile_overrides
 from sim.cost_model import CostModel
 from sim.costs import make_cost_model
 
@@ -52,8 +55,6 @@ def planner_config(path: str | Path | None, overrides: list[str] | tuple = (), *
     Raises ConfigError / ValueError / FileNotFoundError with a message naming the field."""
     extra: list[str] = []
     if costs is not None:
-        from calibration.profile import profile_overrides
-
         extra += [*profile_overrides(costs), "sim.cost_model=parametric"]
     extra += list(overrides or [])
     if devices is not None:
@@ -219,8 +220,6 @@ def _space_options(cfg: OPDConfig, w: Workload, hw: Hardware, costs: CostModel) 
 
 def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progress: bool = True) -> PlanResult:
     """Plan ``cfg``'s cluster (module docstring). No files are written here."""
-    from tqdm.auto import tqdm
-
 
     t0 = time.perf_counter()
     o = options or PlanOptions()

@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
-if TYPE_CHECKING:
-    from asyncopd.planner.core import PlanResult
-    from asyncopd.planner.search import Candidate
+from asyncopd.planner.core import PlanResult
+from asyncopd.planner.search import Candidate
+from asyncopd.planner.space import policy_kind
 
 
-def _row(res: "PlanResult", c: "Candidate", rank: Optional[int]) -> dict[str, Any]:
+def _row(res: PlanResult, c: Candidate, rank: Optional[int]) -> dict[str, Any]:
     r = c.result or {}
     lay = c.layout
     steps = r.get("steps") or 0
@@ -58,7 +58,7 @@ def _row(res: "PlanResult", c: "Candidate", rank: Optional[int]) -> dict[str, An
     }
 
 
-def _measured(res: "PlanResult", c: "Candidate") -> dict[str, Any]:
+def _measured(res: PlanResult, c: Candidate) -> dict[str, Any]:
     """``measured_*`` columns: the mean of the ``--verify`` runs of ``c`` (empty if none)."""
     t = res.verified.get(c.key)
     return {"measured_tokens_per_s": t.tokens_per_s if t else None,
@@ -66,7 +66,7 @@ def _measured(res: "PlanResult", c: "Candidate") -> dict[str, Any]:
             "measured_runs": len(t.runs) if t else None}
 
 
-def rows(res: "PlanResult") -> list[dict[str, Any]]:
+def rows(res: PlanResult) -> list[dict[str, Any]]:
     """One row per simulated candidate: ranked ones first, then the other final-length runs,
     then the screened-out ones (longest simulation first, fastest first)."""
     ranked = res.ranked()
@@ -81,7 +81,7 @@ def rows(res: "PlanResult") -> list[dict[str, Any]]:
     return out
 
 
-def rejected_rows(res: "PlanResult") -> list[dict[str, Any]]:
+def rejected_rows(res: PlanResult) -> list[dict[str, Any]]:
     return [{"layout": lay.describe(), "colocation": lay.colocation, "rollout_workers": lay.rollout.workers,
              "rollout_tp": lay.rollout.tp, "teacher_workers": lay.teacher.workers, "teacher_tp": lay.teacher.tp,
              "learner_devices": lay.learner.size, "learner_tp": lay.learner.tp, "reason": why}
@@ -104,7 +104,7 @@ def _f(x: Any, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def render_table(res: "PlanResult", table: list[dict[str, Any]], top: int = 10):
+def render_table(res: PlanResult, table: list[dict[str, Any]], top: int = 10):
     """A rich Table of the ``top`` ranked rows."""
     from rich.table import Table
 
@@ -132,8 +132,6 @@ def pareto_plot(table: list[dict[str, Any]], path: str | Path, title: str = "") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
-
-    from asyncopd.planner.space import policy_kind
 
     final = [dict(r, kind=policy_kind(r["policy"])) for r in table if r["rank"] is not None]
     screened = [r for r in table if r["rank"] is None and r["tokens_per_s"] is not None]

@@ -29,9 +29,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from asyncopd.config.schema import OPDConfig
 from asyncopd.planner.bounds import Bound
+from asyncopd.planner.candidates import candidate_tree
 from asyncopd.planner.memory import MemoryCheck
 from asyncopd.planner.space import Layout
+from sim.driver import SimDriver
 
 _BASE: dict[str, Any] | None = None
 _SEED: int = 0
@@ -102,10 +105,6 @@ def _init_worker(base: dict[str, Any], seed: int) -> None:
 
 def _run_one(job: tuple) -> tuple[int, int, dict[str, Any]]:
     """Simulate one candidate (in a pool process): ``(key, layout section, policy, share, steps)``."""
-    from asyncopd.config.schema import OPDConfig
-    from asyncopd.planner.write import candidate_tree
-    from sim.driver import SimDriver
-
     key, layout, policy, share, steps = job
     assert _BASE is not None, "planner worker not initialised"
     c0 = time.process_time()

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from asyncopd.planner.write import candidate_config
+from asyncopd.planner.candidates import candidate_config
 from asyncopd.trace.schema import write_atomic
 
 if TYPE_CHECKING:

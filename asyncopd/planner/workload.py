@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asyncopd.config.schema import OPDConfig
 from asyncopd.catalog import ModelDesc, model_desc_for
+from asyncopd.config.schema import OPDConfig
+from sim.lengths import LengthModel
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,6 @@ class Workload:
 
     @classmethod
     def from_config(cls, cfg: OPDConfig, seed: int | None = None, n: int | None = None) -> "Workload":
-        from sim.lengths import LengthModel
-
         seed = cfg.run.seed if seed is None else seed
         B = cfg.learner.batch_size
         lm = LengthModel(cfg, seed)

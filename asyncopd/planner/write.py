@@ -1,43 +1,19 @@
-"""Configs of candidates: the tree a simulation runs, and the chosen layout written as YAML.
+"""A plan's outputs: ``plan.csv``, ``rejected.csv``, ``plan.json``, ``plan.yaml`` and
+``pareto.png`` (``save_plan``), and a config written as YAML (``write_config``).
 
-A candidate changes four things of the planner's base config: ``layout`` (all three roles),
-``pipeline.policy``, ``rollout.gpu_memory_utilization`` (the share of each device a rollout
-worker may take once colocated roles are served: see ``memory.check_memory``) and, for the
-simulations only, ``run.total_steps`` (and no ``run.time_budget_s``). Everything goes
-through ``OPDConfig.model_validate``, so a written config is exactly what
-``asyncopd check`` / ``simulate`` / ``train`` accept.
+The configs of candidates are built in ``asyncopd/planner/candidates.py``.
 """
 
 from __future__ import annotations
 
-import copy
-import math
+import json
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from asyncopd.config.schema import OPDConfig
-
-
-def candidate_tree(base: dict[str, Any], layout: dict[str, Any], policy: str, rollout_share: float | None,
-                   steps: int | None = None) -> dict[str, Any]:
-    """``base`` (a ``model_dump(mode="json")`` tree) with the candidate's fields replaced."""
-    tree = copy.deepcopy(base)
-    tree["layout"] = copy.deepcopy(layout)
-    tree["pipeline"]["policy"] = policy
-    if rollout_share is not None and rollout_share > 0:
-        tree["rollout"]["gpu_memory_utilization"] = max(1e-3, math.floor(rollout_share * 1000) / 1000)
-    if steps is not None:
-        tree["run"]["total_steps"] = steps
-        tree["run"]["time_budget_s"] = None
-    return tree
-
-
-def candidate_config(base: OPDConfig, layout: dict[str, Any], policy: str, rollout_share: float | None,
-                     steps: int | None = None) -> OPDConfig:
-    return OPDConfig.model_validate(candidate_tree(base.model_dump(mode="json"), layout, policy, rollout_share,
-                                                   steps))
+from asyncopd.planner import report
+from asyncopd.planner.core import PlanResult
 
 
 def write_config(cfg: OPDConfig, path: str | Path, header: list[str] = ()) -> Path:
@@ -50,13 +26,9 @@ def write_config(cfg: OPDConfig, path: str | Path, header: list[str] = ()) -> Pa
     return path
 
 
-def save_plan(res, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
+def save_plan(res: PlanResult, out_dir: str | Path, *, plots: bool = True) -> dict[str, Path]:
     """Write a plan's outputs into ``out_dir``: ``plan.csv``, ``rejected.csv``, ``plan.json``,
     ``plan.yaml`` (the chosen layout, when one met the constraints) and ``pareto.png``."""
-    import json
-
-    from asyncopd.planner import report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = report.rows(res)
