@@ -14,13 +14,13 @@ def build_rollout_engine(backend: str, model_path: str, *, device: str, dtype: s
                          tensor_parallel_size: int = 1) -> Any:
     common = dict(eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_p=top_p, seed=seed, capture_top_k=capture_top_k, capture_mc=capture_mc)
-    if backend == "torch":
+    if backend == "torch":  # (lazy imports here: only the chosen backend loads; vllm may be absent)
         from asyncopd.backends.torch_backend import TorchRolloutEngine
-        from asyncopd.models import load_causal_lm
+        from asyncopd.models import load_causal_lm  # (lazy)
 
         return TorchRolloutEngine(load_causal_lm(model_path, dtype=dtype, device=device), device=device, **common)
     if backend == "vllm":
-        from asyncopd.backends.vllm_backend import VllmRolloutEngine
+        from asyncopd.backends.vllm_backend import VllmRolloutEngine  # (lazy)
 
         return VllmRolloutEngine(model_path, dtype=dtype, max_num_seqs=max_num_seqs,
                                  gpu_memory_utilization=gpu_memory_utilization,
@@ -32,13 +32,13 @@ def build_teacher_scorer(backend: str, model_path: str, *, device: str, dtype: s
                          num_samples: int = 0, full_vocab: bool = False, seed: int = 0,
                          gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1) -> Any:
     common = dict(top_k=top_k, pad_id=pad_id, num_samples=num_samples, full_vocab=full_vocab, seed=seed)
-    if backend == "torch":
+    if backend == "torch":  # (lazy imports here: only the chosen backend loads; vllm may be absent)
         from asyncopd.backends.torch_backend import TorchTeacherScorer
-        from asyncopd.models import load_causal_lm
+        from asyncopd.models import load_causal_lm  # (lazy)
 
         return TorchTeacherScorer(load_causal_lm(model_path, dtype=dtype, device=device), device=device, **common)
     if backend == "vllm":
-        from asyncopd.backends.vllm_backend import VllmTeacherScorer
+        from asyncopd.backends.vllm_backend import VllmTeacherScorer  # (lazy)
 
         return VllmTeacherScorer(model_path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                                  tensor_parallel_size=tensor_parallel_size, **common)

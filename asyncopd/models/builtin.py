@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from asyncopd.models.presets import PRESETS, RECIPE_VERSION, Preset
-from asyncopd.task.builtin import TASK_VERSION
+from asyncopd.task.builtin import TASK_VERSION, BuiltinTask
 from asyncopd.task.codec import CharCodec
 from asyncopd.task.config import TaskConfig
 
@@ -154,10 +154,10 @@ def _build(preset: Preset, task_cfg: TaskConfig, *, seed: int, out: Path, progre
     """Train ``preset`` and write its checkpoint into ``out`` (an empty directory)."""
     import torch
 
+    # (lazy: torch and transformers load only when a model is built; a cache hit never needs them)
     from asyncopd.models.evaluation import evaluate
     from asyncopd.models.hf_codec import char_codec_to_hf
     from asyncopd.models.training import build_llama
-    from asyncopd.task.builtin import BuiltinTask
 
     t0 = time.perf_counter()
     task = BuiltinTask(task_cfg, seed=seed)
@@ -222,7 +222,7 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _train(model, task, codec, preset: Preset, *, seed: int, progress: bool) -> dict[str, Any]:
     # Indirection point: tests monkeypatch this to prove a cache hit does not train.
-    from asyncopd.models.training import train_supervised
+    from asyncopd.models.training import train_supervised  # (lazy: torch)
 
     return train_supervised(model, task, codec, preset.recipe, seed=seed, progress=progress,
                             desc=f"building {preset.name}")

@@ -35,6 +35,6 @@ def load_codec(path: Union[str, os.PathLike[str]]) -> TextCodec:
     p = Path(path).expanduser()
     if (p / CODEC_FILENAME).is_file():
         return CharCodec.load(p)
-    from asyncopd.models.hf_codec import HFTokenizerCodec
+    from asyncopd.models.hf_codec import HFTokenizerCodec  # (lazy: transformers, only for a tokenizer)
 
     return HFTokenizerCodec.from_pretrained(p)

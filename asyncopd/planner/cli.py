@@ -58,6 +58,7 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
          progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Plan a cluster: enumerate layouts and policies, reject what does not fit in memory,
     simulate the rest in parallel, rank them; write plan.csv, pareto.png and plan.yaml."""
+    # (lazy imports in this module: `asyncopd --help` registers this command without loading the planner)
     from asyncopd.config.loader import ConfigError
     from asyncopd.planner.core import PlanOptions, plan_cluster, planner_config
     from asyncopd.planner.report import render_table, rows
@@ -125,7 +126,7 @@ def _verify(res, out_dir: Path, k: int, steps: int, repeats: int, progress: bool
     and the calibration (``--costs``) refined with the sharing factors its runs show."""
     from rich.table import Table
 
-    from asyncopd.planner.verify import refine_calibration, verify_plan
+    from asyncopd.planner.verify import refine_calibration, verify_plan  # (lazy, as above)
     from asyncopd.planner.write import save_plan
 
     try:

@@ -18,6 +18,12 @@ import time
 from typing import Any
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem, WeightUpdate
+from asyncopd.backends.factory import build_rollout_engine, build_teacher_scorer
+from asyncopd.config.algorithm import AlgorithmConfig
+from asyncopd.models.builtin import _quiet_transformers
+from asyncopd.models.loading import load_codec
+from asyncopd.runtime.checkpoints import STATE_FILE, step_name, tmp_dir
+from asyncopd.task import BuiltinTask, TaskConfig
 
 
 def place(device_type: str, devices: list[int]) -> str:
@@ -53,8 +59,6 @@ def _pin_other_threads(cores: set[int]) -> None:
 class RolloutWorker:
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
                  backend: str = "torch", **engine_options: Any) -> None:
-        from asyncopd.backends.factory import build_rollout_engine
-
         self.name = name
         device = place(device_type, devices)
         self.engine = build_rollout_engine(backend, model_path, device=device, dtype=dtype, **engine_options)
@@ -122,8 +126,6 @@ class RolloutWorker:
 class TeacherWorker:
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
                  backend: str = "torch", **scorer_options: Any) -> None:
-        from asyncopd.backends.factory import build_teacher_scorer
-
         self.name = name
         device = place(device_type, devices)
         self.scorer = build_teacher_scorer(backend, model_path, device=device, dtype=dtype, **scorer_options)
@@ -142,8 +144,8 @@ class LearnerWorker:
                  grad_clip: float, micro_batch_size: int, warmup_steps: int, dtype: str,
                  decay_steps: int = 0, min_lr_ratio: float = 0.1,
                  algorithm: dict[str, Any] | None = None) -> None:
+        # (lazy: torch loads in the actor's own process, never in the driver that imports this module)
         from asyncopd.backends.torch_backend import TorchLearner
-        from asyncopd.config.algorithm import AlgorithmConfig
         from asyncopd.models import load_causal_lm
 
         self.model_path = model_path
@@ -174,8 +176,7 @@ class LearnerWorker:
         """Greedy held-out accuracy of the current student on the built-in task (eval split)."""
         from dataclasses import asdict
 
-        from asyncopd.models import evaluate, load_codec
-        from asyncopd.task import BuiltinTask, TaskConfig
+        from asyncopd.models import evaluate  # (lazy: torch, in the actor's process)
 
         task = BuiltinTask(TaskConfig.model_validate(task_cfg), seed=seed)
         return asdict(evaluate(self.model, load_codec(codec_dir), task))
@@ -184,8 +185,6 @@ class LearnerWorker:
         """Save the student as a Hugging Face checkpoint directory, with the codec/tokenizer files."""
         import shutil
         from pathlib import Path
-
-        from asyncopd.models.builtin import _quiet_transformers
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -205,8 +204,6 @@ class LearnerWorker:
         self._checkpointing = (root, every, last_version, codec_dir)
 
     def _maybe_checkpoint(self, metrics: dict[str, float]) -> None:
-        from asyncopd.runtime.checkpoints import step_name, tmp_dir
-
         root, every, last, codec_dir = getattr(self, "_checkpointing", None) or ("", 0, 0, "")
         v = self.learner.version
         if every > 0 and v % every == 0 and v < last:
@@ -219,8 +216,6 @@ class LearnerWorker:
         from pathlib import Path
 
         import torch
-
-        from asyncopd.runtime.checkpoints import STATE_FILE
 
         t0 = time.time()
         out = Path(path)
@@ -238,8 +233,6 @@ class LearnerWorker:
 
         import ray
         import torch
-
-        from asyncopd.runtime.checkpoints import STATE_FILE
 
         state = torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.learner.optimizer.param_groups]

@@ -27,7 +27,7 @@ from asyncopd.control.controller import Controller
 from asyncopd.control.ledger import Attempt
 from asyncopd.control.messages import role_of
 from asyncopd.trace.schema import write_atomic
-from asyncopd.trace.stats import QueueTracker, busy_by_stage, staleness_summary
+from asyncopd.trace.stats import QueueTracker, busy_by_stage, read_queues_csv, staleness_summary
 
 STAGE_OF_SPAN = {"generate": "generate", "generate (aborted)": "generate", "score": "teacher",
                  "train": "train", "sync": "sync"}
@@ -304,7 +304,7 @@ class RunRecorder:
             duration = prev.get("duration_s")
             if isinstance(duration, (int, float)) and duration > 0:
                 t_max = max(t_max, float(duration))
-                self.queues.restore(float(duration), prev.get("queues_time_avg") or {}, _read_queues_csv(d / "queues.csv"))
+                self.queues.restore(float(duration), prev.get("queues_time_avg") or {}, read_queues_csv(d / "queues.csv"))
         self.t_origin = t_max
 
         info_path = d / "run.json"
@@ -378,20 +378,6 @@ class RunRecorder:
             if role_of(w) == "rollout":
                 for lane in range(lanes):
                     name("thread_name", pid, self._tid(w, lane), f"{w} slot {lane}")
-
-
-def _read_queues_csv(path: Path) -> list[tuple[float, tuple[int, ...]]]:
-    """The timeline ``QueueTracker.write_csv`` wrote ([] when absent or unreadable)."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines()[1:]:
-        try:
-            t, *depths = line.split(",")
-            out.append((float(t), tuple(int(x) for x in depths)))
-        except ValueError:
-            return []
-    return out
 
 
 def _track_key(kind: str, pid: int, tid: int) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -119,3 +120,17 @@ class QueueTracker:
             return
         lines = ["t," + ",".join(self.names)] + [f"{t:.6f}," + ",".join(map(str, d)) for t, d in timeline]
         path.write_text("\n".join(lines) + "\n")
+
+
+def read_queues_csv(path: Path) -> list[tuple[float, tuple[int, ...]]]:
+    """The timeline ``QueueTracker.write_csv`` wrote ([] when absent or unreadable)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines()[1:]:
+        try:
+            t, *depths = line.split(",")
+            out.append((float(t), tuple(int(x) for x in depths)))
+        except ValueError:
+            return []
+    return out

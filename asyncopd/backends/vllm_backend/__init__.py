@@ -24,11 +24,11 @@ __all__ = ["VllmRolloutEngine", "VllmTeacherScorer", "vllm_available"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "VllmRolloutEngine":
+    if name == "VllmRolloutEngine":  # (lazy: importing the package must not import vllm)
         from asyncopd.backends.vllm_backend.rollout import VllmRolloutEngine
 
         return VllmRolloutEngine
-    if name == "VllmTeacherScorer":
+    if name == "VllmTeacherScorer":  # (lazy, as above)
         from asyncopd.backends.vllm_backend.teacher import VllmTeacherScorer
 
         return VllmTeacherScorer
