@@ -321,3 +321,14 @@ def test_every_pg_combination_is_accepted(loss, stabiliser, advantage) -> None:
     cfg = load_config(None, [f"algorithm.loss={loss}", f"algorithm.stabiliser={stabiliser}",
                              f"algorithm.advantage={advantage}"])
     assert cfg.algorithm.spec.policy_gradient
+
+
+def test_every_catalogued_estimator_names_its_function() -> None:
+    """Adding an estimator is its catalogue entry plus its module: the learner finds it by name."""
+    from asyncopd.catalog.estimators import ESTIMATORS
+    from asyncopd.losses.estimators import estimator
+
+    for name in ESTIMATORS:
+        assert callable(estimator(name)), name
+    with pytest.raises(ValueError, match="unknown loss"):
+        estimator("kl_of_the_future")

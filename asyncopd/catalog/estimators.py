@@ -4,8 +4,8 @@ Each entry says what the estimator reads — from the teacher-score cache and fr
 rollout — so the trainer asks the rollout and the teacher for exactly that, and whether it is
 a policy-gradient (PG) estimator, the only kind the async-RL stabilisers and the
 ``advantage`` choice apply to. The config's ``algorithm.loss`` choices derive from it; the math
-of each lives in ``asyncopd/losses/<name>.py``. Pure Python: the config is validated without
-torch.
+of each lives in ``asyncopd/losses/<name>.py``, whose ``estimate`` function the learner calls
+(``implementation`` names another). Pure Python: the config is validated without torch.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ class EstimatorSpec:
     teacher_query: Optional[Literal["rollout_topk", "mc"]] = None  # teacher log p_T at those ids
     teacher_samples: bool = False  # needs M ids drawn from p_T (TeacherPayload.sample_*)
     teacher_full: bool = False  # needs the full-vocabulary teacher distribution (dense reference)
+    implementation: str = ""  # "module:function" under asyncopd.losses; "" means "<name>:estimate"
+
+    def __post_init__(self) -> None:
+        if not self.implementation:
+            object.__setattr__(self, "implementation", f"{self.name}:estimate")
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {e.name: e for e in (
@@ -35,6 +40,8 @@ ESTIMATORS: dict[str, EstimatorSpec] = {e.name: e for e in (
     EstimatorSpec("mc_reverse_kl", "M-sample PG reverse KL on draws from mu", policy_gradient=True,
                   rollout_mc=True, teacher_query="mc"),
     EstimatorSpec("mc_forward_kl", "M-sample forward KL on draws from the teacher", teacher_samples=True),
-    EstimatorSpec("dense_forward_kl", "full-vocabulary forward KL (the infinite-cache reference)", teacher_full=True),
-    EstimatorSpec("dense_reverse_kl", "full-vocabulary reverse KL (the infinite-cache reference)", teacher_full=True),
+    EstimatorSpec("dense_forward_kl", "full-vocabulary forward KL (the infinite-cache reference)", teacher_full=True,
+                  implementation="dense:estimate_forward"),
+    EstimatorSpec("dense_reverse_kl", "full-vocabulary reverse KL (the infinite-cache reference)", teacher_full=True,
+                  implementation="dense:estimate_reverse"),
 )}

@@ -1,7 +1,7 @@
 """Distillation losses (torch). Importing this package imports torch.
 
-One module per estimator, its math in the module docstring (names as in
-``asyncopd.config.algorithm.ESTIMATORS``):
+One module per estimator, its math in the module docstring and its ``estimate`` function the
+entry point (names as in ``asyncopd.catalog.estimators.ESTIMATORS``):
 
 - :mod:`~asyncopd.losses.forward_kl_topk`: forward KL on the teacher's top-k (+ shared helpers);
 - :mod:`~asyncopd.losses.reverse_kl_topk`: reverse KL on the teacher's top-k, truncated;
@@ -11,7 +11,8 @@ One module per estimator, its math in the module docstring (names as in
 - :mod:`~asyncopd.losses.mc_reverse_kl`: multi-sample Monte-Carlo reverse KL;
 - :mod:`~asyncopd.losses.mc_forward_kl`: multi-sample forward KL on teacher draws;
 - :mod:`~asyncopd.losses.dense`: exact full-vocabulary forward and reverse KL, the reference;
-- :mod:`~asyncopd.losses.estimators`: ``TokenBatch`` and ``per_token_loss``, the learner's entry point.
+- :mod:`~asyncopd.losses.batch`: ``TokenBatch``, the padded micro-batch every estimator reads;
+- :mod:`~asyncopd.losses.estimators`: ``per_token_loss``, the learner's entry point (looks the estimator up by name).
 """
 
 from asyncopd.losses.dense import (
@@ -20,7 +21,8 @@ from asyncopd.losses.dense import (
     dense_reverse_kl,
     dense_reverse_kl_per_token,
 )
-from asyncopd.losses.estimators import TokenBatch, per_token_loss
+from asyncopd.losses.batch import TokenBatch
+from asyncopd.losses.estimators import per_token_loss
 from asyncopd.losses.forward_kl_topk import (
     forward_kl_topk,
     forward_kl_topk_per_token,

@@ -15,10 +15,11 @@ These need full teacher logits (``[B, T, V]``), so they are only practical for s
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from asyncopd.losses.batch import TokenBatch, need
 from asyncopd.losses.forward_kl_topk import masked_token_mean, upcast
 
 
@@ -64,3 +65,15 @@ def dense_reverse_kl(
 ) -> torch.Tensor:
     """Token-mean ``KL(pi || p_T)`` over valid positions; logits ``[B, T, V]``, mask ``[B, T]``."""
     return masked_token_mean(dense_reverse_kl_per_token(student_logits, teacher_logits), mask, normalizer)
+
+
+def estimate_forward(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``dense_forward_kl`` for ``per_token_loss``: KL(p_T || pi) over the full vocabulary."""
+    teacher = need(b.teacher_full_logp, "the full teacher distribution", "dense_forward_kl")
+    return kl_per_token_from_logprobs(teacher, student_logp), {}
+
+
+def estimate_reverse(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``dense_reverse_kl`` for ``per_token_loss``: KL(pi || p_T) over the full vocabulary."""
+    teacher = need(b.teacher_full_logp, "the full teacher distribution", "dense_reverse_kl")
+    return kl_per_token_from_logprobs(student_logp, teacher), {}

@@ -31,9 +31,11 @@ Teacher log-probs of ``-inf`` (``p_T = 0``, e.g. padding of ragged ``k``) contri
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+
+from asyncopd.losses.batch import TokenBatch
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -102,3 +104,8 @@ def topk_mass(logprobs_at_topk: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     lp = upcast(logprobs_at_topk)
     mass = torch.where(torch.isfinite(lp), lp.exp(), torch.zeros_like(lp)).sum(-1)
     return masked_token_mean(mass, mask)
+
+
+def estimate(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``forward_kl_topk`` for ``per_token_loss``: the student's log-probs at the teacher's top-k."""
+    return forward_kl_topk_per_token(student_logp.gather(-1, b.teacher_topk_ids), b.teacher_topk_logp), {}

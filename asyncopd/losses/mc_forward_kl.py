@@ -13,7 +13,11 @@ as for the top-k forward KL.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from asyncopd.losses.batch import TokenBatch, need
 
 
 def mc_forward_kl_per_token(student_logprobs_at_draws: torch.Tensor, teacher_logprobs_at_draws: torch.Tensor,
@@ -24,3 +28,11 @@ def mc_forward_kl_per_token(student_logprobs_at_draws: torch.Tensor, teacher_log
     t = teacher_logprobs_at_draws.to(s.dtype)
     terms = torch.where(valid, t - s, torch.zeros_like(s))
     return terms.sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+def estimate(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``mc_forward_kl`` for ``per_token_loss``: M ids drawn from the teacher."""
+    loss = "mc_forward_kl"
+    ids = need(b.teacher_draw_ids, "the teacher's draws", loss)
+    return mc_forward_kl_per_token(student_logp.gather(-1, ids), need(b.teacher_draw_logp, "their log-probs", loss),
+                                   need(b.teacher_draw_valid, "their mask", loss)), {}

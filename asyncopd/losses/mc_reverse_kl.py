@@ -16,9 +16,12 @@ roughly as ``1/M``: the estimator stays correctable under staleness.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from asyncopd.losses.sampled_reverse_kl import pg_reverse_kl_per_token
+from asyncopd.losses.batch import TokenBatch, need
+from asyncopd.losses.sampled_reverse_kl import pg_options, pg_reverse_kl_per_token
 
 
 def mc_reverse_kl_per_token(logp_theta_at_draws: torch.Tensor, behaviour_logprobs_at_draws: torch.Tensor,
@@ -27,3 +30,14 @@ def mc_reverse_kl_per_token(logp_theta_at_draws: torch.Tensor, behaviour_logprob
     """Inputs ``[..., M]`` (log pi_theta, log mu, log p_T at the draws; ``valid`` bool); output ``[...]``."""
     return pg_reverse_kl_per_token(logp_theta_at_draws, behaviour_logprobs_at_draws, teacher_logprobs_at_draws,
                                    valid, **options)
+
+
+def estimate(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``mc_reverse_kl`` for ``per_token_loss``: the rollout's M draws from mu."""
+    loss = "mc_reverse_kl"
+    ids = need(b.query_ids, "the rollout's MC draws", loss)
+    valid = need(b.query_valid, "their mask", loss) & b.valid.unsqueeze(-1)
+    per, ids_diag = mc_reverse_kl_per_token(
+        student_logp.gather(-1, ids), need(b.query_behaviour_logp, "log mu at the draws", loss),
+        need(b.query_teacher_logp, "teacher log-probs at the draws", loss), valid, **pg_options(algo))
+    return per, {k: v.mean(-1) for k, v in ids_diag.items()}

@@ -18,8 +18,11 @@ sampled ones.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from asyncopd.losses.batch import TokenBatch, need
 from asyncopd.losses.reverse_kl_topk import TailMode, reverse_kl_on_support_per_token
 
 
@@ -32,3 +35,13 @@ def reverse_kl_student_topk_per_token(
     """Inputs ``[..., K]``: log pi_theta and log p_T at the rollout's top-K ids; output ``[...]``."""
     return reverse_kl_on_support_per_token(student_logprobs_at_support, teacher_logprobs_at_support, support_valid,
                                            tail=tail)
+
+
+def estimate(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``reverse_kl_student_topk`` for ``per_token_loss``: the support is the rollout's top-K."""
+    loss = "reverse_kl_student_topk"
+    ids = need(b.query_ids, "the rollout's top-K ids", loss)
+    per = reverse_kl_student_topk_per_token(student_logp.gather(-1, ids),
+                                            need(b.query_teacher_logp, "teacher log-probs at them", loss),
+                                            b.query_valid, tail=algo.topk_tail)
+    return per, {}

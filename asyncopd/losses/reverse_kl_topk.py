@@ -28,9 +28,11 @@ Support entries marked invalid (ragged ``k``, padding) contribute nothing.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+
+from asyncopd.losses.batch import TokenBatch, need
 
 TailMode = Literal["bucket", "drop"]
 TAIL_EPS = 1e-6  # a teacher tail below this is float32 round-off of a full support
@@ -68,3 +70,9 @@ def reverse_kl_topk_per_token(student_logprobs_at_topk: torch.Tensor, teacher_to
                               tail: TailMode = "bucket") -> torch.Tensor:
     """Reverse KL on the teacher's top-k ``S_T(t)``: ``[..., k]`` -> ``[...]``."""
     return reverse_kl_on_support_per_token(student_logprobs_at_topk, teacher_topk_logprobs, tail=tail)
+
+
+def estimate(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``reverse_kl_topk`` for ``per_token_loss`` (``algo.topk_tail`` chooses the tail rule)."""
+    return reverse_kl_topk_per_token(student_logp.gather(-1, b.teacher_topk_ids), b.teacher_topk_logp,
+                                     tail=algo.topk_tail), {}

@@ -22,10 +22,11 @@ expectation under ``pi`` is the reverse KL.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from asyncopd.losses.batch import TokenBatch
 from asyncopd.losses.stabilisers import decoupled_ppo_objective, m2po_objective, plain_objective, ppo_clip_objective
 
 Advantage = Literal["online", "offline"]
@@ -81,3 +82,17 @@ def sampled_reverse_kl_per_token(logp_theta_y: torch.Tensor, behaviour_logprob: 
     """One sample per position (the emitted token ``y_t``): inputs ``[...]``, output ``[...]``."""
     return pg_reverse_kl_per_token(logp_theta_y.unsqueeze(-1), behaviour_logprob.unsqueeze(-1),
                                    teacher_logprob_y.unsqueeze(-1), valid.unsqueeze(-1), **options)
+
+
+def pg_options(algo: Any) -> dict[str, Any]:
+    """The policy-gradient options of ``algo`` (advantage and stabiliser), as the PG losses take them."""
+    return dict(advantage=algo.advantage, stabiliser=algo.stabiliser, clip_eps=algo.clip_eps,
+                weight_cap=algo.behaviour_weight_cap, m2po_budget=algo.m2po_budget)
+
+
+def estimate(student_logp: torch.Tensor, b: TokenBatch, algo: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``sampled_reverse_kl`` for ``per_token_loss``: the emitted token is the one sample."""
+    lt = student_logp.gather(-1, b.targets.unsqueeze(-1)).squeeze(-1)
+    per, ids_diag = sampled_reverse_kl_per_token(lt, b.behaviour_logp, b.teacher_sampled_logp, b.valid,
+                                                 **pg_options(algo))
+    return per, {k: v.mean(-1) for k, v in ids_diag.items()}

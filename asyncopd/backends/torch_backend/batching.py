@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from asyncopd.backends.base import TrainItem
-from asyncopd.losses.estimators import TokenBatch
+from asyncopd.losses.batch import TokenBatch
 
 
 @dataclass
