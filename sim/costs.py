@@ -1,21 +1,24 @@
 """Choosing a cost model by name, and the run-to-run noise laid over any of them.
 
 ``make_cost_model(cfg, seed)`` builds the implementation registered under
-``cfg.sim.cost_model`` (``sim.cost_model.COST_MODELS``: ``parametric`` in ``sim/parametric.py``,
-``analytic`` in ``sim/analytic.py``) and, when any ``sim.costs.*_cv`` is set, wraps it in
+``cfg.sim.cost_model`` (``sim.cost_model.COST_MODELS``; the model named ``X`` in
+``asyncopd.catalog.COST_MODEL_NAMES`` lives in ``sim/X.py``: ``parametric``, ``analytic``) and, when any ``sim.costs.*_cv`` is set, wraps it in
 ``JitteredCosts``. The interface is ``sim.cost_model.CostModel``.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 from typing import Optional
 
-import sim.analytic  # noqa: F401  (registers "analytic")
-import sim.parametric  # noqa: F401  (registers "parametric")
+from asyncopd.catalog import COST_MODEL_NAMES
 from asyncopd.config.schema import OPDConfig
 from sim.cost_model import COST_MODELS, CostModel, LayoutShape, Segment, SyncCost
+
+for _name in COST_MODEL_NAMES:  # each lives in sim/<name>.py and registers itself on import
+    importlib.import_module(f"sim.{_name}")
 
 
 class JitteredCosts(CostModel):
