@@ -226,7 +226,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
 def compare(real_run: Path, sim_run: Path,
             out: Optional[Path] = typer.Option(None, help="report directory (default: REAL_RUN/compare-SIM)")) -> None:
     """Compare a measured run with a simulated one: throughput, staleness (KS), plots."""
-    from asyncopd.compare import compare_runs
+    from asyncopd.trace.compare import compare_runs
 
     try:
         r = compare_runs(real_run, sim_run, out)
@@ -357,8 +357,8 @@ def validate(run_dir: Path) -> None:
 def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
          progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """simulate → train → compare on CONFIG, then say where everything is."""
-    from asyncopd.compare import compare_runs
     from asyncopd.runtime.driver import train as run_train
+    from asyncopd.trace.compare import compare_runs
     from asyncopd.trace.schema import validate_run_dir
     from sim.driver import simulate as run_sim
 

@@ -110,7 +110,7 @@ def pooled_staleness(pred: Prediction) -> np.ndarray:
 
 
 def _pooled(run_dirs: list[str]) -> np.ndarray:
-    from asyncopd.compare import load_run
+    from asyncopd.trace.compare import load_run
 
     return np.concatenate([load_run(d)["staleness"] for d in run_dirs]) if run_dirs else np.array([])
 
@@ -147,7 +147,7 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
     simulator's *structural* error, not the drift of stage costs between calibration and run."""
     from scipy import stats
 
-    from asyncopd.compare import load_run
+    from asyncopd.trace.compare import load_run
     from calibration.from_run import fit_run, write_profile
 
     errors, sim_stale, real_stale = [], [], []
@@ -176,7 +176,7 @@ def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = T
     ``asyncopd compare`` report is of the first measured run against the first simulated seed."""
     from scipy import stats
 
-    from asyncopd.compare import compare_runs, load_run
+    from asyncopd.trace.compare import compare_runs, load_run
 
     report = compare_runs(real_dirs[0], pred.sim_dirs[0], out, plots=plots)
     measured = [load_run(d) for d in real_dirs]
