@@ -160,7 +160,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
                                                 help="continue RUN_DIR from its newest complete checkpoint"),
           plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Run the real Ray trainer on CONFIG; write a run directory (or continue one: --resume)."""
-    from asyncopd.runtime.driver import find_resume_checkpoint
+    from asyncopd.runtime.checkpoints import find_resume_checkpoint
     from asyncopd.runtime.driver import train as run_train
 
     if resume is None:
