@@ -20,12 +20,11 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem
-from asyncopd.config.placement import placement as layout_placement
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages
 from asyncopd.control.controller import Controller
-from asyncopd.runtime import actors, checkpoints
-from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_ray
+from asyncopd.runtime import checkpoints
+from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_actors, start_ray
 from asyncopd.task import BuiltinTask, CharCodec
 from asyncopd.trace.setup import start_run
 
@@ -80,54 +79,13 @@ class RayDriver:
     def _start_actors(self) -> None:
         import ray
 
-        cfg, lay, algo = self.cfg, self.cfg.layout, self.cfg.algorithm
-        dt, dtype = cfg.cluster.device_type, cfg.models.dtype
-        where = layout_placement(lay)  # each worker's own devices, exactly as the simulator places it
-        gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
-        opts = {"num_cpus": 0, "num_gpus": gpu}
-        Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)
-        Teacher = ray.remote(actors.TeacherWorker).options(**opts)
-        Learner = ray.remote(actors.LearnerWorker).options(**opts)
-        self.rollout = {
-            f"rollout-{i}": Rollout.remote(
-                f"rollout-{i}", str(self.models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
-                eos_id=self.codec.eos_id, pad_id=self.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
-                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
-                capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples(), backend=cfg.rollout.backend,
-                **self._vllm_options("rollout"))
-            for i in range(lay.rollout.workers)
-        }
-        self.teachers = {
-            f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(self.models.teacher), device_type=dt,
-                                           devices=list(where[f"teacher-{i}"]), top_k=cfg.teacher.top_k,
-                                           pad_id=self.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
-                                           full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i,
-                                           backend=cfg.teacher.backend, **self._vllm_options("teacher"))
-            for i in range(lay.teacher.workers)
-        }
-        lc = cfg.learner
-        self.learner = Learner.remote(str(self.models.student), device_type=dt, devices=lay.learner.devices, lr=lc.lr,
-                                      weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
-                                      micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
-                                      decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0,
-                                      min_lr_ratio=lc.min_lr_ratio,
-                                      algorithm=algo.model_dump())
+        self.rollout, self.teachers, self.learner = start_actors(self.cfg, self.models)
         handles = {**self.rollout, **self.teachers, "learner-0": self.learner}
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
         self.queues = {w: WorkerQueue() for w in self.rollout}
         self._placement = placement
         if self.evaluates:
             self.eval_start = ray.get(self._evaluate())
-
-    def _vllm_options(self, role: str) -> dict[str, Any]:
-        """Engine sizing the vLLM backend takes from the config (nothing for torch)."""
-        if getattr(self.cfg, role).backend != "vllm":
-            return {}
-        opts: dict[str, Any] = {"gpu_memory_utilization": self.cfg.rollout.gpu_memory_utilization,
-                                "tensor_parallel_size": getattr(self.cfg.layout, role).tp}
-        if role == "rollout":
-            opts["max_num_seqs"] = self.cfg.rollout.max_num_seqs
-        return opts
 
     def _make_controller(self) -> Controller:
         self.recorder, ctrl = start_run(
