@@ -286,7 +286,8 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     if not 0 < threshold:
         fail(f"--threshold must be > 0 (0.25 = 25%), got {threshold:g}")
     if from_run:
-        from calibration.from_run import fit_runs, write_profile
+        from calibration.from_run import write_profile
+        from calibration.multi_run import fit_runs
 
         for run in from_run:
             if not (run / "trace.json").is_file():

@@ -141,9 +141,10 @@ def refine_calibration(profile: str | Path, trials: list[Trial], out_dir: str | 
                        progress: bool = True) -> tuple[Path | None, str]:
     """Close the loop: add the sharing factors the bake-off's runs show to the calibration the
     plan used (``calibrate --from-run SOURCE [--from-run ...] --from-run VERIFY_RUNS``, see
-    ``calibration.from_run.fit_runs``). Returns the new profile (``OUT/calibration.yaml``; None
+    ``calibration.multi_run.fit_runs``). Returns the new profile (``OUT/calibration.yaml``; None
     when the profile is not from a run, or its source run is gone) and a one-line message."""
-    from calibration.from_run import fit_runs, write_profile
+    from calibration.from_run import write_profile
+    from calibration.multi_run import fit_runs
     from calibration.profile import read_profile
 
     data = read_profile(profile)
