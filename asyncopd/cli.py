@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from asyncopd.config import ConfigError, OPDConfig, load_config
+from asyncopd.trace.formatting import cell
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, simulate and run asynchronous on-policy distillation.")
@@ -63,10 +64,10 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
     rows = [
         ("policy", s.get("policy")),
         ("clock", f"{s.get('clock')} ({s.get('duration_s', 0):.1f} s for {s.get('steps')} steps)"),
-        ("samples/s", _f(s.get("samples_per_s"))),
-        ("tokens/s", _f(s.get("tokens_per_s"))),
-        ("learner steps/hour", _f(s.get("steps_per_hour"), 0)),
-        ("staleness mean / std / max", f"{_f(st.get('mean'))} / {_f(st.get('std'))} / {_f(st.get('max'))}"),
+        ("samples/s", cell(s.get("samples_per_s"))),
+        ("tokens/s", cell(s.get("tokens_per_s"))),
+        ("learner steps/hour", cell(s.get("steps_per_hour"), ".0f")),
+        ("staleness mean / std / max", f"{cell(st.get('mean'))} / {cell(st.get('std'))} / {cell(st.get('max'))}"),
         ("staleness histogram (per-sample max)", str(st.get("hist"))),
         ("utilisation", ", ".join(f"{k} {v:.0%}" for k, v in util.items())),
         ("samples", str(s.get("sample_status"))),
@@ -82,10 +83,6 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
     for k, v in rows:
         t.add_row(k, str(v))
     return t
-
-
-def _f(x: Any, nd: int = 2) -> str:
-    return "-" if x is None else f"{x:.{nd}f}"
 
 
 @app.command()
@@ -241,14 +238,15 @@ def _print_compare(r: dict[str, Any]) -> None:
     t.add_column("")
     t.add_column(f"{r['real_driver']} (a)")
     t.add_column(f"{r['sim_driver']} (b)")
-    t.add_row("samples/s", _f(r["samples_per_s"]["real"]), _f(r["samples_per_s"]["sim"]))
-    t.add_row("staleness mean", _f(r["staleness_mean"]["real"]), _f(r["staleness_mean"]["sim"]))
+    t.add_row("samples/s", cell(r["samples_per_s"]["real"]), cell(r["samples_per_s"]["sim"]))
+    t.add_row("staleness mean", cell(r["staleness_mean"]["real"]), cell(r["staleness_mean"]["sim"]))
     for role in sorted(set(r["utilisation"]["real"]) | set(r["utilisation"]["sim"])):
-        t.add_row(f"utilisation {role}", _f(r["utilisation"]["real"].get(role)), _f(r["utilisation"]["sim"].get(role)))
+        t.add_row(f"utilisation {role}", cell(r["utilisation"]["real"].get(role)),
+                  cell(r["utilisation"]["sim"].get(role)))
     console.print(t)
-    console.print(f"throughput ratio b/a = {_f(r['throughput_ratio'], 3)}   "
-                  f"staleness KS = {_f(r['staleness_ks'], 3)} (p = {_f(r['staleness_ks_pvalue'], 3)})   "
-                  f"Wasserstein = {_f(r['staleness_wasserstein'], 3)} versions")
+    console.print(f"throughput ratio b/a = {cell(r['throughput_ratio'], '.3f')}   "
+                  f"staleness KS = {cell(r['staleness_ks'], '.3f')} (p = {cell(r['staleness_ks_pvalue'], '.3f')})   "
+                  f"Wasserstein = {cell(r['staleness_wasserstein'], '.3f')} versions")
     console.print(f"report: {r['out_dir']}/report.md (and compare.json)")
     for name, path in r["plots"].items():
         console.print(f"plot {name}: {path}")
