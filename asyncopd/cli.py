@@ -14,8 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from asyncopd.config import ConfigError, OPDConfig, load_config
+from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
+from asyncopd.control.policies import parse_policy
+from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
 from asyncopd.trace.formatting import cell
+from asyncopd.trace.schema import RunFormatError, validate_run_dir
+from calibration.profile import profile_overrides, read_profile, write_profile_dict
+from calibration.report import drift_table, extras_table, fit_table
+from sim.predict import predict as run_predict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, simulate and run asynchronous on-policy distillation.")
@@ -28,7 +34,7 @@ PlotsOpt = typer.Option(True, help="write staleness / utilisation / queue plots 
 
 def _plots(run_dir: Path, enabled: bool) -> None:
     if enabled:
-        from asyncopd.trace.plots import plot_run
+        from asyncopd.trace.plots import plot_run  # (lazy: keeps numpy out of `asyncopd --help`)
 
         for name, path in plot_run(run_dir).items():
             console.print(f"plot {name}: {path}")
@@ -41,8 +47,6 @@ def _load(config: Path, overrides: Optional[list[str]], costs: Optional[Path] = 
     try:
         extra: list[str] = []
         if costs is not None:
-            from calibration.from_run import profile_overrides
-
             extra = profile_overrides(costs)
         return load_config(config, [*extra, *(overrides or [])])
     except (ConfigError, FileNotFoundError, ValueError) as e:
@@ -88,8 +92,6 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
 @app.command()
 def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and print the resolved version."""
-    from asyncopd.config import dump_config
-
     cfg = _load(config, set_)
     console.print(dump_config(cfg))
     console.print(f"[green]ok[/green]: {config} is valid (policy {cfg.policy().describe()})")
@@ -102,7 +104,7 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
              costs: Optional[Path] = CostsOpt, plots: bool = PlotsOpt,
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Simulate CONFIG with the SimPy driver; write a run directory."""
-    from sim.driver import simulate as run_sim
+    from sim.driver import simulate as run_sim  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
 
     cfg = _load(config, set_, costs)
     run_dir = _run_dir(cfg, "sim", out)
@@ -119,9 +121,6 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
             progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Predict the speedup of each --policy over the first one, with a 95% interval over seeds."""
     from tqdm.auto import tqdm
-
-    from asyncopd.control.policies import parse_policy
-    from sim.predict import predict as run_predict
 
     cfg = _load(config, set_, costs)
     if len(policy) < 2:
@@ -157,8 +156,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
                                                 help="continue RUN_DIR from its newest complete checkpoint"),
           plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Run the real Ray trainer on CONFIG; write a run directory (or continue one: --resume)."""
-    from asyncopd.runtime.checkpoints import find_resume_checkpoint
-    from asyncopd.runtime.driver import train as run_train
+    from asyncopd.runtime.driver import train as run_train  # (lazy: keeps numpy out of `asyncopd --help`)
 
     if resume is None:
         if config is None:
@@ -198,8 +196,6 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
     """Held-out greedy accuracy of a checkpoint on the built-in task (eval split)."""
     import json
 
-    from asyncopd.runtime.checkpoints import evaluate_checkpoint
-
     try:
         r = evaluate_checkpoint(checkpoint, n=prompts, seed=seed)
     except (FileNotFoundError, ValueError) as e:
@@ -223,7 +219,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
 def compare(real_run: Path, sim_run: Path,
             out: Optional[Path] = typer.Option(None, help="report directory (default: REAL_RUN/compare-SIM)")) -> None:
     """Compare a measured run with a simulated one: throughput, staleness (KS), plots."""
-    from asyncopd.trace.compare import compare_runs
+    from asyncopd.trace.compare import compare_runs  # (lazy: keeps numpy out of `asyncopd --help`)
 
     try:
         r = compare_runs(real_run, sim_run, out)
@@ -271,7 +267,6 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     """Fit the simulator's cost model: profile this machine for CONFIG's models (micro-benchmarks of the
     torch engines), or fit a recorded run (--from-run); --check PROFILE re-measures and reports drift
     (exit 0 ok, 1 drifted, 2 bad input)."""
-    from calibration.report import drift_table, extras_table, fit_table
 
     def fail(msg: str) -> None:
         err.print(f"[red]error:[/red] {msg}")
@@ -284,6 +279,7 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     if not 0 < threshold:
         fail(f"--threshold must be > 0 (0.25 = 25%), got {threshold:g}")
     if from_run:
+        # (lazy: keeps scipy and simpy out of `asyncopd --help`)
         from calibration.from_run import write_profile
         from calibration.multi_run import fit_runs
 
@@ -299,7 +295,7 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
         return
     if check is not None:
-        from calibration.check import check_profile
+        from calibration.check import check_profile  # (lazy: keeps scipy out of `asyncopd --help`)
 
         try:
             res = check_profile(check, config=config, overrides=set_ or [], threshold=threshold,
@@ -311,8 +307,7 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         console.print(drift_table(res))
         console.print(f"verdict: [{'green' if res.ok else 'red'}]{res.verdict}[/]")
         raise typer.Exit(0 if res.ok else 1)
-    from calibration.profile import read_profile, write_profile_dict
-    from calibration.profilers import profile
+    from calibration.profilers import profile  # (lazy: keeps numpy out of `asyncopd --help`)
 
     cfg = _load(config or Path("configs/default.yaml"), set_)
     path = out or Path(cfg.run.output_dir) / f"{cfg.run.name}-calibration.yaml"
@@ -342,8 +337,6 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
 @app.command()
 def validate(run_dir: Path) -> None:
     """Check a run directory against the documented trace format."""
-    from asyncopd.trace.schema import RunFormatError, validate_run_dir
-
     try:
         counts = validate_run_dir(run_dir)
     except RunFormatError as e:
@@ -356,9 +349,9 @@ def validate(run_dir: Path) -> None:
 def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
          progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """simulate → train → compare on CONFIG, then say where everything is."""
+    # (lazy: keeps numpy and simpy out of `asyncopd --help`)
     from asyncopd.runtime.driver import train as run_train
     from asyncopd.trace.compare import compare_runs
-    from asyncopd.trace.schema import validate_run_dir
     from sim.driver import simulate as run_sim
 
     t0 = time.perf_counter()

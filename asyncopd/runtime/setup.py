@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asyncopd.backends.vllm_backend import vllm_available
 from asyncopd.config.placement import placement as layout_placement
 from asyncopd.config.schema import ModelSpec, OPDConfig
+from asyncopd.models import load_codec, resolve_model
 from asyncopd.runtime import actors
 
 
@@ -30,8 +32,6 @@ def check_trainable(cfg: OPDConfig) -> None:
     for role in ("rollout", "teacher"):
         if getattr(cfg, role).backend != "vllm":
             continue
-        from asyncopd.backends.vllm_backend import vllm_available
-
         if cfg.cluster.device_type != "cuda":
             raise ValueError(f"{role}.backend=vllm needs cluster.device_type=cuda (vLLM runs on GPUs); use "
                              f"{role}.backend=torch on CPU")
@@ -42,16 +42,12 @@ def check_trainable(cfg: OPDConfig) -> None:
 
 
 def _resolve(spec: ModelSpec, cfg: OPDConfig, progress: bool) -> Path:
-    from asyncopd.models import resolve_model
-
     return resolve_model(spec.preset or spec.path, cfg.task, seed=cfg.run.seed, progress=progress)
 
 
 def resolve_models(cfg: OPDConfig, *, progress: bool = True) -> ResolvedModels:
     """Built-in presets are trained once and cached; user paths are checked. Both models must
     share one vocabulary: OPD compares their distributions token by token."""
-    from asyncopd.models import load_codec
-
     check_trainable(cfg)
     teacher = _resolve(cfg.models.teacher, cfg, progress)
     student = _resolve(cfg.models.student, cfg, progress)
