@@ -14,7 +14,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from asyncopd.config import ConfigError, OPDConfig, load_config
+from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
+from asyncopd.control.policies import parse_policy
+from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
+from asyncopd.trace.formatting import cell
+from asyncopd.trace.schema import RunFormatError, validate_run_dir
+from calibration.profile import profile_overrides, read_profile, write_profile_dict
+from calibration.report import drift_table, extras_table, fit_table
+from sim.predict import predict as run_predict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, simulate and run asynchronous on-policy distillation.")
@@ -27,7 +34,7 @@ PlotsOpt = typer.Option(True, help="write staleness / utilisation / queue plots 
 
 def _plots(run_dir: Path, enabled: bool) -> None:
     if enabled:
-        from asyncopd.trace.plots import plot_run
+        from asyncopd.trace.plots import plot_run  # (lazy: keeps numpy out of `asyncopd --help`)
 
         for name, path in plot_run(run_dir).items():
             console.print(f"plot {name}: {path}")
@@ -40,8 +47,6 @@ def _load(config: Path, overrides: Optional[list[str]], costs: Optional[Path] = 
     try:
         extra: list[str] = []
         if costs is not None:
-            from calibration.from_run import profile_overrides
-
             extra = profile_overrides(costs)
         return load_config(config, [*extra, *(overrides or [])])
     except (ConfigError, FileNotFoundError, ValueError) as e:
@@ -63,10 +68,10 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
     rows = [
         ("policy", s.get("policy")),
         ("clock", f"{s.get('clock')} ({s.get('duration_s', 0):.1f} s for {s.get('steps')} steps)"),
-        ("samples/s", _f(s.get("samples_per_s"))),
-        ("tokens/s", _f(s.get("tokens_per_s"))),
-        ("learner steps/hour", _f(s.get("steps_per_hour"), 0)),
-        ("staleness mean / std / max", f"{_f(st.get('mean'))} / {_f(st.get('std'))} / {_f(st.get('max'))}"),
+        ("samples/s", cell(s.get("samples_per_s"))),
+        ("tokens/s", cell(s.get("tokens_per_s"))),
+        ("learner steps/hour", cell(s.get("steps_per_hour"), ".0f")),
+        ("staleness mean / std / max", f"{cell(st.get('mean'))} / {cell(st.get('std'))} / {cell(st.get('max'))}"),
         ("staleness histogram (per-sample max)", str(st.get("hist"))),
         ("utilisation", ", ".join(f"{k} {v:.0%}" for k, v in util.items())),
         ("samples", str(s.get("sample_status"))),
@@ -84,15 +89,9 @@ def _summary_table(title: str, s: dict[str, Any]) -> Table:
     return t
 
 
-def _f(x: Any, nd: int = 2) -> str:
-    return "-" if x is None else f"{x:.{nd}f}"
-
-
 @app.command()
 def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and print the resolved version."""
-    from asyncopd.config import dump_config
-
     cfg = _load(config, set_)
     console.print(dump_config(cfg))
     console.print(f"[green]ok[/green]: {config} is valid (policy {cfg.policy().describe()})")
@@ -105,7 +104,7 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
              costs: Optional[Path] = CostsOpt, plots: bool = PlotsOpt,
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Simulate CONFIG with the SimPy driver; write a run directory."""
-    from sim.driver import simulate as run_sim
+    from sim.driver import simulate as run_sim  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
 
     cfg = _load(config, set_, costs)
     run_dir = _run_dir(cfg, "sim", out)
@@ -122,9 +121,6 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
             progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Predict the speedup of each --policy over the first one, with a 95% interval over seeds."""
     from tqdm.auto import tqdm
-
-    from asyncopd.control.policies import parse_policy
-    from sim.predict import predict as run_predict
 
     cfg = _load(config, set_, costs)
     if len(policy) < 2:
@@ -160,8 +156,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
                                                 help="continue RUN_DIR from its newest complete checkpoint"),
           plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """Run the real Ray trainer on CONFIG; write a run directory (or continue one: --resume)."""
-    from asyncopd.runtime.driver import find_resume_checkpoint
-    from asyncopd.runtime.driver import train as run_train
+    from asyncopd.runtime.driver import train as run_train  # (lazy: keeps numpy out of `asyncopd --help`)
 
     if resume is None:
         if config is None:
@@ -201,8 +196,6 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
     """Held-out greedy accuracy of a checkpoint on the built-in task (eval split)."""
     import json
 
-    from asyncopd.runtime.checkpoints import evaluate_checkpoint
-
     try:
         r = evaluate_checkpoint(checkpoint, n=prompts, seed=seed)
     except (FileNotFoundError, ValueError) as e:
@@ -226,7 +219,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
 def compare(real_run: Path, sim_run: Path,
             out: Optional[Path] = typer.Option(None, help="report directory (default: REAL_RUN/compare-SIM)")) -> None:
     """Compare a measured run with a simulated one: throughput, staleness (KS), plots."""
-    from asyncopd.compare import compare_runs
+    from asyncopd.trace.compare import compare_runs  # (lazy: keeps numpy out of `asyncopd --help`)
 
     try:
         r = compare_runs(real_run, sim_run, out)
@@ -241,14 +234,15 @@ def _print_compare(r: dict[str, Any]) -> None:
     t.add_column("")
     t.add_column(f"{r['real_driver']} (a)")
     t.add_column(f"{r['sim_driver']} (b)")
-    t.add_row("samples/s", _f(r["samples_per_s"]["real"]), _f(r["samples_per_s"]["sim"]))
-    t.add_row("staleness mean", _f(r["staleness_mean"]["real"]), _f(r["staleness_mean"]["sim"]))
+    t.add_row("samples/s", cell(r["samples_per_s"]["real"]), cell(r["samples_per_s"]["sim"]))
+    t.add_row("staleness mean", cell(r["staleness_mean"]["real"]), cell(r["staleness_mean"]["sim"]))
     for role in sorted(set(r["utilisation"]["real"]) | set(r["utilisation"]["sim"])):
-        t.add_row(f"utilisation {role}", _f(r["utilisation"]["real"].get(role)), _f(r["utilisation"]["sim"].get(role)))
+        t.add_row(f"utilisation {role}", cell(r["utilisation"]["real"].get(role)),
+                  cell(r["utilisation"]["sim"].get(role)))
     console.print(t)
-    console.print(f"throughput ratio b/a = {_f(r['throughput_ratio'], 3)}   "
-                  f"staleness KS = {_f(r['staleness_ks'], 3)} (p = {_f(r['staleness_ks_pvalue'], 3)})   "
-                  f"Wasserstein = {_f(r['staleness_wasserstein'], 3)} versions")
+    console.print(f"throughput ratio b/a = {cell(r['throughput_ratio'], '.3f')}   "
+                  f"staleness KS = {cell(r['staleness_ks'], '.3f')} (p = {cell(r['staleness_ks_pvalue'], '.3f')})   "
+                  f"Wasserstein = {cell(r['staleness_wasserstein'], '.3f')} versions")
     console.print(f"report: {r['out_dir']}/report.md (and compare.json)")
     for name, path in r["plots"].items():
         console.print(f"plot {name}: {path}")
@@ -273,7 +267,6 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     """Fit the simulator's cost model: profile this machine for CONFIG's models (micro-benchmarks of the
     torch engines), or fit a recorded run (--from-run); --check PROFILE re-measures and reports drift
     (exit 0 ok, 1 drifted, 2 bad input)."""
-    from calibration.report import drift_table, extras_table, fit_table
 
     def fail(msg: str) -> None:
         err.print(f"[red]error:[/red] {msg}")
@@ -286,7 +279,9 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     if not 0 < threshold:
         fail(f"--threshold must be > 0 (0.25 = 25%), got {threshold:g}")
     if from_run:
-        from calibration.from_run import fit_runs, write_profile
+        # (lazy: keeps scipy and simpy out of `asyncopd --help`)
+        from calibration.from_run import write_profile
+        from calibration.multi_run import fit_runs
 
         for run in from_run:
             if not (run / "trace.json").is_file():
@@ -300,7 +295,7 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
         return
     if check is not None:
-        from calibration.check import check_profile
+        from calibration.check import check_profile  # (lazy: keeps scipy out of `asyncopd --help`)
 
         try:
             res = check_profile(check, config=config, overrides=set_ or [], threshold=threshold,
@@ -312,8 +307,7 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         console.print(drift_table(res))
         console.print(f"verdict: [{'green' if res.ok else 'red'}]{res.verdict}[/]")
         raise typer.Exit(0 if res.ok else 1)
-    from calibration.profile import read_profile, write_profile_dict
-    from calibration.profilers import profile
+    from calibration.profilers import profile  # (lazy: keeps numpy out of `asyncopd --help`)
 
     cfg = _load(config or Path("configs/default.yaml"), set_)
     path = out or Path(cfg.run.output_dir) / f"{cfg.run.name}-calibration.yaml"
@@ -343,8 +337,6 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
 @app.command()
 def validate(run_dir: Path) -> None:
     """Check a run directory against the documented trace format."""
-    from asyncopd.trace.schema import RunFormatError, validate_run_dir
-
     try:
         counts = validate_run_dir(run_dir)
     except RunFormatError as e:
@@ -357,9 +349,9 @@ def validate(run_dir: Path) -> None:
 def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
          progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """simulate → train → compare on CONFIG, then say where everything is."""
-    from asyncopd.compare import compare_runs
+    # (lazy: keeps numpy and simpy out of `asyncopd --help`)
     from asyncopd.runtime.driver import train as run_train
-    from asyncopd.trace.schema import validate_run_dir
+    from asyncopd.trace.compare import compare_runs
     from sim.driver import simulate as run_sim
 
     t0 = time.perf_counter()

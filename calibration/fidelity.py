@@ -33,6 +33,11 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from asyncopd.config import OPDConfig, load_config
+from asyncopd.runtime.driver import train
+from asyncopd.trace.compare import compare_runs, load_run
+from calibration.from_run import fit_run, write_profile
+from calibration.profile import profile_overrides
+from sim.driver import simulate
 
 SHARED_ONE_CORE = ["layout.teacher.devices=[0]", "layout.learner.devices=[0]"]
 COMBOS: dict[str, list[str]] = {
@@ -85,15 +90,11 @@ class FidelityRow:
 def combo_config(base: str | Path | None, overrides: list[str], *, steps: int,
                  profile: Optional[str | Path] = None, extra: Optional[list[str]] = None) -> OPDConfig:
     """The base config with a combination's overrides, ``steps`` updates and the profile's costs."""
-    from calibration.profile import profile_overrides
-
     costs = profile_overrides(profile) if profile is not None else []
     return load_config(base, [*costs, *overrides, f"run.total_steps={steps}", *(extra or [])])
 
 
 def predict(name: str, cfg: OPDConfig, out: Path, seeds: list[int]) -> Prediction:
-    from sim.driver import simulate
-
     rates, dirs = [], []
     for s in seeds:
         d = out / f"sim-seed{s}"
@@ -110,8 +111,6 @@ def pooled_staleness(pred: Prediction) -> np.ndarray:
 
 
 def _pooled(run_dirs: list[str]) -> np.ndarray:
-    from asyncopd.compare import load_run
-
     return np.concatenate([load_run(d)["staleness"] for d in run_dirs]) if run_dirs else np.array([])
 
 
@@ -147,9 +146,6 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
     simulator's *structural* error, not the drift of stage costs between calibration and run."""
     from scipy import stats
 
-    from asyncopd.compare import load_run
-    from calibration.from_run import fit_run, write_profile
-
     errors, sim_stale, real_stale = [], [], []
     for k, real in enumerate(real_dirs):
         refit = write_profile(fit_run(real), out / f"refit{k}.yaml")
@@ -166,8 +162,6 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
 
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
     """Run the real trainer (no held-out evaluation: only timing and staleness matter here)."""
-    from asyncopd.runtime.driver import train
-
     return train(cfg, out, progress=False, evaluate=False)
 
 
@@ -175,8 +169,6 @@ def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = T
     """Errors of ``pred`` against the measured runs (mean samples/s, pooled staleness); the
     ``asyncopd compare`` report is of the first measured run against the first simulated seed."""
     from scipy import stats
-
-    from asyncopd.compare import compare_runs, load_run
 
     report = compare_runs(real_dirs[0], pred.sim_dirs[0], out, plots=plots)
     measured = [load_run(d) for d in real_dirs]

@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from scipy.optimize import nnls
 
-from calibration.from_run import StageFit
+from calibration.run_data import StageFit
 
 STAGES = ("decode", "prefill", "teacher", "learner", "sync")
 

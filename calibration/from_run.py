@@ -19,58 +19,29 @@ Every stage is linear in its parameters, so each is a small non-negative least-s
 ``work`` is a span's duration with device sharing taken out (``calibration/contention.py``):
 on a layout where workers share devices the sharing penalty per pair of roles
 (``colocation_pairs``) is fitted first, as the values that make these linear models fit best.
-A run only shows the pairs its layout puts together; ``fit_runs`` adds the pairs of further
-runs (e.g. a short run of the layout a planner chose) to a reference run's costs.
+A run only shows the pairs its layout puts together; ``fit_runs`` (``calibration/multi_run.py``)
+adds the pairs of further runs (e.g. a short run of the layout a planner chose) to a reference
+run's costs.
 
 The fit error of each stage is reported as MAPE over its observations.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import nnls
 
-from asyncopd.trace.schema import read_jsonl, read_trace
-from asyncopd.config.colocation import Sharing, role_of
-from asyncopd.config.placement import placement
-from calibration.contention import INSEPARABLE, MIN_PAIR_SPANS, PHI_GRID, DeviceCrowd, busy_intervals, merge
+from asyncopd.config.colocation import Sharing
+from asyncopd.trace.schema import read_jsonl
+from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
-
-
-@dataclass
-class StageFit:
-    params: dict[str, Any]  # numbers, and colocation_pairs: {pair: phi}
-    mape: float
-    n: int
-    sq_rel_err: float = 0.0  # mean squared relative residual (what the contention fit minimises)
-
-
-@dataclass
-class RunCalibration:
-    run_dir: str
-    stages: dict[str, StageFit] = field(default_factory=dict)
-    extra_runs: list[str] = field(default_factory=list)  # fit_runs: runs that only lent sharing factors
-    pair_sources: dict[str, str] = field(default_factory=dict)  # pair -> the run its phi came from
-    notes: list[str] = field(default_factory=list)  # what the fit could not see
-
-    def costs(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for fit in self.stages.values():
-            out.update(fit.params)
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        extra = {"sharing_runs": self.extra_runs, "pair_sources": self.pair_sources} if self.extra_runs else {}
-        extra.update({"notes": self.notes} if self.notes else {})
-        return {"source_run": self.run_dir, **extra,
-                "fit": {k: {"params": v.params, "mape": v.mape, "n": v.n} for k, v in self.stages.items()},
-                "sim": {"costs": self.costs()}}
+from calibration.run_data import (RunCalibration, StageFit, _crowd, _PairOverlap, _pause_interval, _paused,
+                                  _read_run, _spans)
 
 
 def _linear(X: np.ndarray, y: np.ndarray, names: list[str], cv_name: str) -> StageFit:
@@ -96,45 +67,6 @@ def _cv(x: np.ndarray) -> float:
     logs = np.log(x)
     sigma = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
     return round(float(np.sqrt(np.expm1(sigma * sigma))), 2)
-
-
-def _spans(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in events if e.get("ph") == "X" and e.get("name") == name]
-
-
-def _paused(sync_span: dict[str, Any]) -> float:
-    """Seconds the worker stopped generating for this sync (``paused_s``: recorded by the
-    simulator and, for the torch backend, by the trainer); otherwise the whole span, an upper
-    bound."""
-    paused = sync_span["args"].get("paused_s")
-    return float(paused) if paused is not None else sync_span["dur"] / 1e6
-
-
-def _pause_interval(sync_span: dict[str, Any]) -> tuple[float, float]:
-    """When the worker stood still for this sync: the last ``_paused`` seconds of the span."""
-    end = (sync_span["ts"] + sync_span["dur"]) / 1e6
-    return end - _paused(sync_span), end
-
-
-def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> DeviceCrowd | None:
-    """Who was busy on which device, from the run's layout (``config.yaml``) and its trace;
-    None when the run has no config (then stage times are taken as measured)."""
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        return None
-    from asyncopd.config import load_config
-
-    busy = busy_intervals(events)
-    for s in syncs:  # loading weights occupies the rollout worker's devices too
-        busy.setdefault(s["args"]["worker"], []).append(_pause_interval(s))
-    busy = {w: merge(iv) for w, iv in busy.items()}
-    return DeviceCrowd(busy, placement(load_config(cfg_file).layout))
-
-
-def _read_run(d: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """A run directory's trace events, sample records and sync spans."""
-    events = read_trace(d / "trace.json")
-    return events, read_jsonl(d / "samples.jsonl"), _spans(events, "sync")
 
 
 def fit_run(run_dir: str | Path) -> RunCalibration:
@@ -186,49 +118,6 @@ def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | No
     X = np.array([[1.0, s["args"]["tokens"]] for s in spans])
     y = np.array([_work(crowd, s["args"]["worker"], s["ts"] / 1e6, (s["ts"] + s["dur"]) / 1e6, phi) for s in spans])
     return _linear(X, y, [f"{prefix}_fixed_s", f"{prefix}_per_token_s"], f"{prefix}_cv")
-
-
-@dataclass
-class _PairOverlap:
-    """Over the busy spans of shared workers: per pair of roles the seconds and the number of
-    spans its workers were busy together, per (pair, role of the span) those seconds, and per
-    role the seconds of its spans."""
-    seen: dict[str, float]
-    spans: dict[str, int]
-    by_role: dict[tuple[str, str], float]
-    total: dict[str, float]
-
-    @classmethod
-    def of(cls, crowd: DeviceCrowd, events: list[dict[str, Any]]) -> "_PairOverlap":
-        ov = cls(defaultdict(float), defaultdict(int), defaultdict(float), defaultdict(float))
-        for e in events:
-            if e.get("ph") == "X" and e.get("name") in ("train", "score", "generate") \
-                    and e["args"]["worker"] in crowd.shared:
-                worker, t0, t1 = e["args"]["worker"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6
-                ov.total[role_of(worker)] += t1 - t0
-                for pair, sec in crowd.overlap(worker, t0, t1).items():
-                    ov.seen[pair] += sec
-                    ov.spans[pair] += 1
-                    ov.by_role[(pair, role_of(worker))] += sec
-        return ov
-
-    def shown(self) -> dict[str, float]:
-        """Pairs whose workers were busy together during at least ``MIN_PAIR_SPANS`` spans ->
-        the seconds they were, most first."""
-        return {p: self.seen[p] for p in sorted(self.seen, key=lambda p: -self.seen[p])
-                if self.spans[p] >= MIN_PAIR_SPANS}
-
-    def inseparable(self) -> dict[str, float]:
-        """Pairs whose workers of *every* role in the pair spent at least ``INSEPARABLE`` of
-        their busy time together -> the smallest such share. No span of theirs ran without the
-        other, so the run cannot tell the pair's ``phi`` from the roles' costs (``fit_runs``)."""
-        out = {}
-        for pair in self.spans:
-            share = min(self.by_role[(pair, r)] / self.total[r] if self.total[r] else 0.0
-                        for r in set(pair.split("+")))
-            if share >= INSEPARABLE:
-                out[pair] = share
-        return out
 
 
 def _fit_colocation(crowd: DeviceCrowd, events: list[dict[str, Any]], samples: list[dict[str, Any]],
@@ -323,74 +212,6 @@ def _fit_rollout(data: _RolloutData, crowd: DeviceCrowd | None = None, phi: Shar
     return _linear(data.rows, ys, ["prefill_per_token_s", "decode_step_s", "decode_per_seq_s"], "decode_cv")
 
 
-def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibration:
-    """The first run's fit, plus a sharing factor for the pairs of roles that later runs put on
-    one device and no earlier run did: ``calibrate --from-run REFERENCE --from-run NEW``, e.g.
-    with a short run of a layout the planner chose (``asyncopd plan`` names such pairs).
-
-    A later run's new pairs get one ``phi``, the value on ``PHI_GRID`` under which the
-    simulator, with the reference run's costs, reproduces that run's measured consumed tokens
-    per second (bisection: throughput falls as ``phi`` grows). Matching the whole run, not its
-    spans, is deliberate: two rollout workers on one core are busy together all the time, so
-    their spans cannot tell ``phi`` from the decode costs, and a teacher's span on a busy core
-    includes waiting that is not contention. Costs are not averaged across runs; a host that
-    drifts between the runs (see the README's calibration section) shows up in the new ``phi``,
-    so run them close together."""
-    base = fit_run(run_dirs[0])
-    own = base.stages.get("contention")
-    pairs = dict(own.params.get("colocation_pairs", {})) if own else {}
-    default = own.params["colocation_factor"] if own else 1.0
-    for d in map(Path, run_dirs[1:]):
-        events, _samples, syncs = _read_run(d)
-        crowd = _crowd(d, events, syncs)
-        shown = _PairOverlap.of(crowd, events).shown() if crowd is not None and crowd.shared else {}
-        new = [p for p in shown if p not in pairs]
-        if new:
-            phi = _match_throughput(d, {**base.costs(), "colocation_factor": default}, pairs, new, progress)
-            for pair in new:
-                pairs[pair], base.pair_sources[pair] = phi, str(d)
-    if len(run_dirs) > 1:
-        for pair in pairs:
-            base.pair_sources.setdefault(pair, base.run_dir)
-        base.stages["contention"] = StageFit({"colocation_factor": default, "colocation_pairs": pairs},
-                                             own.mape if own else float("nan"), own.n if own else 0)
-        base.extra_runs = [str(d) for d in run_dirs[1:]]
-    return base
-
-
-def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, float], new: list[str],
-                      progress: bool) -> float:
-    """The ``phi`` for ``new`` pairs under which ``run_dir``'s config simulates at its measured
-    tokens/s (see ``fit_runs``)."""
-    from tqdm.auto import tqdm
-
-    from asyncopd.config import load_config
-    from sim.driver import simulate
-
-    measured = json.loads((run_dir / "summary.json").read_text())["tokens_per_s"]
-    fixed = [f"sim.costs.{k}={v!r}" for k, v in costs.items() if k != "colocation_pairs"]
-    bar = tqdm(desc=f"phi for {', '.join(new)}", unit="sim", disable=not progress, leave=False)
-
-    def predict(phi: float) -> float:
-        pairs = {**known, **{p: phi for p in new}}
-        cfg = load_config(run_dir / "config.yaml", [*fixed, f"sim.costs.colocation_pairs={pairs!r}",
-                                                    "sim.cost_model=parametric"])
-        bar.update()
-        return simulate(cfg, None, progress=False)["tokens_per_s"]
-
-    lo, hi = 0, len(PHI_GRID) - 1  # predict(PHI_GRID[lo]) >= measured >= predict(PHI_GRID[hi]), else an end
-    at = {lo: predict(float(PHI_GRID[lo])), hi: predict(float(PHI_GRID[hi]))}
-    if at[lo] <= measured or at[hi] >= measured:
-        bar.close()
-        return float(PHI_GRID[lo] if at[lo] <= measured else PHI_GRID[hi])
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        at[mid] = predict(float(PHI_GRID[mid]))
-        lo, hi = (mid, hi) if at[mid] >= measured else (lo, mid)
-    bar.close()
-    return float(PHI_GRID[min((lo, hi), key=lambda i: abs(at[i] - measured))])
-
-
 def write_profile(cal: RunCalibration, path: str | Path) -> Path:
     """Save as YAML: the fitted ``sim.costs`` plus per-stage fit errors and the source run, with the
     shared metadata block (``calibration.profile``) and the run's config when it has one (so
@@ -412,4 +233,4 @@ def write_profile(cal: RunCalibration, path: str | Path) -> Path:
     return write_profile_dict(data, path)
 
 
-__all__ = ["RunCalibration", "StageFit", "fit_run", "fit_runs", "profile_overrides", "write_profile"]
+__all__ = ["fit_run", "profile_overrides", "write_profile"]

@@ -106,7 +106,7 @@ def test_more_runs_add_the_pairs_their_layouts_show(tmp_path) -> None:
     """``calibrate --from-run A --from-run B``: A's costs, plus the pair only B shows. B's two
     rollout workers on one core are busy together all the time, so B alone cannot tell their
     ``phi`` from its decode costs; held to A's costs, it can."""
-    from calibration.from_run import fit_runs
+    from calibration.multi_run import fit_runs
 
     simulate(load_config(None, [*TWO_ROLLOUT[:1], *TWO_ROLLOUT[2:], "sim.costs.colocation_factor=0.6"]),
              tmp_path / "a", progress=False)

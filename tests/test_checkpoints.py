@@ -162,7 +162,8 @@ def resumed_run(tmp_path_factory):
     ray = pytest.importorskip("ray")
     import torch
 
-    from asyncopd.runtime.driver import resume_config, train
+    from asyncopd.runtime.checkpoints import resume_config
+    from asyncopd.runtime.driver import train
 
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     try:

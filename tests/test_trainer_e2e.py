@@ -64,8 +64,8 @@ def test_measured_staleness_within_policy_bound(ray_session, tmp_path, policy, p
 
 
 def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_path) -> None:
-    from asyncopd.compare import compare_runs
     from asyncopd.runtime.driver import train
+    from asyncopd.trace.compare import compare_runs
     from sim.driver import simulate
 
     cfg = load_config("configs/default.yaml", [*SMALL, "pipeline.policy=fully_async(eta=1)"])

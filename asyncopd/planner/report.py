@@ -33,6 +33,7 @@ from typing import Any, Optional
 from asyncopd.planner.core import PlanResult
 from asyncopd.planner.search import Candidate
 from asyncopd.planner.space import policy_kind
+from asyncopd.trace.formatting import cell
 
 
 def _row(res: PlanResult, c: Candidate, rank: Optional[int]) -> dict[str, Any]:
@@ -100,10 +101,6 @@ def write_csv(table: list[dict[str, Any]], path: str | Path, columns: Optional[l
     return path
 
 
-def _f(x: Any, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
 def render_table(res: PlanResult, table: list[dict[str, Any]], top: int = 10):
     """A rich Table of the ``top`` ranked rows."""
     from rich.table import Table
@@ -115,12 +112,12 @@ def render_table(res: PlanResult, table: list[dict[str, Any]], top: int = 10):
                 f"{unit}/1k steps", "bottleneck"):
         t.add_column(col)
     for r in [r for r in table if r["rank"] is not None][:top]:
-        t.add_row(str(r["rank"]), r["layout"], r["policy"].replace(", on_exceed=evict", ""), _f(r["tokens_per_s"], ",.0f"),
-                  _f(r["samples_per_s"], ".3g"),
+        t.add_row(str(r["rank"]), r["layout"], r["policy"].replace(", on_exceed=evict", ""),
+                  cell(r["tokens_per_s"], ",.0f"), cell(r["samples_per_s"], ".3g"),
                   "-" if r["speedup_vs_best_sync"] is None else f"{r['speedup_vs_best_sync']:.2f}x",
-                  f"{_f(r['staleness_mean'], '.2f')} / {_f(r['staleness_p95'], 'd')}",
+                  f"{cell(r['staleness_mean'], '.2f')} / {cell(r['staleness_p95'], 'd')}",
                   " / ".join(f"{r[k]:.0%}" for k in ("util_rollout", "util_teacher", "util_learner")),
-                  _f(r["device_hours_per_1k_steps"], ".3g"), r["bottleneck"])
+                  cell(r["device_hours_per_1k_steps"], ".3g"), r["bottleneck"])
     return t
 
 

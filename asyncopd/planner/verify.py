@@ -96,7 +96,7 @@ def bake_off(configs: dict[str, Any], out_dir: Path, *, repeats: int, progress: 
     runs its comparison with it too."""
     from tqdm.auto import tqdm
 
-    from calibration.fidelity import measure
+    from calibration.fidelity import measure  # (lazy: calibration builds on asyncopd; this loads the trainer, scipy)
 
     names = list(configs)
     with tqdm(total=len(names) * repeats, desc=desc, unit="run", disable=not progress) as bar:
@@ -141,9 +141,11 @@ def refine_calibration(profile: str | Path, trials: list[Trial], out_dir: str | 
                        progress: bool = True) -> tuple[Path | None, str]:
     """Close the loop: add the sharing factors the bake-off's runs show to the calibration the
     plan used (``calibrate --from-run SOURCE [--from-run ...] --from-run VERIFY_RUNS``, see
-    ``calibration.from_run.fit_runs``). Returns the new profile (``OUT/calibration.yaml``; None
+    ``calibration.multi_run.fit_runs``). Returns the new profile (``OUT/calibration.yaml``; None
     when the profile is not from a run, or its source run is gone) and a one-line message."""
-    from calibration.from_run import fit_runs, write_profile
+    # (lazy: calibration builds on asyncopd, so the planner imports it where used; these load scipy, simpy)
+    from calibration.from_run import write_profile
+    from calibration.multi_run import fit_runs
     from calibration.profile import read_profile
 
     data = read_profile(profile)

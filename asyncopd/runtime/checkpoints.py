@@ -1,4 +1,5 @@
-"""Checkpoint directories of a real run: layout, atomic commit, retention, lookup.
+"""Checkpoint directories of a real run: layout, atomic commit, retention, lookup, and the
+checkpoint and config a resumed run starts from (``find_resume_checkpoint``, ``resume_config``).
 
 Layout (``docs/trace-format.md``)::
 
@@ -22,7 +23,10 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
+
+from asyncopd.config import ConfigError, OPDConfig, load_config
+from asyncopd.task import BuiltinTask, CharCodec, TaskConfig
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -125,6 +129,70 @@ def clean_leftovers(run_dir: str | os.PathLike[str]) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+# Fields a resumed run must share with the run it continues: they define the prompt stream
+# (the data position is an index into it) and the model the trainer state belongs to.
+RESUME_FIXED = ("models", "task", "run.seed")
+
+
+def resume_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> OPDConfig:
+    """The config a run directory was last run with (its ``config.yaml``), with ``--set`` overrides."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml; is it a run directory of `asyncopd train`?")
+    return load_config(path, overrides)
+
+
+def find_resume_checkpoint(run_dir: str | Path, cfg: OPDConfig) -> Checkpoint:
+    """The checkpoint a resumed run starts from: the newest complete one whose updates are all
+    in ``log.jsonl`` (so the steps stay contiguous). Refuses a config that changes what the
+    checkpoint and the data position depend on (``RESUME_FIXED``)."""
+    d = Path(run_dir)
+    if not (d / "run.json").is_file():
+        raise FileNotFoundError(f"{d} is not a run directory (no run.json)")
+    if (d / "config.yaml").is_file():
+        saved, now = resume_config(d).model_dump(mode="json"), cfg.model_dump(mode="json")
+
+        def at(tree: dict[str, Any], dotted: str) -> Any:
+            for k in dotted.split("."):
+                tree = tree[k]
+            return tree
+
+        changed = [f for f in RESUME_FIXED if at(saved, f) != at(now, f)]
+        if changed:
+            raise ConfigError(f"cannot resume {d} with a config that changes {', '.join(changed)} "
+                              f"(the checkpoint and the data position depend on them)")
+    logged = 0
+    for r in _complete_jsonl(d / "log.jsonl"):
+        if r.get("step") != logged:
+            break
+        logged += 1
+    clean_leftovers(d)
+    ck = newest_checkpoint(d, max_version=logged)
+    if ck is None:
+        have = [f"{c.name} (step {c.version})" for c in list_checkpoints(d)]
+        raise FileNotFoundError(f"{d / CHECKPOINTS} has no complete checkpoint to resume from"
+                                + (f" within the {logged} steps log.jsonl records: {', '.join(have)}" if have else ""))
+    if ck.version >= cfg.run.total_steps:
+        raise ValueError(f"{ck.path} is at step {ck.version} and run.total_steps is {cfg.run.total_steps}: nothing "
+                         f"left to train (raise it, e.g. --set run.total_steps={ck.version + cfg.run.total_steps})")
+    return ck
+
+
+def _complete_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file up to the first incomplete or broken line."""
+    out: list[dict[str, Any]] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text().split("\n")[:-1]:  # (text after the last newline is unfinished)
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
 def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     """A model directory to evaluate: ``path`` itself when it has ``config.json``; for a run
     directory, its newest checkpoint. Raises ``FileNotFoundError`` with a one-line reason."""
@@ -187,8 +255,7 @@ def evaluate_checkpoint(path: str | os.PathLike[str], *, n: Optional[int] = None
     of a run directory's newest checkpoint. ``seed`` picks the task's problem set (default: the
     run's seed); ``n`` the number of prompts (default: ``task.eval_prompts``). Raises
     ``FileNotFoundError`` / ``ValueError`` with a one-line reason."""
-    from asyncopd.models import evaluate, load_causal_lm, load_codec
-    from asyncopd.task import BuiltinTask, CharCodec, TaskConfig
+    from asyncopd.models import evaluate, load_causal_lm, load_codec  # (lazy: they load torch and transformers)
 
     model_dir = resolve_model_dir(path)
     ctx = eval_context(model_dir)

@@ -15,17 +15,17 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem
-from asyncopd.config.placement import placement as layout_placement
 from asyncopd.config.schema import OPDConfig
-from asyncopd.control import messages as M
+from asyncopd.control import messages
 from asyncopd.control.controller import Controller
-from asyncopd.runtime import checkpoints as C
-from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_ray
+from asyncopd.runtime import checkpoints
+from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_actors, start_ray
+from asyncopd.task import BuiltinTask, CharCodec
 from asyncopd.trace.setup import start_run
 
 log = logging.getLogger("asyncopd.train")
@@ -60,11 +60,9 @@ class RayDriver:
         self.cfg, self.progress = cfg, progress
         self.run_dir = Path(run_dir)
         # resume: continue run_dir from its newest complete checkpoint (checked before anything starts)
-        self.resume_from = find_resume_checkpoint(self.run_dir, cfg) if resume else None
+        self.resume_from = checkpoints.find_resume_checkpoint(self.run_dir, cfg) if resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.models = models or resolve_models(cfg, progress=progress)
-        from asyncopd.task import BuiltinTask
-
         self.task = BuiltinTask(cfg.task, seed=cfg.run.seed)
         self.codec = self.models.codec
         self.samples: dict[int, SampleData] = {}
@@ -74,8 +72,6 @@ class RayDriver:
         self.weights: dict[int, list[Any]] = {}
         self.t0 = 0.0
         # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
-        from asyncopd.task import CharCodec
-
         self.evaluates = evaluate and isinstance(self.codec, CharCodec)
         self.eval_start: dict[str, float] = {}
 
@@ -83,56 +79,13 @@ class RayDriver:
     def _start_actors(self) -> None:
         import ray
 
-        from asyncopd.runtime import actors
-
-        cfg, lay, algo = self.cfg, self.cfg.layout, self.cfg.algorithm
-        dt, dtype = cfg.cluster.device_type, cfg.models.dtype
-        where = layout_placement(lay)  # each worker's own devices, exactly as the simulator places it
-        gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
-        opts = {"num_cpus": 0, "num_gpus": gpu}
-        Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)
-        Teacher = ray.remote(actors.TeacherWorker).options(**opts)
-        Learner = ray.remote(actors.LearnerWorker).options(**opts)
-        self.rollout = {
-            f"rollout-{i}": Rollout.remote(
-                f"rollout-{i}", str(self.models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
-                eos_id=self.codec.eos_id, pad_id=self.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
-                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
-                capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples(), backend=cfg.rollout.backend,
-                **self._vllm_options("rollout"))
-            for i in range(lay.rollout.workers)
-        }
-        self.teachers = {
-            f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(self.models.teacher), device_type=dt,
-                                           devices=list(where[f"teacher-{i}"]), top_k=cfg.teacher.top_k,
-                                           pad_id=self.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
-                                           full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i,
-                                           backend=cfg.teacher.backend, **self._vllm_options("teacher"))
-            for i in range(lay.teacher.workers)
-        }
-        lc = cfg.learner
-        self.learner = Learner.remote(str(self.models.student), device_type=dt, devices=lay.learner.devices, lr=lc.lr,
-                                      weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
-                                      micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
-                                      decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0,
-                                      min_lr_ratio=lc.min_lr_ratio,
-                                      algorithm=algo.model_dump())
+        self.rollout, self.teachers, self.learner = start_actors(self.cfg, self.models)
         handles = {**self.rollout, **self.teachers, "learner-0": self.learner}
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
         self.queues = {w: WorkerQueue() for w in self.rollout}
         self._placement = placement
         if self.evaluates:
             self.eval_start = ray.get(self._evaluate())
-
-    def _vllm_options(self, role: str) -> dict[str, Any]:
-        """Engine sizing the vLLM backend takes from the config (nothing for torch)."""
-        if getattr(self.cfg, role).backend != "vllm":
-            return {}
-        opts: dict[str, Any] = {"gpu_memory_utilization": self.cfg.rollout.gpu_memory_utilization,
-                                "tensor_parallel_size": getattr(self.cfg.layout, role).tp}
-        if role == "rollout":
-            opts["max_num_seqs"] = self.cfg.rollout.max_num_seqs
-        return opts
 
     def _make_controller(self) -> Controller:
         self.recorder, ctrl = start_run(
@@ -152,10 +105,11 @@ class RayDriver:
         the checkpoint into the learner and every rollout worker."""
         import ray
 
-        C.clean_leftovers(self.run_dir)
+        checkpoints.clean_leftovers(self.run_dir)
         run = self.cfg.run
-        ray.get(self.learner.configure_checkpoints.remote(str(self.run_dir / C.CHECKPOINTS), run.checkpoint_every,
-                                                          run.total_steps, str(self.models.student)))
+        ray.get(self.learner.configure_checkpoints.remote(str(self.run_dir / checkpoints.CHECKPOINTS),
+                                                          run.checkpoint_every, run.total_steps,
+                                                          str(self.models.student)))
         ck = self.resume_from
         if ck is None:
             return
@@ -193,12 +147,12 @@ class RayDriver:
             self.t0 = time.time() - self.recorder.t_origin  # (a resumed run's clock goes on)
             try:
                 t_start = self.recorder.t_origin  # (0 unless resumed)
-                self._send(M.RunStarted(t_start))
-                self._send(M.PromptsAvailable(t_start, None))
+                self._send(messages.RunStarted(t_start))
+                self._send(messages.PromptsAvailable(t_start, None))
                 budget, stop_sent = self.cfg.run.time_budget_s, False
                 while not self.ctrl.done:
                     if budget is not None and not stop_sent and self._now() - t_start >= budget:
-                        self._send(M.StopRequested(self._now(), f"run.time_budget_s={budget:g} reached"))
+                        self._send(messages.StopRequested(self._now(), f"run.time_budget_s={budget:g} reached"))
                         stop_sent = True
                         continue
                     self._wait_one()
@@ -238,12 +192,12 @@ class RayDriver:
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
             if p.kind == "train" or not isinstance(e, ray.exceptions.RayActorError):
                 raise
-            self._send(M.WorkerFailed(self._now(), p.worker, str(e).splitlines()[0]))
+            self._send(messages.WorkerFailed(self._now(), p.worker, str(e).splitlines()[0]))
             return
         with self._waves_after_dispatch():
             getattr(self, f"_on_{p.kind}")(p, value)
 
-    def _send(self, event: M.Event) -> None:
+    def _send(self, event: messages.Event) -> None:
         with self._waves_after_dispatch():
             for action in self.ctrl.handle(event):
                 self._dispatch(action)
@@ -268,32 +222,32 @@ class RayDriver:
         self.pending[ref] = p
 
     # --------------------------------------------------------------- actions
-    def _dispatch(self, a: M.Action) -> None:
-        if isinstance(a, M.Generate):
+    def _dispatch(self, a: messages.Action) -> None:
+        if isinstance(a, messages.Generate):
             problem = self.task.problem(a.prompt_id)
             req = GenRequest(a.sample_id, a.prompt_id, self.codec.encode_prompt(problem.prompt_text))
             self.samples[a.sample_id] = SampleData(req)
             self.queues[a.worker].waiting.append(req)  # the wave starts in _waves_after_dispatch
-        elif isinstance(a, M.AbortGeneration):
+        elif isinstance(a, messages.AbortGeneration):
             q = self.queues[a.worker]
             queued = [r for r in q.waiting if r.sample_id in a.sample_ids]
             q.waiting = [r for r in q.waiting if r.sample_id not in a.sample_ids]
             for r in queued:
                 self.samples.pop(r.sample_id, None)
-                self._send(M.GenerationAborted(self._now(), r.sample_id, a.worker, self._now(), 0, a.reason))
+                self._send(messages.GenerationAborted(self._now(), r.sample_id, a.worker, self._now(), 0, a.reason))
             live = [s for s in a.sample_ids if s in q.in_wave]
             if live:
                 self.rollout[a.worker].abort.remote(live)
-        elif isinstance(a, M.Score):
+        elif isinstance(a, messages.Score):
             items = [self._score_request(sid) for sid in a.sample_ids]
             self._submit(self.teachers[a.worker].score.remote(items), Pending("score", a.worker, a))
-        elif isinstance(a, M.Train):
+        elif isinstance(a, messages.Train):
             batch = [self._train_item(sid) for sid in a.sample_ids]
             self._submit(self.learner.train.remote(a.step, batch), Pending("train", "learner-0", a))
-        elif isinstance(a, M.SyncWeights):
+        elif isinstance(a, messages.SyncWeights):
             ref = self.rollout[a.worker].load_weights.remote(self.weights[a.version], a.version, a.pause_mode)
             self._submit(ref, Pending("sync", a.worker, a))
-        elif isinstance(a, M.Stop):
+        elif isinstance(a, messages.Stop):
             log.info("stop: %s", a.reason)
 
     def _start_wave(self, worker: str) -> None:
@@ -338,16 +292,16 @@ class RayDriver:
             started, ended = self._rel(r.started_at), self._rel(r.finished_at)
             if r.status == "aborted":
                 self.samples.pop(r.sample_id, None)
-                self._send(M.GenerationAborted(now, r.sample_id, p.worker, started, len(r.response_ids),
-                                               r.abort_reason or "evict", ended_at=ended))
+                self._send(messages.GenerationAborted(now, r.sample_id, p.worker, started, len(r.response_ids),
+                                                      r.abort_reason or "evict", ended_at=ended))
                 continue
             sd.result = r
             ids = r.response_ids
             text = self.codec.decode(ids[: ids.index(self.codec.eos_id)] if self.codec.eos_id in ids else ids)
             self.recorder.annotate(r.sample_id, correct=self.task.is_correct(self.task.problem(r.prompt_id), text),
                                    finish_reason=r.finish_reason)
-            self._send(M.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(), len(r.prompt_ids),
-                                            ended_at=ended))
+            self._send(messages.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(),
+                                                   len(r.prompt_ids), ended_at=ended))
 
     def _on_score(self, p: Pending, value: tuple[list[TeacherPayload], float, float]) -> None:
         payloads, started, _ = value
@@ -355,7 +309,7 @@ class RayDriver:
             if pl.sample_id in self.samples:
                 self.samples[pl.sample_id].teacher = pl
             self.recorder.annotate(pl.sample_id, teacher_cache_bytes=pl.nbytes)
-        self._send(M.ScoringFinished(self._now(), p.context.batch_id, p.worker, self._rel(started)))
+        self._send(messages.ScoringFinished(self._now(), p.context.batch_id, p.worker, self._rel(started)))
 
     def _on_train(self, p: Pending, value: tuple[dict[str, float], list[Any], float, float]) -> None:
         metrics, holder, started, _ = value
@@ -366,25 +320,26 @@ class RayDriver:
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}")
         saved = self._periodic_checkpoint(step + 1)  # (its resume point: before the controller moves on)
-        self._send(M.TrainStepFinished(self._now(), step, self._rel(started), metrics))
+        self._send(messages.TrainStepFinished(self._now(), step, self._rel(started), metrics))
         if saved is not None:  # committed once log.jsonl holds its step
-            C.commit(*saved)
-            C.prune(self.run_dir, self.cfg.run.keep_checkpoints)
+            checkpoints.commit(*saved)
+            checkpoints.prune(self.run_dir, self.cfg.run.keep_checkpoints)
 
     def _periodic_checkpoint(self, version: int) -> tuple[Path, str, dict[str, Any]] | None:
         """The checkpoint the learner wrote after the update that reached ``version``, if due."""
         run = self.cfg.run
         if not (run.checkpoint_every > 0 and version % run.checkpoint_every == 0 and version < run.total_steps):
             return None
-        tmp = C.tmp_dir(self.run_dir / C.CHECKPOINTS, C.step_name(version))
-        if not (tmp / C.STATE_FILE).is_file():
+        tmp = checkpoints.tmp_dir(self.run_dir / checkpoints.CHECKPOINTS, checkpoints.step_name(version))
+        if not (tmp / checkpoints.STATE_FILE).is_file():
             log.warning("checkpoint for version %d is missing (%s)", version, tmp)
             return None
-        return tmp, C.step_name(version), self._resume_info(version)
+        return tmp, checkpoints.step_name(version), self._resume_info(version)
 
     def _on_sync(self, p: Pending, value: tuple[float, float, float | None]) -> None:
         started, _, paused = value
-        self._send(M.WeightSyncFinished(self._now(), p.worker, p.context.version, self._rel(started), paused_s=paused))
+        self._send(messages.WeightSyncFinished(self._now(), p.worker, p.context.version, self._rel(started),
+                                               paused_s=paused))
 
     def _evaluate(self) -> Any:
         return self.learner.evaluate.remote(self.cfg.task.model_dump(), self.cfg.run.seed, str(self.models.student))
@@ -394,14 +349,14 @@ class RayDriver:
         import ray
 
         self.pending.clear()
-        tmp = C.tmp_dir(self.run_dir / C.CHECKPOINTS, C.FINAL)
+        tmp = checkpoints.tmp_dir(self.run_dir / checkpoints.CHECKPOINTS, checkpoints.FINAL)
         info = self._resume_info(self.ctrl.steps_issued)
         saved = ray.get(self.learner.write_checkpoint.remote(str(tmp), str(self.models.student)))
         if saved["version"] != info["version"]:  # (the run stopped while an update was failing)
             log.warning("final checkpoint: the learner is at version %d, the controller issued %d updates",
                         saved["version"], info["version"])
             info.update(version=saved["version"], step=saved["version"])
-        C.commit(tmp, C.FINAL, info)
+        checkpoints.commit(tmp, checkpoints.FINAL, info)
         if self.evaluates:
             end = ray.get(self._evaluate())
             path = self.run_dir / "summary.json"
@@ -423,74 +378,5 @@ def train(cfg: OPDConfig | None, run_dir: str | Path, *, progress: bool = True, 
     if cfg is None:
         if not resume:
             raise ValueError("train: give a config (cfg=None is only for resume=True)")
-        cfg = resume_config(run_dir)
+        cfg = checkpoints.resume_config(run_dir)
     return RayDriver(cfg, run_dir, progress=progress, evaluate=evaluate, resume=resume).run()
-
-
-# Fields a resumed run must share with the run it continues: they define the prompt stream
-# (the data position is an index into it) and the model the trainer state belongs to.
-RESUME_FIXED = ("models", "task", "run.seed")
-
-
-def resume_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> OPDConfig:
-    """The config a run directory was last run with (its ``config.yaml``), with ``--set`` overrides."""
-    from asyncopd.config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no config.yaml; is it a run directory of `asyncopd train`?")
-    return load_config(path, overrides)
-
-
-def find_resume_checkpoint(run_dir: str | Path, cfg: OPDConfig) -> C.Checkpoint:
-    """The checkpoint a resumed run starts from: the newest complete one whose updates are all
-    in ``log.jsonl`` (so the steps stay contiguous). Refuses a config that changes what the
-    checkpoint and the data position depend on (``RESUME_FIXED``)."""
-    from asyncopd.config import ConfigError
-
-    d = Path(run_dir)
-    if not (d / "run.json").is_file():
-        raise FileNotFoundError(f"{d} is not a run directory (no run.json)")
-    if (d / "config.yaml").is_file():
-        saved, now = resume_config(d).model_dump(mode="json"), cfg.model_dump(mode="json")
-
-        def at(tree: dict[str, Any], dotted: str) -> Any:
-            for k in dotted.split("."):
-                tree = tree[k]
-            return tree
-
-        changed = [f for f in RESUME_FIXED if at(saved, f) != at(now, f)]
-        if changed:
-            raise ConfigError(f"cannot resume {d} with a config that changes {', '.join(changed)} "
-                              f"(the checkpoint and the data position depend on them)")
-    logged = 0
-    for r in _complete_jsonl(d / "log.jsonl"):
-        if r.get("step") != logged:
-            break
-        logged += 1
-    C.clean_leftovers(d)
-    ck = C.newest_checkpoint(d, max_version=logged)
-    if ck is None:
-        have = [f"{c.name} (step {c.version})" for c in C.list_checkpoints(d)]
-        raise FileNotFoundError(f"{d / C.CHECKPOINTS} has no complete checkpoint to resume from"
-                                + (f" within the {logged} steps log.jsonl records: {', '.join(have)}" if have else ""))
-    if ck.version >= cfg.run.total_steps:
-        raise ValueError(f"{ck.path} is at step {ck.version} and run.total_steps is {cfg.run.total_steps}: nothing "
-                         f"left to train (raise it, e.g. --set run.total_steps={ck.version + cfg.run.total_steps})")
-    return ck
-
-
-def _complete_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file up to the first incomplete or broken line."""
-    out: list[dict[str, Any]] = []
-    if not path.is_file():
-        return out
-    for line in path.read_text().split("\n")[:-1]:  # (text after the last newline is unfinished)
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-

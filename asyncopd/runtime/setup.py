@@ -1,4 +1,4 @@
-"""Start-up for the real trainer: resolve (build or load) the models, start or join Ray."""
+"""Start-up for the real trainer: resolve (build or load) the models, start or join Ray, start the actors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from asyncopd.backends.vllm_backend import vllm_available
+from asyncopd.config.placement import placement as layout_placement
 from asyncopd.config.schema import ModelSpec, OPDConfig
 from asyncopd.models.builtin import resolve_model
 from asyncopd.models.loading import load_codec
+from asyncopd.runtime import actors
 
 
 @dataclass
@@ -77,3 +79,55 @@ def start_ray(cfg: OPDConfig) -> bool:
         resources = {"num_cpus": cfg.cluster.num_devices} if cfg.cluster.device_type == "cpu" else {}
         ray.init(_node_ip_address="127.0.0.1", **resources, **kwargs)
     return True
+
+
+def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Create the Ray actors of ``cfg.layout`` on their devices: the rollout workers and the
+    teachers (each by worker name) and the learner. Returns their handles; they are not ready
+    until their ``ready`` calls return."""
+    import ray
+
+    lay, algo = cfg.layout, cfg.algorithm
+    dt, dtype = cfg.cluster.device_type, cfg.models.dtype
+    where = layout_placement(lay)  # each worker's own devices, exactly as the simulator places it
+    gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
+    opts = {"num_cpus": 0, "num_gpus": gpu}
+    Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)
+    Teacher = ray.remote(actors.TeacherWorker).options(**opts)
+    Learner = ray.remote(actors.LearnerWorker).options(**opts)
+    rollout = {
+        f"rollout-{i}": Rollout.remote(
+            f"rollout-{i}", str(models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
+            eos_id=models.codec.eos_id, pad_id=models.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
+            capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples(), backend=cfg.rollout.backend,
+            **_vllm_options(cfg, "rollout"))
+        for i in range(lay.rollout.workers)
+    }
+    teachers = {
+        f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(models.teacher), device_type=dt,
+                                       devices=list(where[f"teacher-{i}"]), top_k=cfg.teacher.top_k,
+                                       pad_id=models.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
+                                       full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i,
+                                       backend=cfg.teacher.backend, **_vllm_options(cfg, "teacher"))
+        for i in range(lay.teacher.workers)
+    }
+    lc = cfg.learner
+    learner = Learner.remote(str(models.student), device_type=dt, devices=lay.learner.devices, lr=lc.lr,
+                             weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
+                             micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
+                             decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0,
+                             min_lr_ratio=lc.min_lr_ratio,
+                             algorithm=algo.model_dump())
+    return rollout, teachers, learner
+
+
+def _vllm_options(cfg: OPDConfig, role: str) -> dict[str, Any]:
+    """Engine sizing the vLLM backend takes from the config (nothing for torch)."""
+    if getattr(cfg, role).backend != "vllm":
+        return {}
+    opts: dict[str, Any] = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
+                            "tensor_parallel_size": getattr(cfg.layout, role).tp}
+    if role == "rollout":
+        opts["max_num_seqs"] = cfg.rollout.max_num_seqs
+    return opts

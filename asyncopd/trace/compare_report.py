@@ -11,13 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def _f(x: Any, nd: int = 3) -> str:
-    return "–" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
-
-
-def _pct(x: Any) -> str:
-    return "–" if x is None else f"{100 * x:+.1f}%"
+from asyncopd.trace.formatting import cell
 
 
 def write_markdown(report: dict[str, Any], out: Path) -> Path:
@@ -32,16 +26,19 @@ def write_markdown(report: dict[str, Any], out: Path) -> Path:
         "",
         "| quantity | a | b | error (b vs a) |",
         "|---|---:|---:|---:|",
-        f"| samples/s | {_f(sp['real'], 2)} | {_f(sp['sim'], 2)} | {_pct(report['throughput_error'])} |",
-        f"| mean staleness (versions) | {_f(st['real'])} | {_f(st['sim'])} | {_f(stale_err)} versions |",
+        f"| samples/s | {cell(sp['real'], '.2f')} | {cell(sp['sim'], '.2f')} "
+        f"| {cell(report['throughput_error'], '+.1%')} |",
+        f"| mean staleness (versions) | {cell(st['real'], '.3f')} | {cell(st['sim'], '.3f')} "
+        f"| {cell(stale_err, '.3f')} versions |",
     ]
     for role, err in sorted(report.get("utilisation_error", {}).items()):
         ua, ub = report["utilisation"]["real"].get(role), report["utilisation"]["sim"].get(role)
-        lines.append(f"| utilisation {role} | {_f(ua, 2)} | {_f(ub, 2)} | {_f(err, 2)} |")
+        lines.append(f"| utilisation {role} | {cell(ua, '.2f')} | {cell(ub, '.2f')} | {cell(err, '.2f')} |")
     lines += [
         "",
-        f"Staleness distributions: KS = {_f(report['staleness_ks'])} (p = {_f(report['staleness_ks_pvalue'], 4)}), "
-        f"Wasserstein = {_f(report['staleness_wasserstein'])} versions.",
+        f"Staleness distributions: KS = {cell(report['staleness_ks'], '.3f')} "
+        f"(p = {cell(report['staleness_ks_pvalue'], '.4f')}), "
+        f"Wasserstein = {cell(report['staleness_wasserstein'], '.3f')} versions.",
         "",
     ]
     titles = {"staleness_hist": "Staleness histograms", "staleness_cdf": "Staleness CDFs",

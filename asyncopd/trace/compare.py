@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from asyncopd.trace.compare_report import write_markdown
 from asyncopd.trace.schema import read_jsonl
 
 
@@ -62,8 +63,6 @@ def compare_runs(real_dir: str | Path, sim_dir: str | Path, out_dir: str | Path 
     if plots:
         report["plots"] = _plot(a, b, out)
     (out / "compare.json").write_text(json.dumps(report, indent=2))
-    from asyncopd.compare_report import write_markdown
-
     report["report_md"] = str(write_markdown(report, out))
     report["out_dir"] = str(out)
     return report

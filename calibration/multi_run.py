@@ -1,0 +1,85 @@
+"""Fit the simulator's cost model to several recorded runs: the first run's fit
+(``calibration.from_run.fit_run``) plus a device-sharing factor for each pair of roles only a
+later run puts on one device, found by simulating that run (``fit_runs``;
+``asyncopd calibrate --from-run REFERENCE --from-run NEW``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from asyncopd.config import load_config
+from calibration.contention import PHI_GRID
+from calibration.from_run import fit_run
+from calibration.run_data import RunCalibration, StageFit, _crowd, _PairOverlap, _read_run
+from sim.driver import simulate
+
+
+def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibration:
+    """The first run's fit, plus a sharing factor for the pairs of roles that later runs put on
+    one device and no earlier run did: ``calibrate --from-run REFERENCE --from-run NEW``, e.g.
+    with a short run of a layout the planner chose (``asyncopd plan`` names such pairs).
+
+    A later run's new pairs get one ``phi``, the value on ``PHI_GRID`` under which the
+    simulator, with the reference run's costs, reproduces that run's measured consumed tokens
+    per second (bisection: throughput falls as ``phi`` grows). Matching the whole run, not its
+    spans, is deliberate: two rollout workers on one core are busy together all the time, so
+    their spans cannot tell ``phi`` from the decode costs, and a teacher's span on a busy core
+    includes waiting that is not contention. Costs are not averaged across runs; a host that
+    drifts between the runs (see the README's calibration section) shows up in the new ``phi``,
+    so run them close together."""
+    base = fit_run(run_dirs[0])
+    own = base.stages.get("contention")
+    pairs = dict(own.params.get("colocation_pairs", {})) if own else {}
+    default = own.params["colocation_factor"] if own else 1.0
+    for d in map(Path, run_dirs[1:]):
+        events, _samples, syncs = _read_run(d)
+        crowd = _crowd(d, events, syncs)
+        shown = _PairOverlap.of(crowd, events).shown() if crowd is not None and crowd.shared else {}
+        new = [p for p in shown if p not in pairs]
+        if new:
+            phi = _match_throughput(d, {**base.costs(), "colocation_factor": default}, pairs, new, progress)
+            for pair in new:
+                pairs[pair], base.pair_sources[pair] = phi, str(d)
+    if len(run_dirs) > 1:
+        for pair in pairs:
+            base.pair_sources.setdefault(pair, base.run_dir)
+        base.stages["contention"] = StageFit({"colocation_factor": default, "colocation_pairs": pairs},
+                                             own.mape if own else float("nan"), own.n if own else 0)
+        base.extra_runs = [str(d) for d in run_dirs[1:]]
+    return base
+
+
+def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, float], new: list[str],
+                      progress: bool) -> float:
+    """The ``phi`` for ``new`` pairs under which ``run_dir``'s config simulates at its measured
+    tokens/s (see ``fit_runs``)."""
+    measured = json.loads((run_dir / "summary.json").read_text())["tokens_per_s"]
+    fixed = [f"sim.costs.{k}={v!r}" for k, v in costs.items() if k != "colocation_pairs"]
+    bar = tqdm(desc=f"phi for {', '.join(new)}", unit="sim", disable=not progress, leave=False)
+
+    def predict(phi: float) -> float:
+        pairs = {**known, **{p: phi for p in new}}
+        cfg = load_config(run_dir / "config.yaml", [*fixed, f"sim.costs.colocation_pairs={pairs!r}",
+                                                    "sim.cost_model=parametric"])
+        bar.update()
+        return simulate(cfg, None, progress=False)["tokens_per_s"]
+
+    lo, hi = 0, len(PHI_GRID) - 1  # predict(PHI_GRID[lo]) >= measured >= predict(PHI_GRID[hi]), else an end
+    at = {lo: predict(float(PHI_GRID[lo])), hi: predict(float(PHI_GRID[hi]))}
+    if at[lo] <= measured or at[hi] >= measured:
+        bar.close()
+        return float(PHI_GRID[lo] if at[lo] <= measured else PHI_GRID[hi])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        at[mid] = predict(float(PHI_GRID[mid]))
+        lo, hi = (mid, hi) if at[mid] >= measured else (lo, mid)
+    bar.close()
+    return float(PHI_GRID[min((lo, hi), key=lambda i: abs(at[i] - measured))])
+
+
+__all__ = ["fit_runs"]
