@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from asyncopd.config import OPDConfig, load_config
+from asyncopd.config.loader import apply_override, format_validation_error
+from asyncopd.runtime.setup import resolve_models
 from calibration.fit import STAGES, fit_stage, predict
 from calibration.profile import profile_costs, read_profile
+from calibration.profilers import MIN_POINTS, Bench, measure_plans, plan_all
 
 
 @dataclass
@@ -69,9 +73,6 @@ def config_for(path: str | Path, data: dict[str, Any], config: Optional[Path], o
     """The config to re-measure with: ``config`` if given, else the one stored in the profile."""
     from pydantic import ValidationError
 
-    from asyncopd.config import OPDConfig, load_config
-    from asyncopd.config.loader import apply_override, format_validation_error
-
     if config is not None:
         return load_config(config, list(overrides))
     tree = data.get("config")
@@ -105,8 +106,6 @@ def check_profile(path: str | Path, *, config: Optional[Path] = None, overrides:
                   models: Any = None) -> CheckResult:
     """Re-measure and compare (module docstring). Raises ``FileNotFoundError`` / ``ValueError`` /
     ``ConfigError`` on a bad profile or config."""
-    from calibration.profilers import MIN_POINTS, Bench, measure_plans, plan_all
-
     data = read_profile(path)
     costs = profile_costs(path, data)
     cfg = config_for(path, data, config, overrides)
@@ -115,8 +114,6 @@ def check_profile(path: str | Path, *, config: Optional[Path] = None, overrides:
         res.notes.append("profile fitted to a run: its times include Ray calls and contention between roles that "
                          "share devices; the micro-benchmarks measure the engines alone, so expect them faster")
     if models is None:
-        from asyncopd.runtime.setup import resolve_models
-
         models = resolve_models(cfg, progress=progress)
     bench = Bench(cfg, models, seed=cfg.run.seed + 1)
     points = measure_plans(bench, plan_all(bench), budget_s, limit=MIN_POINTS, progress=progress)

@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 import yaml
 
+from asyncopd.config.schema import SimCosts
+
 LIBRARIES = ("torch", "transformers", "numpy", "scipy", "asyncopd")
 
 
@@ -126,8 +128,6 @@ def read_profile(path: str | Path) -> dict[str, Any]:
 def profile_costs(path: str | Path, data: Optional[dict[str, Any]] = None):
     """The profile's ``sim.costs`` validated as ``SimCosts`` (defaults for fields it leaves out)."""
     from pydantic import ValidationError
-
-    from asyncopd.config.schema import SimCosts
 
     data = read_profile(path) if data is None else data
     costs = (data.get("sim") or {}).get("costs") if isinstance(data.get("sim"), dict) else None

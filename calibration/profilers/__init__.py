@@ -19,6 +19,9 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
+from asyncopd.runtime.setup import resolve_models
+from calibration.fit import fit_points
+from calibration.profile import hardware, model_spec
 from calibration.profilers.bench import Bench
 from calibration.profilers.runner import MIN_POINTS, STAGE_FUNCS, measure_plans, plan_all
 
@@ -26,8 +29,6 @@ __all__ = ["Bench", "MIN_POINTS", "STAGE_FUNCS", "measure_plans", "plan_all", "p
 
 
 def _model_info(spec: Any, model: Any) -> dict[str, Any]:
-    from calibration.profile import model_spec
-
     return {"spec": model_spec(spec), "params": int(sum(p.numel() for p in model.parameters())),
             "bytes": int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))}
 
@@ -35,12 +36,7 @@ def _model_info(spec: Any, model: Any) -> dict[str, Any]:
 def profile(cfg: Any, *, budget_s: float = 60.0, progress: bool = True, models: Any = None,
             dispatch_s: Optional[float] = None, dispatch_source: str = "the config's sim.costs.dispatch_s") -> dict[str, Any]:
     """Profile ``cfg``'s models on this machine; the calibration profile as a mapping."""
-    from calibration.fit import fit_points
-    from calibration.profile import hardware
-
     if models is None:
-        from asyncopd.runtime.setup import resolve_models
-
         models = resolve_models(cfg, progress=progress)
     t0 = time.perf_counter()
     bench = Bench(cfg, models, seed=cfg.run.seed)

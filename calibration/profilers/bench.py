@@ -21,7 +21,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from asyncopd.backends.base import GenRequest, ScoreRequest, TrainItem
+from asyncopd.backends.factory import build_rollout_engine, build_teacher_scorer
 from asyncopd.config import OPDConfig
+from asyncopd.runtime.actors import place
+from asyncopd.task import BuiltinTask
 
 
 class Bench:
@@ -45,8 +49,6 @@ class Bench:
     def place(self, role: str) -> str:
         """Pin this process as the ``role`` actor pins itself; returns the torch device."""
         import torch
-
-        from asyncopd.runtime.actors import place
 
         if self._saved[1] is None:
             self._saved = (self._saved[0], torch.get_num_threads())
@@ -85,8 +87,6 @@ class Bench:
     def rollout(self) -> Any:
         """``TorchRolloutEngine`` on the student, as ``RolloutWorker`` builds it (EOS off)."""
         if self._rollout is None:
-            from asyncopd.backends.factory import build_rollout_engine
-
             cfg, algo = self.cfg, self.cfg.algorithm
             self._rollout = self._build_as("rollout", lambda device: build_rollout_engine(
                 "torch", str(self.models.student), device=device, dtype=cfg.models.dtype, eos_id=None,
@@ -99,8 +99,6 @@ class Bench:
     def teacher(self) -> Any:
         """``TorchTeacherScorer`` on the teacher with the config's top-k, as ``TeacherWorker`` builds it."""
         if self._teacher is None:
-            from asyncopd.backends.factory import build_teacher_scorer
-
             cfg, algo = self.cfg, self.cfg.algorithm
             self._teacher = self._build_as("teacher", lambda device: build_teacher_scorer(
                 "torch", str(self.models.teacher), device=device, dtype=cfg.models.dtype,
@@ -110,7 +108,7 @@ class Bench:
 
     def scorer(self, top_k: int) -> Any:
         """A scorer with another ``top_k`` on the same teacher model (nothing reloaded)."""
-        from asyncopd.backends.torch_backend import TorchTeacherScorer
+        from asyncopd.backends.torch_backend import TorchTeacherScorer  # (lazy: torch)
 
         t, algo = self.teacher, self.cfg.algorithm
         if top_k == t.top_k:
@@ -122,7 +120,7 @@ class Bench:
         """``TorchLearner`` on the student, as ``LearnerWorker`` builds it; the micro-batch size is
         switched on the same object (it is read at every step)."""
         if self._learner is None:
-            from asyncopd.backends.torch_backend import TorchLearner
+            from asyncopd.backends.torch_backend import TorchLearner  # (lazy: torch)
             from asyncopd.models import load_causal_lm
 
             cfg, lc = self.cfg, self.cfg.learner
@@ -147,8 +145,6 @@ class Bench:
 
     def generated(self, prompt_len: int, response_len: int, count: int) -> list[Any]:
         """``count`` rollouts (``GenResult``, with the config's capture) of these lengths, cached."""
-        from asyncopd.backends.base import GenRequest
-
         have = self._pool.setdefault((prompt_len, response_len), [])
         if len(have) < count:
             eng = self.rollout
@@ -161,8 +157,6 @@ class Bench:
     def score_requests(self, results: Sequence[Any]) -> list[Any]:
         """``ScoreRequest``s for rollouts, with the query ids the estimator asks the teacher for
         (as the driver builds them)."""
-        from asyncopd.backends.base import ScoreRequest
-
         want = self.cfg.algorithm.spec.teacher_query
         out = []
         for r in results:
@@ -174,8 +168,6 @@ class Bench:
 
     def train_items(self, prompt_len: int, response_len: int, count: int) -> list[Any]:
         """``TrainItem``s: rollouts scored by the config's teacher (cached)."""
-        from asyncopd.backends.base import TrainItem
-
         key = (prompt_len, response_len)
         have = self._scored.setdefault(key, [])
         if len(have) < count:
@@ -193,10 +185,10 @@ class _MaxNew:
     """Temporarily set the rollout engine's ``max_new_tokens``."""
 
     def __init__(self, engine: Any, n: int) -> None:
-        self.engine, self.n, self.old = engine, int(n), engine.max_new_tokens
+        self.engine, self.tokens, self.old = engine, int(n), engine.max_new_tokens
 
     def __enter__(self) -> Any:
-        self.engine.max_new_tokens = self.n
+        self.engine.max_new_tokens = self.tokens
         return self.engine
 
     def __exit__(self, *exc: Any) -> None:
@@ -239,8 +231,6 @@ def spread(specs: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[st
 def task_lengths(cfg: OPDConfig) -> dict[str, int]:
     """Prompt and response token counts of the config's task: smallest, mean, largest
     (responses capped at ``rollout.max_new_tokens``; ``sim.prompt_tokens_mean`` wins when set)."""
-    from asyncopd.task import BuiltinTask
-
     task = BuiltinTask(cfg.task, seed=cfg.run.seed)
     cap = cfg.rollout.max_new_tokens
     P, R = task.prompt_length_pmf(), task.response_length_pmf()

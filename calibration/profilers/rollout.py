@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from asyncopd.backends.base import GenRequest
 from calibration.profilers.bench import Bench, median_seconds, spread, task_lengths
 
 DECODE_WARMUP = 3
@@ -60,8 +61,6 @@ def plan_decode(bench: Bench) -> list[dict[str, Any]]:
 
 
 def measure_decode(bench: Bench, spec: dict[str, Any]) -> float:
-    from asyncopd.backends.base import GenRequest
-
     stamps: list[float] = []
 
     def hook() -> tuple[None, tuple[int, ...]]:
@@ -85,8 +84,6 @@ def plan_prefill(bench: Bench) -> list[dict[str, Any]]:
 
 
 def measure_prefill(bench: Bench, spec: dict[str, Any]) -> float:
-    from asyncopd.backends.base import GenRequest
-
     reqs = [GenRequest(i, i, p) for i, p in enumerate(bench.prompts(spec["n"], spec["prompt"]))]
     with bench.max_new_tokens(1) as eng:
         return median_seconds(lambda: eng.generate(reqs), bench, warmup=1, repeats=5)

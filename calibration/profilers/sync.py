@@ -19,6 +19,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from asyncopd.backends.base import WeightUpdate
 from calibration.profilers.bench import Bench, median_seconds, spread
 
 ROLE = "rollout"
@@ -68,8 +69,7 @@ def _scaled_model(bench: Bench, scale: float) -> Any:
 
 
 def measure(bench: Bench, spec: dict[str, Any]) -> float:
-    from asyncopd.backends.base import WeightUpdate
-    from asyncopd.backends.torch_backend import TorchRolloutEngine
+    from asyncopd.backends.torch_backend import TorchRolloutEngine  # (lazy: torch)
 
     engine = bench.rollout
     if spec["scale"] != 1:
