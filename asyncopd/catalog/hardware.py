@@ -22,12 +22,14 @@ Pure Python on purpose: ``import sim`` must not pull in torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Union
+
+from asyncopd.catalog.record import CatalogRecord
 
 
 @dataclass(frozen=True)
-class Hardware:
+class Hardware(CatalogRecord):
     """Per-device performance figures of one accelerator kind (see module docstring)."""
 
     name: str
@@ -78,19 +80,6 @@ class Hardware:
         if num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {num_devices}")
         return self.intra_node_bw if num_devices <= self.devices_per_node else self.inter_node_bw
-
-    # ------------------------------------------------------------------ edits
-    def with_overrides(self, **kw: Any) -> "Hardware":
-        """A copy with some fields replaced (validated like the constructor)."""
-        valid = [f.name for f in fields(self)]
-        unknown = sorted(set(kw) - set(valid))
-        if unknown:
-            raise TypeError(f"Hardware.with_overrides: unknown field(s) {', '.join(unknown)}; "
-                            f"valid fields: {', '.join(valid)}")
-        return replace(self, **kw)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------- presets

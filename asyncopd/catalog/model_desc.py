@@ -46,16 +46,17 @@ Pure Python on purpose: ``import sim`` must not pull in torch.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping, Optional, Union
 
 from asyncopd.catalog.errors import ModelConfigError
 from asyncopd.catalog.hf_config import hf_config_fields, is_int
+from asyncopd.catalog.record import CatalogRecord
 
 
 @dataclass(frozen=True)
-class ModelDesc:
+class ModelDesc(CatalogRecord):
     """Architecture of a decoder-only transformer LM (see the module docstring)."""
 
     name: str
@@ -244,18 +245,6 @@ class ModelDesc:
         return 2.0 * self.n_matmul_params_active * num_tokens + self.attn_flops_per_token(1) * keys
 
     # ------------------------------------------------------------------ misc
-    def with_overrides(self, **kw: Any) -> "ModelDesc":
-        """A copy with some fields replaced (validated like the constructor)."""
-        valid = [f.name for f in fields(self)]
-        unknown = sorted(set(kw) - set(valid))
-        if unknown:
-            raise TypeError(f"ModelDesc.with_overrides: unknown field(s) {', '.join(unknown)}; "
-                            f"valid fields: {', '.join(valid)}")
-        return replace(self, **kw)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     def summary(self) -> str:
         s = f"{self.name}: {self.n_params / 1e9:.3g}B params"
         if self.is_moe:
