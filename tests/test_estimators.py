@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asyncopd.config import load_config
@@ -253,6 +253,7 @@ def test_m2po_masks_the_largest_harmful_log_ratios_down_to_the_budget(setup) -> 
 
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(st.floats(0, 10), min_size=1, max_size=40), budget=st.floats(1e-4, 5))
+@example(values=[1.9566712681297664, 1.9566712681297664, 4.956671268129766], budget=2.9566712681297664)  # mean == budget
 def test_m2po_threshold_meets_the_budget_exactly(values, budget) -> None:
     d = torch.tensor(values)
     tau = m2po_threshold(d, budget)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import torch
 
-from asyncopd.losses.batch import TokenBatch, need
+from asyncopd.losses.batch import TokenBatch
 
 TailMode = Literal["bucket", "drop"]
 TAIL_EPS = 1e-6  # a teacher tail below this is float32 round-off of a full support

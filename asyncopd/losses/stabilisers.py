@@ -51,16 +51,17 @@ def m2po_threshold(delta_sq: torch.Tensor, budget: float) -> float:
     needed). ``f(x) = (sum_{d <= x} d + x * #{d > x}) / n`` is continuous and increasing, so on
     the segment between consecutive sorted values it is linear and solved in closed form."""
     n = delta_sq.numel()
-    if n == 0 or float(delta_sq.mean()) <= budget:
+    if n == 0:
         return float("inf")
-    d, _ = torch.sort(delta_sq.double())
+    d, _ = torch.sort(delta_sq.double())  # (all in float64: a float32 mean can land either side of the budget)
     below = torch.cat([d.new_zeros(1), torch.cumsum(d, 0)])  # below[m] = sum of the m smallest
+    if float(below[n]) / n <= budget:
+        return float("inf")
     for m in range(n):  # x in [d[m-1], d[m]]: f(x) = (below[m] + x (n - m)) / n
         x = (n * budget - float(below[m])) / (n - m)
-        lo = float(d[m - 1]) if m > 0 else 0.0
-        if lo <= x <= float(d[m]):
+        if x <= float(d[m]):  # the first segment that reaches the budget (f increases)
             return max(x, 0.0)
-    return 0.0
+    return float(d[n - 1])  # (rounding: the budget is the mean to the last bit; clip nothing)
 
 
 def m2po_objective(logp_theta: torch.Tensor, logp_mu: torch.Tensor, adv: torch.Tensor, valid: torch.Tensor,
