@@ -21,7 +21,6 @@ from asyncopd.trace.formatting import cell
 from asyncopd.trace.schema import RunFormatError, validate_run_dir
 from calibration.profile import profile_overrides, read_profile, write_profile_dict
 from calibration.report import drift_table, extras_table, fit_table
-from sim.predict import predict as run_predict
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, simulate and run asynchronous on-policy distillation.")
@@ -121,6 +120,8 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
             progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Predict the speedup of each --policy over the first one, with a 95% interval over seeds."""
     from tqdm.auto import tqdm
+
+    from sim.predict import predict as run_predict  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
 
     cfg = _load(config, set_, costs)
     if len(policy) < 2:

@@ -176,3 +176,14 @@ def test_long_modules_say_why() -> None:
         if n > 400 and "over 400 lines" not in doc.lower():
             long.append(f"{path.relative_to(REPO)} ({n} lines)")
     assert not long, long
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """`asyncopd --help` (every command registered) loads no torch, ray, simpy, numpy or scipy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asyncopd.cli; "
+            "print(sorted(m for m in ('torch', 'ray', 'simpy', 'numpy', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from asyncopd.catalog.hardware import HARDWARE
+
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -25,8 +27,8 @@ def _fail(msg: str, code: int = 2) -> None:
 def plan(config: Path = typer.Argument(..., help="config with the models and the workload (its layout is ignored)"),
          devices: Optional[int] = typer.Option(None, "--devices", "-n", help="devices to plan for (default: "
                                                "cluster.num_devices)"),
-         hardware: Optional[str] = typer.Option(None, "--hardware", help="device kind (h100-sxm, h200, a100-80gb, "
-                                                "b200, cpu); uses the analytic cost model"),
+         hardware: Optional[str] = typer.Option(None, "--hardware", help=f"device kind ({', '.join(HARDWARE)}); "
+                                                "uses the analytic cost model"),
          costs: Optional[Path] = typer.Option(None, "--costs", help="calibration profile (from `asyncopd calibrate`) "
                                               "for the parametric cost model"),
          max_mean_staleness: Optional[float] = typer.Option(None, "--max-mean-staleness",
