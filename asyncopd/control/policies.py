@@ -39,8 +39,8 @@ from asyncopd.control.staleness import Staleness
 
 _OLDEST_REQUEUED, _FRESH = Admit(0), Admit(None)  # (decisions are immutable: one of each will do)
 
-__all__ = ["POLICIES", "Policy", "SyncPolicy", "StepOffPolicy", "FullyAsyncPolicy", "parse_policy", "policy_from",
-           "policy_from_mapping", "register_policy"]
+__all__ = ["POLICIES", "BatchedPolicy", "Policy", "SyncPolicy", "StepOffPolicy", "FullyAsyncPolicy", "parse_policy",
+           "policy_from", "policy_from_mapping", "register_policy"]
 
 
 class BatchedPolicy(Policy):

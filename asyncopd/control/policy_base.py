@@ -1,6 +1,6 @@
 """What a scheduling policy is: the interface, its parameters, the registry and the parser.
 
-A policy owns three decisions and nothing else; the controller keeps every piece of state,
+A policy owns four decisions and nothing else; the controller keeps every piece of state,
 handles the events and checks the invariants. Each decision reads the controller through
 ``SchedulerView``, a read-only view:
 
