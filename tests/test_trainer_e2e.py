@@ -110,3 +110,22 @@ def test_the_student_learns_the_builtin_task(ray_session, tmp_path) -> None:
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["ok"], summary["reason"]
     assert summary["accuracy"] >= summary["accuracy_start"] + 0.12, (summary["accuracy_start"], summary["accuracy"])
+
+
+@pytest.mark.parametrize("method,pause", [
+    ("collective", "keep"), ("collective", "abort"), ("collective", "recompute"), ("object_store", "keep"),
+])
+def test_rollout_weights_equal_the_learners_bitwise_after_every_sync(ray_session, tmp_path, method, pause) -> None:
+    """``sync.verify``: after each sync the worker hashes the weights it samples with and the
+    driver compares them with the learner's hash of that version (a mismatch stops the run)."""
+    from asyncopd.runtime.driver import train
+    from asyncopd.trace.schema import read_trace
+
+    cfg = load_config("configs/default.yaml", [*SMALL, f"sync.method={method}", "sync.verify=true",
+                                               f"pipeline.pause_mode={pause}", "sync.bucket_mb=0.05"])
+    summary = train(cfg, tmp_path / "run", progress=False, evaluate=False)
+    assert summary["ok"], summary["reason"]
+    syncs = [e for e in read_trace(tmp_path / "run" / "trace.json") if e.get("name") == "sync" and e.get("ph") == "X"]
+    assert len(syncs) >= 2 * (4 - 1) - 1  # (two workers, synced after most updates)
+    assert summary["sync_verified"] == len(syncs)
+    assert all(e["args"].get("paused_s") is not None for e in syncs)

@@ -136,6 +136,30 @@ class PipelineConfig(_Section):
         return policy_from(self.policy)
 
 
+class SyncConfig(_Section):
+    """How new weights reach the rollout workers (``asyncopd/runtime/weight_transport.py``)."""
+
+    method: Literal["auto", "object_store", "collective"] = Field(
+        "auto", description="collective: the learner broadcasts bucketed weights to each worker through a two-rank "
+        "torch.distributed group (gloo on CPU, NCCL on CUDA; torch rollout backend only); object_store: the learner "
+        "puts a state dict in Ray's object store and each worker fetches it (3-8x slower on CPU, "
+        "bench/weight_sync.py); auto: collective with the torch rollout backend, else object_store")
+    bucket_mb: float = Field(64.0, gt=0, description="collective: most megabytes per broadcast")
+    verify: bool = Field(False, description="after every sync compare a hash of the worker's weights with the "
+                         "learner's (a pass over the weights on both ends); a mismatch stops the run")
+    timeout_s: float = Field(300.0, gt=0, description="collective: how long an end waits for its peer")
+
+    @property
+    def bucket_bytes(self) -> int:
+        return max(1, int(self.bucket_mb * 2**20))
+
+    def resolved(self, rollout_backend: str) -> str:
+        """The method ``auto`` stands for with this rollout backend."""
+        if self.method != "auto":
+            return self.method
+        return "collective" if rollout_backend == "torch" else "object_store"
+
+
 class RoleLayout(_Section):
     workers: int = Field(1, ge=1)
     devices: list[int] = Field(default_factory=lambda: [0], min_length=1,
@@ -271,6 +295,7 @@ class OPDConfig(_Section):
     learner: LearnerConfig = LearnerConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    sync: SyncConfig = SyncConfig()
     layout: LayoutConfig = LayoutConfig()
     cluster: ClusterConfig = ClusterConfig()
     sim: SimConfig = SimConfig()
@@ -291,6 +316,9 @@ class OPDConfig(_Section):
         if self.learner.micro_batch_size > self.learner.batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.batch_size")
         check_backends(self.algorithm, self.rollout.backend, self.teacher.backend)
+        if self.sync.resolved(self.rollout.backend) == "collective" and self.rollout.backend != "torch":
+            raise ValueError("sync.method=collective needs rollout.backend=torch: the vLLM backend loads weights "
+                             "through its own engine API; use sync.method=object_store")
         return self
 
     def policy(self) -> Policy:

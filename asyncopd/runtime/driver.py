@@ -4,7 +4,9 @@ The loop is: ``ray.wait`` for the next finished call, turn its result into contr
 events (with wall-clock times relative to the run start), dispatch the actions the
 controller returns. Sample payloads (token ids, behaviour logprobs, teacher top-k) stay in
 the driver between stages; they are small for the models this runs on a CPU. Weights go
-learner → object store → rollout workers, tagged with their version.
+learner → object store → rollout workers (``sync.method: object_store``), or learner → a
+two-rank torch.distributed group → each rollout worker (``collective``), tagged with their
+version; with ``sync.verify`` every sync compares a hash of both ends' weights.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from asyncopd.control import messages
 from asyncopd.control.controller import Controller
 from asyncopd.runtime import checkpoints
 from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_actors, start_ray
+from asyncopd.runtime.sync_orchestration import WeightSyncs
 from asyncopd.task import BuiltinTask, CharCodec
 from asyncopd.trace.setup import start_run
 
@@ -69,7 +72,7 @@ class RayDriver:
         self.pending: dict[Any, Pending] = {}
         self.queues: dict[str, WorkerQueue] = {}
         self._hold_waves = 0  # > 0 while the actions caused by one event are being dispatched
-        self.weights: dict[int, list[Any]] = {}
+        self.syncs = WeightSyncs(cfg)
         self.t0 = 0.0
         # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
         self.evaluates = evaluate and isinstance(self.codec, CharCodec)
@@ -82,6 +85,7 @@ class RayDriver:
         self.rollout, self.teachers, self.learner = start_actors(self.cfg, self.models)
         handles = {**self.rollout, **self.teachers, "learner-0": self.learner}
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
+        self.syncs.attach(self.learner, self.rollout)
         self.queues = {w: WorkerQueue() for w in self.rollout}
         self._placement = placement
         if self.evaluates:
@@ -94,6 +98,7 @@ class RayDriver:
                 "placement": self._placement,
                 "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)}},
             resume=self.resume_from.info if self.resume_from is not None else None)
+        self.recorder.summary_extra.update(self.syncs.summary())
         if self.resume_from is not None:
             self.recorder.summary_extra["resume"].update(
                 checkpoint=str(self.resume_from.path), next_prompt_id=self.resume_from.info["next_prompt_id"],
@@ -113,11 +118,13 @@ class RayDriver:
         ck = self.resume_from
         if ck is None:
             return
-        version, holder = ray.get(self.learner.load_checkpoint.remote(str(ck.path)))
+        version, published = ray.get(self.learner.load_checkpoint.remote(str(ck.path)))
         if version != ck.version:
             raise RuntimeError(f"{ck.path}: trainer_state.pt holds version {version}, resume.json says {ck.version}")
-        ray.get([w.load_weights.remote(holder, version, self.cfg.pipeline.pause_mode) for w in self.rollout.values()])
-        self.weights[version] = holder
+        self.syncs.published(version, published)
+        answers = ray.get([self._start_sync(w, version, self.cfg.pipeline.pause_mode) for w in self.rollout])
+        for worker, answer in zip(self.rollout, answers):
+            self.syncs.check(worker, version, answer[3])
         log.info("resuming %s from %s (version %d, prompts from %d)", self.run_dir, ck.path, version,
                  ck.info["next_prompt_id"])
 
@@ -245,8 +252,7 @@ class RayDriver:
             batch = [self._train_item(sid) for sid in a.sample_ids]
             self._submit(self.learner.train.remote(a.step, batch), Pending("train", "learner-0", a))
         elif isinstance(a, messages.SyncWeights):
-            ref = self.rollout[a.worker].load_weights.remote(self.weights[a.version], a.version, a.pause_mode)
-            self._submit(ref, Pending("sync", a.worker, a))
+            self._submit(self._start_sync(a.worker, a.version, a.pause_mode), Pending("sync", a.worker, a))
         elif isinstance(a, messages.Stop):
             log.info("stop: %s", a.reason)
 
@@ -311,12 +317,17 @@ class RayDriver:
             self.recorder.annotate(pl.sample_id, teacher_cache_bytes=pl.nbytes)
         self._send(messages.ScoringFinished(self._now(), p.context.batch_id, p.worker, self._rel(started)))
 
-    def _on_train(self, p: Pending, value: tuple[dict[str, float], list[Any], float, float]) -> None:
-        metrics, holder, started, _ = value
+    def _start_sync(self, worker: str, version: int, pause_mode: str) -> Any:
+        return self.syncs.start(worker, version, pause_mode,
+                                track=lambda ref: self._submit(ref, Pending("serve", "learner-0", version)))
+
+    def _on_serve(self, p: Pending, value: tuple[float, float]) -> None:
+        """The learner's half of a collective sync finished (the worker's half reports the sync)."""
+
+    def _on_train(self, p: Pending, value: tuple[dict[str, float], dict[str, Any], float, float]) -> None:
+        metrics, published, started, _ = value
         step = p.context.step
-        self.weights[step + 1] = holder
-        for v in [v for v in self.weights if v < step]:  # nobody can ask for these any more
-            del self.weights[v]
+        self.syncs.published(step + 1, published)
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}")
         saved = self._periodic_checkpoint(step + 1)  # (its resume point: before the controller moves on)
@@ -336,8 +347,10 @@ class RayDriver:
             return None
         return tmp, checkpoints.step_name(version), self._resume_info(version)
 
-    def _on_sync(self, p: Pending, value: tuple[float, float, float | None]) -> None:
-        started, _, paused = value
+    def _on_sync(self, p: Pending, value: tuple[float, float, float | None, str | None]) -> None:
+        started, _, paused, digest = value
+        self.syncs.check(p.worker, p.context.version, digest)
+        self.recorder.summary_extra.update(self.syncs.summary())
         self._send(messages.WeightSyncFinished(self._now(), p.worker, p.context.version, self._rel(started),
                                                paused_s=paused))
 

@@ -94,7 +94,10 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any]
     opts = {"num_cpus": 0, "num_gpus": gpu}
     Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)
     Teacher = ray.remote(actors.TeacherWorker).options(**opts)
-    Learner = ray.remote(actors.LearnerWorker).options(**opts)
+    method = cfg.sync.resolved(cfg.rollout.backend)
+    collective = method == "collective"  # (threaded: serving a version overlaps the next update)
+    Learner = ray.remote(actors.LearnerWorker).options(**opts, **(
+        {"max_concurrency": lay.rollout.workers + 2} if collective else {}))
     rollout = {
         f"rollout-{i}": Rollout.remote(
             f"rollout-{i}", str(models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
@@ -118,7 +121,8 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any]
                              micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
                              decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0,
                              min_lr_ratio=lc.min_lr_ratio,
-                             algorithm=algo.model_dump())
+                             algorithm=algo.model_dump(), sync_method=method,
+                             sync_bucket_bytes=cfg.sync.bucket_bytes, verify_sync=cfg.sync.verify)
     return rollout, teachers, learner
 
 

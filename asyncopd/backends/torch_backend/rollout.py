@@ -147,6 +147,10 @@ class TorchRolloutEngine:
         """Load ``update.state_dict`` now (the engine is idle) and take its version."""
         self._take(update)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights it samples with (the model's own tensors, not copies)."""
+        return self.model.state_dict()
+
     def _take(self, update: WeightUpdate) -> None:
         """Load ``update`` and take its version; ``load_seconds[version]`` records how long
         generation stood still for it (the part of a weight sync that pauses the worker)."""
