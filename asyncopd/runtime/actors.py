@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, TrainItem, WeightUpdate
@@ -56,13 +57,23 @@ def _pin_other_threads(cores: set[int]) -> None:
             pass
 
 
+@dataclass
+class _Receiver:
+    """A rollout worker's end of its collective channel: the layout, the group, the buffers it receives into."""
+
+    layout: Any  # weight_transport.BucketLayout
+    channel: Any  # weight_transport.WeightChannel
+    buckets: list[Any]
+    verify: bool
+
+
 class RolloutWorker:
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
                  backend: str = "torch", **engine_options: Any) -> None:
         self.name = name
         self.device = place(device_type, devices)
         self.engine = build_rollout_engine(backend, model_path, device=self.device, dtype=dtype, **engine_options)
-        self._receiver: Any = None  # (layout, channel, buckets, verify) once a collective channel is joined
+        self._receiver: _Receiver | None = None  # once a collective channel is joined
         self._lock = threading.Condition()
         self._generating = False
         self._pending: WeightUpdate | None = None
@@ -115,16 +126,18 @@ class RolloutWorker:
             raise RuntimeError(f"{self.name}: its model's weight layout differs from the learner's "
                                f"({layout.fingerprint()} vs {fingerprint}): not the same architecture")
         channel = WeightChannel(connect_store(address, timeout_s), 1, backend, timeout_s)
-        self._receiver = (layout, channel, layout.empty(self.device), verify)
+        self._receiver = _Receiver(layout, channel, layout.empty(self.device), verify)
 
     def receive_weights(self, version: int, pause_mode: str) -> tuple[float, float, float | None, str | None]:
         """Receive ``version`` from the learner's broadcast (generation goes on meanwhile), apply
         it at the next step boundary; returns what ``load_weights`` does."""
-        layout, channel, buckets, verify = self._receiver
+        r = self._receiver
+        if r is None:
+            raise RuntimeError(f"{self.name}: receive_weights before join_weight_channel")
         started = time.time()
-        channel.broadcast(buckets)
-        self._apply(WeightUpdate(version, layout.unpack(buckets), pause_mode))  # type: ignore[arg-type]
-        return started, time.time(), self._pause_of(version), self._digest() if verify else None
+        r.channel.broadcast(r.buckets)
+        self._apply(WeightUpdate(version, r.layout.unpack(r.buckets), pause_mode))  # type: ignore[arg-type]
+        return started, time.time(), self._pause_of(version), self._digest() if r.verify else None
 
     def _apply(self, update: WeightUpdate) -> None:
         """Load ``update`` now if idle, else hand it to the decode loop and wait until it is loaded."""

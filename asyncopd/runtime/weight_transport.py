@@ -152,7 +152,3 @@ class WeightChannel:
             self.group.broadcast(b, 0).wait()
         if buckets and buckets[0].is_cuda:
             torch.cuda.synchronize(buckets[0].device)
-
-
-def backend_for(device_type: str) -> str:
-    return "nccl" if device_type == "cuda" else "gloo"
