@@ -117,6 +117,10 @@ class LearnerConfig(_Section):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="cosine: after warm-up, decay to lr * min_lr_ratio at run.total_steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="a learner on N devices runs N data-parallel ranks; ddp: each holds the whole model "
+        "and optimizer, gradients are all-reduced; fsdp: parameters, gradients and optimizer state are sharded "
+        "across the ranks (FSDP2 fully_shard), for a student that does not fit one device")
 
 
 class PipelineConfig(_Section):
@@ -182,7 +186,8 @@ class LayoutConfig(_Section):
     @classmethod
     def _one_learner(cls, v: RoleLayout) -> RoleLayout:
         if v.workers != 1:
-            raise ValueError("exactly one learner worker is supported (data parallelism inside it is future work)")
+            raise ValueError("the learner is one worker; give it N devices for N data-parallel ranks "
+                             "(learner.strategy: ddp or fsdp)")
         return v
 
 
@@ -191,6 +196,19 @@ class ClusterConfig(_Section):
     hardware: str = Field("cpu", description="hardware preset for analytic costs: " + ", ".join(HARDWARE))
     num_devices: int = Field(2, ge=1, description="CPU cores (device_type=cpu) or GPUs")
     ray_address: Optional[str] = Field(None, description="connect to this Ray cluster instead of starting one")
+    devices_per_node: Optional[int] = Field(None, ge=1, description="devices per node: layout device d lives on "
+                                            "node d // devices_per_node (None: every device on one node)")
+
+    @model_validator(mode="after")
+    def _whole_nodes(self) -> "ClusterConfig":
+        if self.devices_per_node is not None and self.num_devices % self.devices_per_node:
+            raise ValueError(f"devices_per_node={self.devices_per_node} does not divide "
+                             f"num_devices={self.num_devices}")
+        return self
+
+    def node_of(self, device: int) -> int:
+        """The node (0-based, in the order Ray lists them) that holds layout device ``device``."""
+        return device // self.devices_per_node if self.devices_per_node else 0
 
 
 class LengthDistribution(_Section):
