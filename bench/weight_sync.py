@@ -69,11 +69,12 @@ def measure(name: str, path: Path, params: int, repeats: int, bucket_bytes: int)
     import ray
 
     from asyncopd.runtime import actors
+    from asyncopd.runtime.learner_actor import LearnerWorker
 
     rollout_opts = dict(eos_id=1, pad_id=0, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
     learner_opts = dict(device_type="cpu", devices=[1], lr=1e-3, weight_decay=0.0, grad_clip=1.0, micro_batch_size=1,
                         warmup_steps=0, dtype="float32", sync_bucket_bytes=bucket_bytes)
-    Learner = ray.remote(actors.LearnerWorker).options(num_cpus=0, max_concurrency=3)
+    Learner = ray.remote(LearnerWorker).options(num_cpus=0, max_concurrency=3)
     Rollout = ray.remote(actors.RolloutWorker).options(num_cpus=0, max_concurrency=4)
     learners = {m: Learner.remote(str(path), sync_method=m, **learner_opts) for m in ("object_store", "collective")}
     rollout = Rollout.remote("rollout-0", str(path), device_type="cpu", devices=[0], dtype="float32", **rollout_opts)

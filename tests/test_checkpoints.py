@@ -7,7 +7,6 @@ errors. Slow (``-m slow``): a real run that checkpoints, "crashes", resumes and 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -157,34 +156,29 @@ SMALL = ["run.total_steps=4", "learner.batch_size=8", "learner.micro_batch_size=
 
 
 @pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory):
+def resumed_run(tmp_path_factory, ray_session):
     """Train 4 steps (checkpoint at 2), "crash" after step 3, resume to 6 steps."""
-    ray = pytest.importorskip("ray")
     import torch
 
     from asyncopd.runtime.checkpoints import resume_config
     from asyncopd.runtime.driver import train
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
-    try:
-        run = tmp_path_factory.mktemp("resume") / "run"
-        first = train(load_config("configs/default.yaml", SMALL), run, progress=False, evaluate=False)
-        ckpts = run / "checkpoints"
-        layout = sorted(p.name for p in ckpts.iterdir())
-        ck2 = C.read_checkpoint(ckpts / "step_000002")
-        state2 = torch.load(ckpts / "step_000002" / C.STATE_FILE, weights_only=True)
-        # as if the process had died after logging step 3: no final checkpoint, trace not closed, half a line
-        shutil.rmtree(ckpts / "final")
-        trace = (run / "trace.json").read_text()
-        (run / "trace.json").write_text(trace[: trace.rindex("},") + 2])
-        with (run / "samples.jsonl").open("a") as f:
-            f.write('{"sample_id": 1')
-        steps_before = read_jsonl(run / "log.jsonl")
-        second = train(resume_config(run, ["run.total_steps=6"]), run, progress=False, evaluate=False, resume=True)
-        yield {"run": run, "first": first, "second": second, "layout": layout, "ck2": ck2, "state2": state2,
-               "steps_before": steps_before}
-    finally:
-        ray.shutdown()
+    run = tmp_path_factory.mktemp("resume") / "run"
+    first = train(load_config("configs/default.yaml", SMALL), run, progress=False, evaluate=False)
+    ckpts = run / "checkpoints"
+    layout = sorted(p.name for p in ckpts.iterdir())
+    ck2 = C.read_checkpoint(ckpts / "step_000002")
+    state2 = torch.load(ckpts / "step_000002" / C.STATE_FILE, weights_only=True)
+    # as if the process had died after logging step 3: no final checkpoint, trace not closed, half a line
+    shutil.rmtree(ckpts / "final")
+    trace = (run / "trace.json").read_text()
+    (run / "trace.json").write_text(trace[: trace.rindex("},") + 2])
+    with (run / "samples.jsonl").open("a") as f:
+        f.write('{"sample_id": 1')
+    steps_before = read_jsonl(run / "log.jsonl")
+    second = train(resume_config(run, ["run.total_steps=6"]), run, progress=False, evaluate=False, resume=True)
+    yield {"run": run, "first": first, "second": second, "layout": layout, "ck2": ck2, "state2": state2,
+           "steps_before": steps_before}
 
 
 @pytest.mark.slow

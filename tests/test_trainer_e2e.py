@@ -1,12 +1,11 @@
 """The real Ray trainer on the built-in task, a few learner steps per policy.
 
-One Ray session for the module (starting Ray costs seconds); models come from the cache
+One Ray session for the test run (``conftest.ray_session``) (starting Ray costs seconds); models come from the cache
 (the first test to need them trains them once).
 """
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 
@@ -17,14 +16,6 @@ pytestmark = pytest.mark.slow
 
 SMALL = ["run.total_steps=4", "learner.batch_size=8", "learner.micro_batch_size=8", "rollout.max_num_seqs=4",
          "layout.rollout.workers=2", "teacher.max_batch_samples=8"]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
 
 
 def consumed(run_dir) -> list[dict]:

@@ -83,9 +83,11 @@ class RayDriver:
         import ray
 
         self.rollout, self.teachers, self.learner = start_actors(self.cfg, self.models)
-        handles = {**self.rollout, **self.teachers, "learner-0": self.learner}
+        ranks = {f"learner-0.rank{r}" if r else "learner-0": h for r, h in enumerate(self.learner.ranks)}
+        handles = {**self.rollout, **self.teachers, **ranks}
         placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
-        self.syncs.attach(self.learner, self.rollout)
+        self.learner.form("nccl" if self.cfg.cluster.device_type == "cuda" else "gloo", self.cfg.sync.timeout_s)
+        self.syncs.attach(self.learner.lead, self.rollout)
         self.queues = {w: WorkerQueue() for w in self.rollout}
         self._placement = placement
         if self.evaluates:
@@ -112,13 +114,12 @@ class RayDriver:
 
         checkpoints.clean_leftovers(self.run_dir)
         run = self.cfg.run
-        ray.get(self.learner.configure_checkpoints.remote(str(self.run_dir / checkpoints.CHECKPOINTS),
-                                                          run.checkpoint_every, run.total_steps,
-                                                          str(self.models.student)))
+        ray.get(self.learner.call("configure_checkpoints", str(self.run_dir / checkpoints.CHECKPOINTS),
+                                  run.checkpoint_every, run.total_steps, str(self.models.student)))
         ck = self.resume_from
         if ck is None:
             return
-        version, published = ray.get(self.learner.load_checkpoint.remote(str(ck.path)))
+        version, published = ray.get(self.learner.call("load_checkpoint", str(ck.path)))
         if version != ck.version:
             raise RuntimeError(f"{ck.path}: trainer_state.pt holds version {version}, resume.json says {ck.version}")
         self.syncs.published(version, published)
@@ -250,7 +251,7 @@ class RayDriver:
             self._submit(self.teachers[a.worker].score.remote(items), Pending("score", a.worker, a))
         elif isinstance(a, messages.Train):
             batch = [self._train_item(sid) for sid in a.sample_ids]
-            self._submit(self.learner.train.remote(a.step, batch), Pending("train", "learner-0", a))
+            self._submit(self.learner.train(a.step, batch), Pending("train", "learner-0", a))
         elif isinstance(a, messages.SyncWeights):
             self._submit(self._start_sync(a.worker, a.version, a.pause_mode), Pending("sync", a.worker, a))
         elif isinstance(a, messages.Stop):
@@ -355,7 +356,7 @@ class RayDriver:
                                                paused_s=paused))
 
     def _evaluate(self) -> Any:
-        return self.learner.evaluate.remote(self.cfg.task.model_dump(), self.cfg.run.seed, str(self.models.student))
+        return self.learner.call("evaluate", self.cfg.task.model_dump(), self.cfg.run.seed, str(self.models.student))
 
     def _finish(self) -> None:
         """After the controller stopped: save (and evaluate) the final student."""
@@ -364,7 +365,7 @@ class RayDriver:
         self.pending.clear()
         tmp = checkpoints.tmp_dir(self.run_dir / checkpoints.CHECKPOINTS, checkpoints.FINAL)
         info = self._resume_info(self.ctrl.steps_issued)
-        saved = ray.get(self.learner.write_checkpoint.remote(str(tmp), str(self.models.student)))
+        saved = ray.get(self.learner.call("write_checkpoint", str(tmp), str(self.models.student)))
         if saved["version"] != info["version"]:  # (the run stopped while an update was failing)
             log.warning("final checkpoint: the learner is at version %d, the controller issued %d updates",
                         saved["version"], info["version"])
@@ -377,7 +378,7 @@ class RayDriver:
             summary.update(accuracy=end["accuracy"], accuracy_start=self.eval_start.get("accuracy"),
                            eval_start=self.eval_start, eval_end=end)
             path.write_text(json.dumps(summary, indent=2))
-        for handle in [*self.rollout.values(), *self.teachers.values(), self.learner]:
+        for handle in [*self.rollout.values(), *self.teachers.values(), *self.learner.ranks]:
             ray.kill(handle)
 
 

@@ -14,6 +14,8 @@ from asyncopd.config.schema import ModelSpec, OPDConfig
 from asyncopd.models.builtin import resolve_model
 from asyncopd.models.loading import load_codec
 from asyncopd.runtime import actors
+from asyncopd.runtime.learner_actor import LearnerWorker
+from asyncopd.runtime.learner_group import LearnerGroup
 
 
 @dataclass
@@ -30,6 +32,9 @@ def check_trainable(cfg: OPDConfig) -> None:
         if not spec.trainable:
             raise ValueError(f"models.{role}: preset {spec.preset!r} describes an architecture for the simulator "
                              f"only; to train, give models.{role}.path (a local checkpoint) or a builtin preset")
+    if cfg.layout.learner.tp > 1:
+        raise ValueError(f"layout.learner.tp={cfg.layout.learner.tp}: the trainer's learner has no tensor "
+                         "parallelism; give it more devices instead (one data-parallel rank each, learner.strategy)")
     for role in ("rollout", "teacher"):
         if getattr(cfg, role).backend != "vllm":
             continue
@@ -81,10 +86,11 @@ def start_ray(cfg: OPDConfig) -> bool:
     return True
 
 
-def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any], dict[str, Any], LearnerGroup]:
     """Create the Ray actors of ``cfg.layout`` on their devices: the rollout workers and the
-    teachers (each by worker name) and the learner. Returns their handles; they are not ready
-    until their ``ready`` calls return."""
+    teachers (each by worker name) and the learner, one rank per learner device. Returns their
+    handles; they are not ready until their ``ready`` calls return, and the learner's ranks
+    form their group with ``LearnerGroup.form``."""
     import ray
 
     lay, algo = cfg.layout, cfg.algorithm
@@ -96,8 +102,9 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any]
     Teacher = ray.remote(actors.TeacherWorker).options(**opts)
     method = cfg.sync.resolved(cfg.rollout.backend)
     collective = method == "collective"  # (threaded: serving a version overlaps the next update)
-    Learner = ray.remote(actors.LearnerWorker).options(**opts, **(
+    Learner = ray.remote(LearnerWorker).options(**opts, **(
         {"max_concurrency": lay.rollout.workers + 2} if collective else {}))
+    Follower = ray.remote(LearnerWorker).options(**opts)  # data-parallel ranks 1..N-1: one call at a time
     rollout = {
         f"rollout-{i}": Rollout.remote(
             f"rollout-{i}", str(models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
@@ -116,14 +123,14 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any]
         for i in range(lay.teacher.workers)
     }
     lc = cfg.learner
-    learner = Learner.remote(str(models.student), device_type=dt, devices=lay.learner.devices, lr=lc.lr,
-                             weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
-                             micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
-                             decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0,
-                             min_lr_ratio=lc.min_lr_ratio,
-                             algorithm=algo.model_dump(), sync_method=method,
-                             sync_bucket_bytes=cfg.sync.bucket_bytes, verify_sync=cfg.sync.verify)
-    return rollout, teachers, learner
+    options = dict(device_type=dt, lr=lc.lr, weight_decay=lc.weight_decay, grad_clip=lc.grad_clip,
+                   micro_batch_size=lc.micro_batch_size, warmup_steps=lc.warmup_steps, dtype=dtype,
+                   decay_steps=cfg.run.total_steps if lc.lr_schedule == "cosine" else 0, min_lr_ratio=lc.min_lr_ratio,
+                   algorithm=algo.model_dump(), sync_method=method, sync_bucket_bytes=cfg.sync.bucket_bytes,
+                   verify_sync=cfg.sync.verify, world=len(lay.learner.devices), strategy=lc.strategy)
+    ranks = [(Learner if r == 0 else Follower).remote(str(models.student), devices=[d], rank=r, **options)
+             for r, d in enumerate(lay.learner.devices)]
+    return rollout, teachers, LearnerGroup(ranks)
 
 
 def _vllm_options(cfg: OPDConfig, role: str) -> dict[str, Any]:

@@ -115,15 +115,16 @@ def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:32]
 
 
-def open_store(host: str, timeout_s: float) -> tuple[dist.TCPStore, str]:
-    """Host a rendezvous store for one pair on a free port of ``host``; returns it and its ``host:port``."""
-    store = dist.TCPStore(host, 0, 2, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+def open_store(host: str, timeout_s: float, world: int = 2) -> tuple[dist.TCPStore, str]:
+    """Host a rendezvous store for a group of ``world`` (a sync pair, or the learner's ranks) on a
+    free port of ``host``; returns it and its ``host:port``."""
+    store = dist.TCPStore(host, 0, world, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
     return store, f"{host}:{store.port}"
 
 
-def connect_store(address: str, timeout_s: float) -> dist.TCPStore:
+def connect_store(address: str, timeout_s: float, world: int = 2) -> dist.TCPStore:
     host, port = address.rsplit(":", 1)
-    return dist.TCPStore(host, int(port), 2, False, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.TCPStore(host, int(port), world, False, timeout=datetime.timedelta(seconds=timeout_s))
 
 
 class WeightChannel:

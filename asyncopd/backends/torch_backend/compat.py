@@ -32,16 +32,23 @@ def _forward_params(model_cls: type) -> frozenset[str]:
         return frozenset()
 
 
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    """The model a ``DistributedDataParallel`` wrapper runs (its ``forward`` passes keywords on)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def cache_kwarg(model: torch.nn.Module) -> str:
     """Name of the KV-cache keyword argument of ``model.forward`` (``cache`` or ``past_key_values``)."""
-    params = _forward_params(type(model))
+    params = _forward_params(type(_inner(model)))
     if "cache" in params:
         return "cache"
     return "past_key_values"
 
 
 def supports_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in _forward_params(type(model))
+    return "logits_to_keep" in _forward_params(type(_inner(model)))
 
 
 def output_cache(output: Any) -> Any:

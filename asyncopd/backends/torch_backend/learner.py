@@ -14,6 +14,11 @@ mask; positions from 0 per row): the logits at position ``P + t - 1`` give ``log
 response token ``t``. The model runs in eval mode (dropout off) so that these log-probs are the same
 function of the weights as the rollout's behaviour log-probs.
 
+Data parallelism (``parallel``, ``data_parallel.py``): each rank passes its shard of the batch
+and the whole batch's token count ``total_tokens``; the loss is scaled so that the ranks' averaged
+gradient is the whole batch's, and the metrics are summed over the ranks, so every rank reports
+what a single device would.
+
 Versions: ``version`` counts applied updates; ``train_step`` turns ``version`` into
 ``version + 1``. The staleness of a token sampled under version ``g`` and consumed by that update is
 ``version - g`` (reported in the metrics).
@@ -21,6 +26,7 @@ Versions: ``version`` counts applied updates; ``train_step`` turns ``version`` i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -30,6 +36,7 @@ import torch
 from asyncopd.backends.base import TrainItem, TrainMetrics
 from asyncopd.backends.torch_backend import compat
 from asyncopd.backends.torch_backend.batching import pack
+from asyncopd.backends.torch_backend.data_parallel import load_named_optimizer_state, named_optimizer_state
 from asyncopd.config.algorithm import AlgorithmConfig
 from asyncopd.losses.estimators import per_token_loss
 
@@ -50,6 +57,7 @@ class TorchLearner:
         device: where the model trains.
         betas, eps: AdamW hyper-parameters.
         algorithm: the estimator and its options (default: forward KL on the teacher's top-k).
+        parallel: this rank's ``DataParallel`` view when the learner runs on several ranks.
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class TorchLearner:
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         algorithm: AlgorithmConfig | None = None,
+        parallel: Any = None,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr}")
@@ -76,8 +85,10 @@ class TorchLearner:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.algorithm = algorithm or AlgorithmConfig()
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.model = model.to(self.device)  # the unwrapped module (names, weights, checkpoints)
         self.model.eval()  # dropout off; gradients still flow
+        self.parallel = parallel
+        self.wrapped = parallel.wrap(self.model) if parallel is not None else self.model  # forward/backward
         self.base_lr = float(lr)
         self.grad_clip = float(grad_clip)
         self.micro_batch_size = int(micro_batch_size)
@@ -114,7 +125,7 @@ class TorchLearner:
         b, t_max = tb.valid.shape
         width = packed.input_ids.shape[1]
         keep = width - min(len(it.prompt_ids) for it in items) + 1
-        logits, _ = compat.model_forward(self.model, input_ids=packed.input_ids.to(dev),
+        logits, _ = compat.model_forward(self.wrapped, input_ids=packed.input_ids.to(dev),
                                          attention_mask=packed.attention_mask.to(dev), logits_to_keep=keep)
         offset = width - logits.shape[1]
         pos_rel = (packed.positions - offset).clamp(min=0).to(dev)
@@ -123,6 +134,8 @@ class TorchLearner:
         per_token, diag = per_token_loss(student_logp, tb, self.algorithm)
         valid = tb.valid
         loss = torch.where(valid, per_token, torch.zeros_like(per_token)).sum() / total_tokens
+        if self.parallel is not None:
+            loss = loss * self.parallel.loss_scale
 
         with torch.no_grad():
             def tsum(x: torch.Tensor) -> float:
@@ -146,12 +159,15 @@ class TorchLearner:
             }
         return loss, sums
 
-    def accumulate_gradients(self, batch: list[TrainItem]) -> tuple[float, int, dict[str, float], int]:
+    def accumulate_gradients(self, batch: list[TrainItem],
+                             total_tokens: int | None = None) -> tuple[float, int, dict[str, float], int]:
         """Forward/backward over ``batch`` in micro-batches, adding the gradient of the whole-batch
-        token-mean loss to ``.grad`` (no optimizer step, no zeroing).
+        token-mean loss to ``.grad`` (no optimizer step, no zeroing). ``total_tokens``: the
+        response tokens of the whole batch when ``batch`` is one rank's shard (default: its own).
 
-        Returns ``(loss, tokens, sums, micro_batches)``: the whole-batch token-mean loss, the number
-        of response tokens, and token sums of the diagnostic quantities (see ``train_step``).
+        Returns ``(loss, tokens, sums, micro_batches)``: this batch's share of the whole-batch
+        token-mean loss, its number of response tokens, and token sums of the diagnostic
+        quantities (see ``train_step``).
         """
         for it in batch:
             t = len(it.response_ids)
@@ -161,23 +177,36 @@ class TorchLearner:
                     f"sample {pay.sample_id}: teacher payload has shape {tuple(pay.topk_ids.shape)} / "
                     f"{tuple(pay.topk_logprobs.shape)}, response has {t} tokens"
                 )
-        total_tokens = sum(len(it.response_ids) for it in batch)
+        tokens = sum(len(it.response_ids) for it in batch)
+        total_tokens = tokens if total_tokens is None else int(total_tokens)
         loss_value = 0.0
         sums: dict[str, float] = {}
-        micro_batches = 0
         scored = [it for it in batch if len(it.response_ids) > 0]
-        for start in range(0, len(scored), self.micro_batch_size):
-            chunk = scored[start : start + self.micro_batch_size]
-            loss, chunk_sums = self._micro_batch_loss(chunk, total_tokens)
-            loss.backward()
-            loss_value += float(loss.detach())
+        chunks = [scored[s : s + self.micro_batch_size] for s in range(0, len(scored), self.micro_batch_size)]
+        scale = self.parallel.loss_scale if self.parallel is not None else 1.0
+        for i, chunk in enumerate(chunks):
+            with self._accumulating(last=i == len(chunks) - 1):
+                loss, chunk_sums = self._micro_batch_loss(chunk, max(total_tokens, 1))
+                loss.backward()
+            loss_value += float(loss.detach()) / scale
             for key, val in chunk_sums.items():
                 sums[key] = sums.get(key, 0.0) + val
-            micro_batches += 1
-        return loss_value, total_tokens, sums, micro_batches
+        if not chunks and self.parallel is not None:
+            self._null_backward()  # the reduction is collective: take part with a zero gradient
+        return loss_value, tokens, sums, len(chunks)
 
-    def train_step(self, batch: list[TrainItem]) -> TrainMetrics:
+    def _accumulating(self, last: bool) -> Any:
+        return self.parallel.accumulating(self.wrapped, last) if self.parallel is not None else contextlib.nullcontext()
+
+    def _null_backward(self) -> None:
+        """A forward/backward of weight zero over one token (a data-parallel rank with no samples)."""
+        ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        logits, _ = compat.model_forward(self.wrapped, input_ids=ids, attention_mask=torch.ones_like(ids))
+        (logits.float().sum() * 0.0).backward()
+
+    def train_step(self, batch: list[TrainItem], total_tokens: int | None = None) -> TrainMetrics:
         """One AdamW update on ``batch`` (token-mean loss over the whole batch); ``version += 1``.
+        With data parallelism ``batch`` is this rank's shard and ``total_tokens`` the whole batch's.
 
         Metrics: ``loss`` (the whole-batch token mean, before the update), ``grad_norm`` (global L2
         norm before clipping), ``lr``, ``tokens``; ``extra``: token means of the teacher's top-k
@@ -185,9 +214,11 @@ class TorchLearner:
         behaviour, teacher), ``|log pi_theta - log mu|`` at the sampled tokens, the student/teacher
         top-1 agreement, token-weighted staleness (mean, max), ``micro_batches``, ``step_seconds``,
         ``teacher_cache_bytes`` and ``rollout_capture_bytes`` (what the batch carried), and for PG
-        estimators ``kept_mean`` (share of ids the stabiliser kept) and ``ratio_mean``.
+        estimators ``kept_mean`` (share of ids the stabiliser kept) and ``ratio_mean``. With data
+        parallelism every quantity is the whole batch's (summed over the ranks; ``micro_batches``
+        counts those of every rank).
         """
-        if not batch:
+        if not batch and self.parallel is None:
             raise ValueError("train_step needs at least one item")
         t0 = time.time()
         step = self.version
@@ -195,22 +226,31 @@ class TorchLearner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value, total_tokens, sums, micro_batches = self.accumulate_gradients(batch)
+        loss_value, tokens, sums, micro_batches = self.accumulate_gradients(batch, total_tokens)
         grad_norm = self._clip()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
 
-        extra = {key: val / max(total_tokens, 1) for key, val in sums.items()}
         staleness = [step - v for it in batch for v in it.token_versions]
-        extra["staleness_mean"] = float(sum(staleness) / len(staleness)) if staleness else 0.0
-        extra["staleness_max"] = float(max(staleness)) if staleness else 0.0
-        extra["micro_batches"] = float(micro_batches)
-        extra["teacher_cache_bytes"] = float(sum(it.teacher.nbytes for it in batch))  # the finite cache this step read
-        extra["rollout_capture_bytes"] = float(sum(it.capture.nbytes for it in batch if it.capture is not None))
-        extra["samples"] = float(len(batch))
+        keys = sorted(sums) if self.parallel is None else self.parallel.union(list(sums))
+        local = [loss_value, float(tokens), float(micro_batches), float(len(batch)), float(sum(staleness)),
+                 float(len(staleness)), float(sum(it.teacher.nbytes for it in batch)),
+                 float(sum(it.capture.nbytes for it in batch if it.capture is not None)), *(sums.get(k, 0.0) for k in keys)]
+        stale_max = float(max(staleness)) if staleness else 0.0
+        if self.parallel is not None:
+            local, stale_max = self.parallel.sum(local), self.parallel.max(stale_max)
+        loss_value, tokens_f, mb, samples, stale_sum, stale_n, cache_bytes, capture_bytes = local[:8]
+        total = int(round(tokens_f))
+        extra = {key: val / max(total, 1) for key, val in zip(keys, local[8:])}
+        extra["staleness_mean"] = stale_sum / stale_n if stale_n else 0.0
+        extra["staleness_max"] = stale_max
+        extra["micro_batches"] = mb
+        extra["teacher_cache_bytes"] = cache_bytes  # the finite cache this step read
+        extra["rollout_capture_bytes"] = capture_bytes
+        extra["samples"] = samples
         extra["step_seconds"] = time.time() - t0
-        return TrainMetrics(loss=loss_value, grad_norm=grad_norm, lr=lr, tokens=total_tokens, extra=extra)
+        return TrainMetrics(loss=loss_value, grad_norm=grad_norm, lr=lr, tokens=total, extra=extra)
 
     def _clip(self) -> float:
         grads = [p for p in self.params if p.grad is not None]
@@ -218,27 +258,40 @@ class TorchLearner:
             return 0.0
         max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
-        return float(norm)
+        full = getattr(norm, "full_tensor", None)  # FSDP: a replicated DTensor
+        return float(full() if full is not None else norm)
 
     # ------------------------------------------------------------------ weights and checkpoints
     def weights_for_sync(self) -> dict[str, torch.Tensor]:
         """Detached CPU copies of every entry of the model's ``state_dict`` (safe to ship and to
-        mutate: they share no storage with the model)."""
+        mutate: they share no storage with the model). Data parallel: every rank calls it (FSDP
+        gathers the shards); rank 0 gets the full state, the others ``{}``."""
+        if self.parallel is not None:
+            return self.parallel.full_weights(self.model)
         return {name: t.detach().to("cpu", copy=True) for name, t in self.model.state_dict().items()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: model weights (CPU copies), optimizer state, version.
+        """Everything needed to resume: model weights (CPU copies), optimizer state keyed by
+        parameter name (whatever the number of ranks or the strategy, so a checkpoint resumes on
+        any), version. Data parallel: every rank calls it; rank 0's is the full state.
 
-        The optimizer entry is ``torch.optim.Optimizer.state_dict()``, which references the live
-        state tensors: serialise it (``torch.save``) or deep-copy it before training on."""
-        return {
-            "model": self.weights_for_sync(),
-            "optimizer": self.optimizer.state_dict(),
-            "version": self.version,
-        }
+        The optimizer entry references live state tensors on a single device: serialise it
+        (``torch.save``) or deep-copy it before training on."""
+        if self.parallel is not None:
+            optim = self.parallel.full_optimizer(self.model, self.optimizer)
+        else:
+            optim = named_optimizer_state(self.model, self.optimizer)
+        return {"model": self.weights_for_sync(), "optimizer": optim, "version": self.version}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load ``state_dict()``'s output (also one written with another number of ranks, and the
+        index-keyed optimizer state of older checkpoints on a single device). Data parallel:
+        every rank calls it; only rank 0's ``state`` is read, the others may pass ``{}``."""
+        if self.parallel is not None:
+            self.parallel.load_full(self.model, self.optimizer, state.get("model", {}), state.get("optimizer", {}))
+            self.version = int(self.parallel.max(float(state.get("version", -1))))
+            return
         with torch.no_grad():
             self.model.load_state_dict(state["model"], strict=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_named_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.version = int(state["version"])
