@@ -186,8 +186,11 @@ class FakeLLM:
         self.kwargs, self.model, self.calls, self.resets = kw, FakeModel(), [], 0
         self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: V))
 
-    def apply_model(self, fn):
-        return [fn(self.model)]
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        # (a stand-in for vLLM's worker: reload_weights(weights_iterator, is_checkpoint_format))
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+        self.model.load_weights(kwargs["weights_iterator"])
+        return [None]
 
     def reset_prefix_cache(self):
         self.resets += 1
@@ -224,6 +227,8 @@ class FakeLLM:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
+    for var in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_RAY_BUNDLE_INDICES", "VLLM_RAY_PER_WORKER_GPUS"):
+        monkeypatch.delenv(var, raising=False)  # (the engines set them; undone after the test)
     mod = types.ModuleType("vllm")
     mod.LLM, mod.SamplingParams, mod.EngineArgs, mod.__version__ = FakeLLM, FakeSamplingParams, FakeEngineArgs, "0.0-fake"
     monkeypatch.setitem(sys.modules, "vllm", mod)
@@ -330,22 +335,8 @@ def test_teacher_scorer(fake_vllm):
         VllmTeacherScorer("fake-teacher", top_k=V + 1, pad_id=0)
 
 
-def test_weight_loading_routes():
+def test_weight_loading_needs_collective_rpc():
     from asyncopd.backends.vllm_backend.weights import load_weights_into_llm
 
-    model = FakeModel()
-
-    class Worker:
-        def get_model(self):
-            return model
-
-    class RpcLLM:  # no apply_model: collective_rpc with a callable taking the worker
-        def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
-            return [method(Worker(), *args)]
-
-    assert load_weights_into_llm(RpcLLM(), {"w": 3}) == "collective_rpc" and model.w == 3
-    v0 = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(
-        driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=model)))))
-    assert load_weights_into_llm(v0, {"w": 5}) == "v0_driver_worker" and model.w == 5
-    with pytest.raises(RuntimeError, match="vLLM 0.1.2: cannot load weights in place"):
+    with pytest.raises(RuntimeError, match="vLLM 0.1.2: vllm.LLM has no collective_rpc"):
         load_weights_into_llm(SimpleNamespace(), {"w": 1}, "0.1.2")

@@ -17,12 +17,23 @@ from asyncopd.catalog import (
 )
 from asyncopd.config.algorithm import AlgorithmConfig, check_backends
 from asyncopd.config.colocation import parse_pair
+from asyncopd.config.memory_shares import check_engine_args, check_shares
 from asyncopd.control.policies import Policy, policy_from
 from asyncopd.task.config import TaskConfig
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_MEMORY_SHARE = ("vLLM: share of each of its devices' memory one worker of this role may use (gpu_memory_utilization "
+                 "of its engine, and its fractional GPU in Ray); None: an equal split of what the workers with a set "
+                 "share leave on the device. The shares of the workers on one device, the learner's included, must "
+                 "add up to <= 1")
+_KV_CACHE_GB = ("vLLM: KV-cache size per device in GiB (vLLM's kv_cache_memory_bytes; the engine then ignores "
+                "gpu_memory_utilization for the KV cache)")
+_ENGINE_ARGS = ("vLLM: extra engine arguments passed to vllm.LLM unchanged, e.g. {enforce_eager: true}; not those "
+                "the layout or this config set (tensor_parallel_size, distributed_executor_backend, model, ...)")
 
 
 class RunConfig(_Section):
@@ -87,10 +98,19 @@ class ModelsConfig(_Section):
 class RolloutConfig(_Section):
     backend: Literal["torch", "vllm"] = "torch"
     max_num_seqs: int = Field(8, ge=1, description="concurrent sequences per rollout worker")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of device memory for weights + KV")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of device memory a rollout or "
+                                          "teacher worker takes when it is alone on its devices (see memory_share)")
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    memory_share: Optional[float] = Field(None, gt=0, le=1, description=_MEMORY_SHARE)
+    kv_cache_gb: Optional[float] = Field(None, gt=0, description=_KV_CACHE_GB)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description=_ENGINE_ARGS)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_engine_args("rollout", v)
 
 
 class TeacherConfig(_Section):
@@ -99,6 +119,14 @@ class TeacherConfig(_Section):
     max_batch_samples: int = Field(16, ge=1, description="most samples one teacher prefill takes")
     min_batch_samples: int = Field(1, ge=1, description="fewest samples a teacher prefill waits for while more "
                                                         "generations are in flight")
+    memory_share: Optional[float] = Field(None, gt=0, le=1, description=_MEMORY_SHARE)
+    kv_cache_gb: Optional[float] = Field(None, gt=0, description=_KV_CACHE_GB)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description=_ENGINE_ARGS)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_engine_args("teacher", v)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "TeacherConfig":
@@ -121,6 +149,9 @@ class LearnerConfig(_Section):
         "ddp", description="a learner on N devices runs N data-parallel ranks; ddp: each holds the whole model "
         "and optimizer, gradients are all-reduced; fsdp: parameters, gradients and optimizer state are sharded "
         "across the ranks (FSDP2 fully_shard), for a student that does not fit one device")
+    memory_share: Optional[float] = Field(None, gt=0, le=1, description="share of each of its devices' memory "
+                                          "the learner keeps free from the vLLM engines that share them (None: an "
+                                          "equal split with the other workers there; asyncopd/config/memory_shares.py)")
 
 
 class PipelineConfig(_Section):
@@ -334,6 +365,7 @@ class OPDConfig(_Section):
         if self.learner.micro_batch_size > self.learner.batch_size:
             raise ValueError("learner.micro_batch_size must be <= learner.batch_size")
         check_backends(self.algorithm, self.rollout.backend, self.teacher.backend)
+        check_shares(self)
         if self.sync.resolved(self.rollout.backend) == "collective" and self.rollout.backend != "torch":
             raise ValueError("sync.method=collective needs rollout.backend=torch: the vLLM backend loads weights "
                              "through its own engine API; use sync.method=object_store")

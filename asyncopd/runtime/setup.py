@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncopd.backends.vllm_backend import vllm_available
+from asyncopd.config.memory_shares import worker_shares
 from asyncopd.config.placement import placement as layout_placement
 from asyncopd.config.schema import ModelSpec, OPDConfig
 from asyncopd.models.builtin import resolve_model
@@ -37,6 +38,11 @@ def check_trainable(cfg: OPDConfig) -> None:
                          "parallelism; give it more devices instead (one data-parallel rank each, learner.strategy)")
     for role in ("rollout", "teacher"):
         if getattr(cfg, role).backend != "vllm":
+            tp = getattr(cfg.layout, role).tp
+            if tp > 1:  # (here, not in the schema: simulate and plan model tp > 1 for any backend)
+                raise ValueError(f"layout.{role}.tp={tp}: the torch backend runs a worker on one device and has no "
+                                 f"tensor parallelism; use {role}.backend=vllm, or tp=1 with more workers "
+                                 f"(layout.{role}.workers)")
             continue
         if cfg.cluster.device_type != "cuda":
             raise ValueError(f"{role}.backend=vllm needs cluster.device_type=cuda (vLLM runs on GPUs); use "
@@ -98,28 +104,27 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any]
     where = layout_placement(lay)  # each worker's own devices, exactly as the simulator places it
     gpu = 1.0 / max(1, lay.rollout.workers + lay.teacher.workers + 1) if dt == "cuda" else 0
     opts = {"num_cpus": 0, "num_gpus": gpu}
-    Rollout = ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts)
-    Teacher = ray.remote(actors.TeacherWorker).options(**opts)
+    Rollout, Teacher = ray.remote(actors.RolloutWorker), ray.remote(actors.TeacherWorker)
     method = cfg.sync.resolved(cfg.rollout.backend)
     collective = method == "collective"  # (threaded: serving a version overlaps the next update)
     Learner = ray.remote(LearnerWorker).options(**opts, **(
         {"max_concurrency": lay.rollout.workers + 2} if collective else {}))
     Follower = ray.remote(LearnerWorker).options(**opts)  # data-parallel ranks 1..N-1: one call at a time
     rollout = {
-        f"rollout-{i}": Rollout.remote(
+        f"rollout-{i}": Rollout.options(**{"max_concurrency": 4, **opts, **_vllm_actor(cfg, "rollout", i)}).remote(
             f"rollout-{i}", str(models.student), device_type=dt, devices=list(where[f"rollout-{i}"]),
             eos_id=models.codec.eos_id, pad_id=models.codec.pad_id, max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,
             capture_top_k=algo.rollout_top_k(), capture_mc=algo.rollout_mc_samples(), backend=cfg.rollout.backend,
-            **_vllm_options(cfg, "rollout"))
+            **_vllm_options(cfg, "rollout", i))
         for i in range(lay.rollout.workers)
     }
     teachers = {
-        f"teacher-{i}": Teacher.remote(f"teacher-{i}", str(models.teacher), device_type=dt,
+        f"teacher-{i}": Teacher.options(**{**opts, **_vllm_actor(cfg, "teacher", i)}).remote(f"teacher-{i}", str(models.teacher), device_type=dt,
                                        devices=list(where[f"teacher-{i}"]), top_k=cfg.teacher.top_k,
                                        pad_id=models.codec.pad_id, dtype=dtype, num_samples=algo.teacher_samples(),
                                        full_vocab=algo.spec.teacher_full, seed=cfg.run.seed * 1000 + 500 + i,
-                                       backend=cfg.teacher.backend, **_vllm_options(cfg, "teacher"))
+                                       backend=cfg.teacher.backend, **_vllm_options(cfg, "teacher", i))
         for i in range(lay.teacher.workers)
     }
     lc = cfg.learner
@@ -133,12 +138,27 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> tuple[dict[str, Any]
     return rollout, teachers, LearnerGroup(ranks)
 
 
-def _vllm_options(cfg: OPDConfig, role: str) -> dict[str, Any]:
-    """Engine sizing the vLLM backend takes from the config (nothing for torch)."""
-    if getattr(cfg, role).backend != "vllm":
+def _vllm_options(cfg: OPDConfig, role: str, index: int) -> dict[str, Any]:
+    """Engine sizing the vLLM backend takes from the config (nothing for torch): the worker's memory
+    share (``config/memory_shares.py``), tp, KV-cache size and extra engine arguments."""
+    rc = getattr(cfg, role)
+    if rc.backend != "vllm":
         return {}
-    opts: dict[str, Any] = {"gpu_memory_utilization": cfg.rollout.gpu_memory_utilization,
-                            "tensor_parallel_size": getattr(cfg.layout, role).tp}
+    opts: dict[str, Any] = {"gpu_memory_utilization": worker_shares(cfg)[f"{role}-{index}"],
+                            "tensor_parallel_size": getattr(cfg.layout, role).tp,
+                            "kv_cache_gb": rc.kv_cache_gb, "engine_args": dict(rc.engine_args)}
     if role == "rollout":
         opts["max_num_seqs"] = cfg.rollout.max_num_seqs
     return opts
+
+
+def _vllm_actor(cfg: OPDConfig, role: str, index: int) -> dict[str, Any]:
+    """Ray options of a vLLM worker's actor (nothing for torch): its share of one GPU (tp = 1), or
+    a placement group of ``tp`` GPU bundles on one node it drives the engine from
+    (``backends/vllm_backend/placement.py``)."""
+    if getattr(cfg, role).backend != "vllm":
+        return {}
+    from asyncopd.backends.vllm_backend.placement import actor_options, engine_placement  # (lazy: ray)
+
+    name = f"{role}-{index}"
+    return actor_options(engine_placement(getattr(cfg.layout, role).tp, worker_shares(cfg)[name]), name)

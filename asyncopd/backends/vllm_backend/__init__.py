@@ -1,9 +1,12 @@
 """The vLLM backend: rollout (``VllmRolloutEngine``) and teacher scoring (``VllmTeacherScorer``)
 on ``vllm.LLM``, GPU only. The learner stays on the torch backend.
 
-Written against vLLM's public API (``LLM``, ``SamplingParams``, ``LLM.apply_model``,
-``LLM.reset_prefix_cache``, ``prompt_logprobs``, ``logprobs_mode``) but not run in this project's
-CI, which has no GPU. See ``docs/backends.md`` for what it supports and refuses.
+Written against vLLM's public API of the version ``pyproject.toml`` pins (``LLM``,
+``SamplingParams``, ``LLM.collective_rpc("reload_weights")``, ``LLM.reset_prefix_cache``,
+``prompt_logprobs``, ``logprobs_mode``, the Ray executor for tp > 1) but never run on a GPU.
+Modules: ``rollout``/``teacher`` (the engines), ``weights`` (in-place reload), ``engine_args``
+(``vllm.LLM`` arguments), ``placement`` (one GPU or a tp placement group), ``startup`` (engines
+start one after another), ``convert`` (outputs to arrays). See ``docs/backends.md``.
 
 Importing this package does not import vllm (nor torch): the classes are loaded on first access
 and import vllm in their constructors, which raise ``ImportError`` with the install hint when it is

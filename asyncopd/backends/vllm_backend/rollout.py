@@ -1,7 +1,7 @@
 """Rollout on vLLM's offline ``LLM`` engine, with weight updates at chunk boundaries.
 
-Written against vLLM's public API (``vllm.LLM``, ``vllm.SamplingParams``, ``LLM.apply_model``,
-``LLM.reset_prefix_cache``); it has not been run in this project's CI (no GPU there).
+Written against vLLM's public API (``vllm.LLM``, ``vllm.SamplingParams``, ``LLM.collective_rpc``,
+``LLM.reset_prefix_cache``) of the version ``pyproject.toml`` pins; it has never run on a GPU.
 
 Sampling and behaviour log-probabilities
 ----------------------------------------
@@ -39,7 +39,7 @@ stream never repeats. Between chunks ``step_hook()`` is called (when something i
 
 - evictions: those sequences end with ``status="aborted", abort_reason="evict"``;
 - an update: the state dict is loaded into vLLM's model in place and the prefix cache is reset
-  (``weights.py``: ``LLM.apply_model`` -> ``model.load_weights``, then ``LLM.reset_prefix_cache``),
+  (``weights.py``: ``LLM.collective_rpc("reload_weights")``, then ``LLM.reset_prefix_cache``),
   ``version`` becomes ``update.version`` and later tokens are tagged with it. Then by ``pause_mode``:
 
   * ``recompute``: in-flight sequences continue; the next chunk re-prefills prompt + tokens so
@@ -55,10 +55,9 @@ Granularity: a sync or an eviction takes effect at most ``sync_chunk_tokens`` to
 ``generate`` was called (every request enters the batch then). Without a hook, one
 ``LLM.generate`` call produces the whole responses.
 
-vLLM's V1 engine runs the model in another process and ``apply_model`` ships the callable and the
-tensors there by pickle, which vLLM allows only with ``VLLM_ALLOW_INSECURE_SERIALIZATION=1``;
-``insecure_serialization=True`` (default) sets it, if unset, before the engine starts (IPC between
-this engine's own processes).
+Weights are reloaded through ``LLM.collective_rpc("reload_weights", ...)`` (``weights.py``) with
+the engine core in this process (``engine_args.py``); the engine's arguments, tensor parallelism
+(``placement.py``) and memory share come from ``engine_args.build_engine_kwargs``.
 """
 
 from __future__ import annotations
@@ -86,6 +85,8 @@ from asyncopd.backends.vllm_backend.convert import (
     supports_logprobs_mode,
     vllm_version,
 )
+from asyncopd.backends.vllm_backend.engine_args import build_engine_kwargs, prepare_process_env
+from asyncopd.backends.vllm_backend.placement import engine_placement
 from asyncopd.backends.vllm_backend.weights import load_weights_into_llm
 
 log = logging.getLogger(__name__)
@@ -182,9 +183,12 @@ class VllmRolloutEngine:
             ``capture_top_k`` is the same, under the torch engine's name. ``capture_mc > 0`` is
             refused (``ValueError``): vLLM draws one token per position.
         sync_chunk_tokens: tokens per chunk between ``step_hook`` calls.
-        gpu_memory_utilization, tensor_parallel_size, max_num_seqs, dtype, max_model_len,
-        enable_prefix_caching, skip_tokenizer_init: passed to ``vllm.LLM``; ``engine_kwargs``
-        adds or overrides any other ``vllm.LLM`` / ``EngineArgs`` argument.
+        gpu_memory_utilization: this worker's share of each of its GPUs (``config/memory_shares.py``).
+        tensor_parallel_size: GPUs of this engine; > 1 runs vLLM's Ray executor in the placement
+            group the actor was started in (``placement.py``).
+        kv_cache_gb: a fixed KV-cache size per GPU instead of the share's remainder.
+        max_num_seqs, dtype, max_model_len, enable_prefix_caching, skip_tokenizer_init: passed to
+        ``vllm.LLM``; ``engine_kwargs`` (``rollout.engine_args``) adds any other ``vllm.LLM`` argument.
     """
 
     def __init__(self, model_path: str, *, eos_id: int | Iterable[int] | None, pad_id: int, max_new_tokens: int,
@@ -193,7 +197,7 @@ class VllmRolloutEngine:
                  gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1, max_num_seqs: int = 256,
                  dtype: str = "bfloat16", max_model_len: Optional[int] = None,
                  enable_prefix_caching: bool = True, skip_tokenizer_init: bool = True,
-                 insecure_serialization: bool = True, engine_kwargs: Optional[dict[str, Any]] = None) -> None:
+                 kv_cache_gb: Optional[float] = None, engine_kwargs: Optional[dict[str, Any]] = None) -> None:
         check_sampling_args(max_new_tokens, temperature, top_p)
         if capture_top_k is not None:
             top_k_capture = capture_top_k
@@ -210,18 +214,14 @@ class VllmRolloutEngine:
         self.pad_id, self.max_new_tokens = int(pad_id), int(max_new_tokens)
         self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.top_k_capture, self.sync_chunk_tokens = int(top_k_capture), int(sync_chunk_tokens)
-        if insecure_serialization:
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-        kwargs: dict[str, Any] = dict(
-            model=str(model_path), dtype=dtype, seed=self.seed, gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs,
+        self.placement = engine_placement(int(tensor_parallel_size), float(gpu_memory_utilization))
+        mode = "processed_logprobs" if supports_logprobs_mode(getattr(vllm, "EngineArgs", None)) else None
+        kwargs = build_engine_kwargs(
+            model_path, self.placement, role="rollout", dtype=dtype, seed=self.seed, max_num_seqs=max_num_seqs,
             enable_prefix_caching=enable_prefix_caching, skip_tokenizer_init=skip_tokenizer_init,
-            max_logprobs=max(20, self.top_k_capture))
-        if max_model_len is not None:
-            kwargs["max_model_len"] = int(max_model_len)
-        if supports_logprobs_mode(getattr(vllm, "EngineArgs", None)):
-            kwargs["logprobs_mode"] = "processed_logprobs"
-        kwargs.update(engine_kwargs or {})
+            max_logprobs=max(20, self.top_k_capture), max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
+            logprobs_mode=mode, extra=engine_kwargs)
+        prepare_process_env(self.placement, os.environ)
         self.logprobs_mode = str(kwargs.get("logprobs_mode", "raw_logprobs"))
         if self.logprobs_mode != "processed_logprobs" and (self.temperature != 1.0 or self.top_p < 1.0):
             log.warning("vLLM %s: logprobs_mode is %s, not processed_logprobs: behaviour log-probs are of the "

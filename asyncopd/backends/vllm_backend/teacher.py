@@ -1,6 +1,8 @@
 """Teacher scoring on vLLM: one prefill per item via ``prompt_logprobs``, a top-k payload.
 
-Written against vLLM's public API; it has not been run in this project's CI (no GPU there).
+Written against vLLM's public API of the version ``pyproject.toml`` pins; it has never run on a GPU.
+Engine arguments, tensor parallelism and the memory share as for rollout (``engine_args.py``,
+``placement.py``).
 
 For an item with prompt length ``P`` and response length ``T``, the sequence
 ``x = prompt_ids + response_ids`` is submitted as a token-id prompt with
@@ -29,6 +31,7 @@ ids sampled from ``p_T`` (``mc_forward_kl``) and ``log p_T`` at ids chosen by th
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence
 
 from asyncopd.backends.base import ScoreRequest, TeacherPayload
@@ -38,6 +41,8 @@ from asyncopd.backends.vllm_backend.convert import (
     require_vllm,
     vllm_version,
 )
+from asyncopd.backends.vllm_backend.engine_args import build_engine_kwargs, prepare_process_env
+from asyncopd.backends.vllm_backend.placement import engine_placement
 
 
 def _vocab_size(llm: Any) -> Optional[int]:
@@ -57,16 +62,17 @@ class VllmTeacherScorer:
         pad_id: kept for interface parity with the torch scorer (vLLM needs no padding).
         num_samples, full_vocab: the torch scorer's options; anything but ``0`` / ``False`` raises
             ``ValueError`` (not available from ``prompt_logprobs``).
-        gpu_memory_utilization, tensor_parallel_size, dtype, max_num_seqs, max_model_len,
-        enable_prefix_caching, skip_tokenizer_init, seed: passed to ``vllm.LLM``;
-        ``engine_kwargs`` adds or overrides any other ``vllm.LLM`` / ``EngineArgs`` argument.
+        gpu_memory_utilization, tensor_parallel_size, kv_cache_gb: the worker's memory share, GPUs
+        and KV-cache size, as for ``VllmRolloutEngine``.
+        dtype, max_num_seqs, max_model_len, enable_prefix_caching, skip_tokenizer_init, seed: passed
+        to ``vllm.LLM``; ``engine_kwargs`` (``teacher.engine_args``) adds any other argument.
     """
 
     def __init__(self, model_path: str, *, top_k: int, pad_id: int, num_samples: int = 0, full_vocab: bool = False,
                  gpu_memory_utilization: float = 0.9,
                  tensor_parallel_size: int = 1, dtype: str = "bfloat16", max_num_seqs: int = 256,
                  max_model_len: Optional[int] = None, enable_prefix_caching: bool = False,
-                 skip_tokenizer_init: bool = True, seed: int = 0,
+                 skip_tokenizer_init: bool = True, seed: int = 0, kv_cache_gb: Optional[float] = None,
                  engine_kwargs: Optional[dict[str, Any]] = None) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -76,14 +82,13 @@ class VllmTeacherScorer:
         vllm = require_vllm()
         self.vllm_version = vllm_version(vllm)
         self.top_k, self.pad_id = int(top_k), int(pad_id)
-        kwargs: dict[str, Any] = dict(
-            model=str(model_path), dtype=dtype, seed=int(seed), gpu_memory_utilization=gpu_memory_utilization,
-            tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs,
+        self.placement = engine_placement(int(tensor_parallel_size), float(gpu_memory_utilization))
+        kwargs = build_engine_kwargs(
+            model_path, self.placement, role="teacher", dtype=dtype, seed=seed, max_num_seqs=max_num_seqs,
             enable_prefix_caching=enable_prefix_caching, skip_tokenizer_init=skip_tokenizer_init,
-            max_logprobs=max(20, self.top_k))
-        if max_model_len is not None:
-            kwargs["max_model_len"] = int(max_model_len)
-        kwargs.update(engine_kwargs or {})
+            max_logprobs=max(20, self.top_k), max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
+            extra=engine_kwargs)
+        prepare_process_env(self.placement, os.environ)
         self._sampling_params = vllm.SamplingParams
         self.llm = vllm.LLM(**kwargs)
         self.vocab_size = _vocab_size(self.llm)
