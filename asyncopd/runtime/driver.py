@@ -100,7 +100,8 @@ class RayDriver:
                 "placement": self._placement,
                 "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)}},
             resume=self.resume_from.info if self.resume_from is not None else None)
-        self.recorder.summary_extra.update(self.syncs.summary())
+        self.recorder.summary_extra.update(self.syncs.summary(), learner_ranks=self.learner.world,
+                                           learner_strategy=self.cfg.learner.strategy)
         if self.resume_from is not None:
             self.recorder.summary_extra["resume"].update(
                 checkpoint=str(self.resume_from.path), next_prompt_id=self.resume_from.info["next_prompt_id"],
