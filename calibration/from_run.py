@@ -3,7 +3,8 @@
 Every stage is linear in its parameters, so each is a small non-negative least-squares fit
 (``scipy.optimize.nnls``) on what the run directory already holds:
 
-- learner:  ``work = learner_fixed_s + learner_per_token_s * tokens`` over ``train`` spans;
+- learner:  ``work = learner_fixed_s + learner_per_token_s * tokens / N (+ gradient all-reduce)``
+  over ``train`` spans, ``N`` the run's learner devices (``calibration/data_parallel.py``);
 - teacher:  ``work = teacher_fixed_s + teacher_per_token_s * tokens`` over ``score`` spans;
 - sync:     ``paused = sync_fixed_s`` (mean pause of ``sync`` spans; model size folded in);
 - dispatch: ``dispatch_s`` = median gap between issuing an update and the learner starting it;
@@ -36,9 +37,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
+from asyncopd.config import load_config
 from asyncopd.config.colocation import Sharing
+from asyncopd.config.schema import SimCosts
 from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
+from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
 from calibration.run_data import (RunCalibration, StageFit, _crowd, _PairOverlap, _pause_interval, _paused,
                                   _read_run, _spans)
@@ -87,10 +91,13 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
                                  f"colocation factor from the stage costs ({phi.pairs[pair]:g} is a guess); measure "
                                  f"it against a run that keeps them apart: asyncopd calibrate --from-run REFERENCE "
                                  f"--from-run {d}")
-    for stage, prefix in (("train", "learner"), ("score", "teacher")):
-        fit = _fit_stage(_spans(events, stage), prefix, crowd, phi)
-        if fit is not None:
-            cal.stages[prefix] = fit
+    learner, notes = fit_learner([learner_steps(d, events, crowd, phi)], _held_costs(d))
+    if learner is not None:
+        cal.stages["learner"] = learner
+        cal.notes += notes
+    teacher = _fit_stage(_spans(events, "score"), "teacher", crowd, phi)
+    if teacher is not None:
+        cal.stages["teacher"] = teacher
     if syncs:
         durs = np.array([_paused(s) for s in syncs])
         cal.stages["sync"] = StageFit({"sync_fixed_s": float(durs.mean()), "model_bytes": 0.0, "sync_cv": _cv(durs)},
@@ -109,6 +116,19 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
 
 def _work(crowd: DeviceCrowd | None, worker: str, t0: float, t1: float, phi: Sharing) -> float:
     return t1 - t0 if crowd is None else crowd.work(worker, t0, t1, phi)
+
+
+def learner_steps(run_dir: Path, events: list[dict[str, Any]], crowd: DeviceCrowd | None,
+                  phi: Sharing) -> LearnerSteps:
+    """The run's learner steps with their uncontended work (``calibration.data_parallel``)."""
+    return LearnerSteps.of_run(run_dir, _spans(events, "train"), lambda s: _work(
+        crowd, s["args"]["worker"], s["ts"] / 1e6, (s["ts"] + s["dur"]) / 1e6, phi))
+
+
+def _held_costs(run_dir: Path) -> SimCosts:
+    """The run's ``sim.costs`` (default ones without a config): the values of what a fit cannot separate."""
+    cfg_file = Path(run_dir) / "config.yaml"
+    return load_config(cfg_file).sim.costs if cfg_file.is_file() else SimCosts()
 
 
 def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | None, phi: Sharing) -> StageFit | None:

@@ -57,7 +57,7 @@ class ParametricCosts(CostModel):
         c = cfg.sim.costs
         collective = cfg.sync.resolved(cfg.rollout.backend) == "collective"
         return cls(c, c.model_bytes or 0.0, learner_devices=LayoutShape.of_config(cfg).learner_devices,
-                   strategy=cfg.learner.strategy, grad_bytes=_grad_bytes(cfg),
+                   strategy=cfg.learner.strategy, grad_bytes=grad_bytes_of(cfg),
                    bucket_bytes=float(cfg.sync.bucket_bytes) if collective else None)
 
     def for_layout(self, shape: LayoutShape) -> "ParametricCosts":
@@ -102,7 +102,7 @@ class ParametricCosts(CostModel):
         return self.costs.dispatch_s
 
 
-def _grad_bytes(cfg: OPDConfig) -> Optional[float]:
+def grad_bytes_of(cfg: OPDConfig) -> Optional[float]:
     """``G``: ``sim.costs.model_bytes`` if positive, else parameters x dtype bytes (None: unknown model)."""
     if cfg.sim.costs.model_bytes:
         return float(cfg.sim.costs.model_bytes)
