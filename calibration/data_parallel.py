@@ -32,7 +32,7 @@ from scipy.optimize import nnls
 
 from asyncopd.config import load_config
 from asyncopd.config.schema import SimCosts
-from calibration.run_data import StageFit
+from calibration.run_data import StageFit, _cv
 from sim.collectives import PASSES
 from sim.parametric import grad_bytes_of
 
@@ -96,8 +96,6 @@ def fit_learner(runs: list[LearnerSteps], held: Optional[SimCosts] = None) -> tu
     if any(r.n > 1 for r in runs):  # the fit leaned on the held values: the profile carries them
         params.setdefault("allreduce_bytes_per_s", held.allreduce_bytes_per_s)
         params.setdefault("allreduce_latency_s", held.allreduce_latency_s)
-    from calibration.from_run import _cv
-
     params["learner_cv"] = _cv(y / np.maximum(pred, 1e-12))
     fit = StageFit(params, float(np.mean(np.abs(rel))), len(y), float(np.mean(rel ** 2)))
     return fit, _notes(runs, [NAMES[j] for j in kept], held)

@@ -44,7 +44,7 @@ from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
-from calibration.run_data import (RunCalibration, StageFit, _crowd, _PairOverlap, _pause_interval, _paused,
+from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval, _paused,
                                   _read_run, _spans)
 
 
@@ -58,19 +58,6 @@ def _linear(X: np.ndarray, y: np.ndarray, names: list[str], cv_name: str) -> Sta
     params = {n: float(c) for n, c in zip(names, coef)}
     params[cv_name] = _cv(y / np.maximum(pred, 1e-12))
     return StageFit(params, mape, len(y), float(np.mean(rel ** 2)) if len(y) else 0.0)
-
-
-def _cv(x: np.ndarray) -> float:
-    """Coefficient of variation of a lognormal fitted robustly to ``x`` (rounded to 0.01):
-    ``sigma = 1.4826 * MAD(log x)``, ``cv = sqrt(exp(sigma^2) - 1)``. The median absolute
-    deviation ignores the rare stalls (first syncs, garbage collections) that would otherwise
-    dominate a plain standard deviation. An exact model gives 0."""
-    x = x[x > 0]
-    if len(x) < 2:
-        return 0.0
-    logs = np.log(x)
-    sigma = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
-    return round(float(np.sqrt(np.expm1(sigma * sigma))), 2)
 
 
 def fit_run(run_dir: str | Path) -> RunCalibration:
