@@ -3,7 +3,8 @@
 Every stage is linear in its parameters, so each is a small non-negative least-squares fit
 (``scipy.optimize.nnls``) on what the run directory already holds:
 
-- learner:  ``work = learner_fixed_s + learner_per_token_s * tokens`` over ``train`` spans;
+- learner:  ``work = learner_fixed_s + learner_per_token_s * tokens / N (+ gradient all-reduce)``
+  over ``train`` spans, ``N`` the run's learner devices (``calibration/data_parallel.py``);
 - teacher:  ``work = teacher_fixed_s + teacher_per_token_s * tokens`` over ``score`` spans;
 - sync:     ``paused = sync_fixed_s`` (mean pause of ``sync`` spans; model size folded in);
 - dispatch: ``dispatch_s`` = median gap between issuing an update and the learner starting it;
@@ -36,11 +37,14 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
+from asyncopd.config import load_config
 from asyncopd.config.colocation import Sharing
+from asyncopd.config.schema import SimCosts
 from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
+from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
-from calibration.run_data import (RunCalibration, StageFit, _crowd, _PairOverlap, _pause_interval, _paused,
+from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval, _paused,
                                   _read_run, _spans)
 
 
@@ -54,19 +58,6 @@ def _linear(X: np.ndarray, y: np.ndarray, names: list[str], cv_name: str) -> Sta
     params = {n: float(c) for n, c in zip(names, coef)}
     params[cv_name] = _cv(y / np.maximum(pred, 1e-12))
     return StageFit(params, mape, len(y), float(np.mean(rel ** 2)) if len(y) else 0.0)
-
-
-def _cv(x: np.ndarray) -> float:
-    """Coefficient of variation of a lognormal fitted robustly to ``x`` (rounded to 0.01):
-    ``sigma = 1.4826 * MAD(log x)``, ``cv = sqrt(exp(sigma^2) - 1)``. The median absolute
-    deviation ignores the rare stalls (first syncs, garbage collections) that would otherwise
-    dominate a plain standard deviation. An exact model gives 0."""
-    x = x[x > 0]
-    if len(x) < 2:
-        return 0.0
-    logs = np.log(x)
-    sigma = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
-    return round(float(np.sqrt(np.expm1(sigma * sigma))), 2)
 
 
 def fit_run(run_dir: str | Path) -> RunCalibration:
@@ -87,10 +78,13 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
                                  f"colocation factor from the stage costs ({phi.pairs[pair]:g} is a guess); measure "
                                  f"it against a run that keeps them apart: asyncopd calibrate --from-run REFERENCE "
                                  f"--from-run {d}")
-    for stage, prefix in (("train", "learner"), ("score", "teacher")):
-        fit = _fit_stage(_spans(events, stage), prefix, crowd, phi)
-        if fit is not None:
-            cal.stages[prefix] = fit
+    learner, notes = fit_learner([learner_steps(d, events, crowd, phi)], _held_costs(d))
+    if learner is not None:
+        cal.stages["learner"] = learner
+        cal.notes += notes
+    teacher = _fit_stage(_spans(events, "score"), "teacher", crowd, phi)
+    if teacher is not None:
+        cal.stages["teacher"] = teacher
     if syncs:
         durs = np.array([_paused(s) for s in syncs])
         cal.stages["sync"] = StageFit({"sync_fixed_s": float(durs.mean()), "model_bytes": 0.0, "sync_cv": _cv(durs)},
@@ -109,6 +103,19 @@ def fit_run(run_dir: str | Path) -> RunCalibration:
 
 def _work(crowd: DeviceCrowd | None, worker: str, t0: float, t1: float, phi: Sharing) -> float:
     return t1 - t0 if crowd is None else crowd.work(worker, t0, t1, phi)
+
+
+def learner_steps(run_dir: Path, events: list[dict[str, Any]], crowd: DeviceCrowd | None,
+                  phi: Sharing) -> LearnerSteps:
+    """The run's learner steps with their uncontended work (``calibration.data_parallel``)."""
+    return LearnerSteps.of_run(run_dir, _spans(events, "train"), lambda s: _work(
+        crowd, s["args"]["worker"], s["ts"] / 1e6, (s["ts"] + s["dur"]) / 1e6, phi))
+
+
+def _held_costs(run_dir: Path) -> SimCosts:
+    """The run's ``sim.costs`` (default ones without a config): the values of what a fit cannot separate."""
+    cfg_file = Path(run_dir) / "config.yaml"
+    return load_config(cfg_file).sim.costs if cfg_file.is_file() else SimCosts()
 
 
 def _fit_stage(spans: list[dict[str, Any]], prefix: str, crowd: DeviceCrowd | None, phi: Sharing) -> StageFit | None:

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 
 from asyncopd.config import load_config
 from calibration.contention import PHI_GRID
-from calibration.from_run import fit_run
+from asyncopd.config.colocation import Sharing
+from calibration.data_parallel import fit_learner
+from calibration.from_run import _held_costs, fit_run, learner_steps
 from calibration.run_data import RunCalibration, StageFit, _crowd, _PairOverlap, _read_run
 from sim.driver import simulate
 
@@ -31,7 +33,9 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibr
     their spans cannot tell ``phi`` from the decode costs, and a teacher's span on a busy core
     includes waiting that is not contention. Costs are not averaged across runs; a host that
     drifts between the runs (see the README's calibration section) shows up in the new ``phi``,
-    so run them close together."""
+    so run them close together. The learner is the exception: runs with the learner on
+    different numbers of devices (DP=1 and DP=2) are fitted together, which measures the
+    gradient all-reduce (``calibration/data_parallel.py``)."""
     base = fit_run(run_dirs[0])
     own = base.stages.get("contention")
     pairs = dict(own.params.get("colocation_pairs", {})) if own else {}
@@ -45,6 +49,7 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibr
             phi = _match_throughput(d, {**base.costs(), "colocation_factor": default}, pairs, new, progress)
             for pair in new:
                 pairs[pair], base.pair_sources[pair] = phi, str(d)
+    _fit_learner_across(base, [Path(d) for d in run_dirs], Sharing(default, pairs))
     if len(run_dirs) > 1:
         for pair in pairs:
             base.pair_sources.setdefault(pair, base.run_dir)
@@ -52,6 +57,22 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibr
                                              own.mape if own else float("nan"), own.n if own else 0)
         base.extra_runs = [str(d) for d in run_dirs[1:]]
     return base
+
+
+def _fit_learner_across(base: RunCalibration, run_dirs: list[Path], phi: Sharing) -> None:
+    """Runs whose learners have different device counts are fitted together: only together do
+    they separate the gradient all-reduce from the learner's fixed cost
+    (``calibration/data_parallel.py``); the only costs taken from more than the first run."""
+    steps = []
+    for d in run_dirs:
+        events, _samples, syncs = _read_run(d)
+        steps.append(learner_steps(d, events, _crowd(d, events, syncs), phi))
+    if len({s.n for s in steps if len(s.tokens)}) < 2:
+        return
+    fit, notes = fit_learner(steps, _held_costs(run_dirs[0]))
+    if fit is not None:
+        base.stages["learner"] = fit
+        base.notes = [n for n in base.notes if not n.startswith("learner:")] + notes
 
 
 def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, float], new: list[str],

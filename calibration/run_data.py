@@ -3,9 +3,9 @@
 
 The result types (``StageFit`` per stage, ``RunCalibration`` per fit) and the readers of a run
 directory: its trace events, sample records and weight-sync spans (``_read_run``), how long a
-sync stopped generation (``_paused``, ``_pause_interval``), who was busy on which device
-(``_crowd``, a ``DeviceCrowd`` from the run's layout) and which pairs of roles were busy on one
-device together, for how long (``_PairOverlap``).
+sync stopped generation (``_paused``, ``_pause_interval``), the scatter of measured over fitted
+times (``_cv``), who was busy on which device (``_crowd``, a ``DeviceCrowd`` from the run's
+layout) and which pairs of roles were busy on one device together, for how long (``_PairOverlap``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from asyncopd.config import load_config
 from asyncopd.config.colocation import role_of
@@ -130,3 +132,16 @@ class _PairOverlap:
             if share >= INSEPARABLE:
                 out[pair] = share
         return out
+
+
+def _cv(x: np.ndarray) -> float:
+    """Coefficient of variation of a lognormal fitted robustly to ``x`` (rounded to 0.01):
+    ``sigma = 1.4826 * MAD(log x)``, ``cv = sqrt(exp(sigma^2) - 1)``. The median absolute
+    deviation ignores the rare stalls (first syncs, garbage collections) that would otherwise
+    dominate a plain standard deviation. An exact model gives 0."""
+    x = x[x > 0]
+    if len(x) < 2:
+        return 0.0
+    logs = np.log(x)
+    sigma = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+    return round(float(np.sqrt(np.expm1(sigma * sigma))), 2)

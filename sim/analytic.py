@@ -20,14 +20,21 @@ tokens + top-k extraction ``T * V * 4 bytes * topk_passes / BW`` + ``teacher_fix
 learner update over ``T`` tokens in ``m`` samples on ``D`` devices (``dp = D / tp``)::
 
     3 * FLOPs / (F * D)  +  optimizer: 16 bytes/param / (BW * D)
-    + gradient all-reduce 2 * (dp-1)/dp * 2 bytes * N / link_bw  +  n_micro * micro_batch_s + learner_fixed_s
+    + dp_comm(dp) of G = b * N / tp gradient bytes  +  n_micro * micro_batch_s + learner_fixed_s
+
+``dp_comm`` is equation (2) of ``sim.collectives``, the convention ``sim.parametric`` shares:
+``k (dp-1)/dp * G / link_bw(D) + k (dp-1) * allreduce_latency_s`` with ``k = 2`` for
+``learner.strategy: ddp`` (ring all-reduce) and ``k = 3`` for ``fsdp`` (all-gather of the
+parameters in forward and in backward, reduce-scatter of the gradients); ``b`` the bytes of
+``models.dtype`` (gradients travel in the parameters' dtype).
 
 weight sync of the student (``W`` bytes)::
 
     overlap (learner gathers/publishes, rollout keeps going) = gather_s + W / intra_node_bw
     pause   (rollout stops)                                  = ctrl_s   + W / link_bw
 
-``allreduce(b) = 2 (tp-1)/tp * b / link_bw + allreduce_latency_s`` (ring). The overhead
+``allreduce(b) = 2 (tp-1)/tp * b / link_bw + allreduce_latency_s`` (ring; a tensor-parallel
+activation all-reduce is small and latency-bound, one latency each). The overhead
 defaults follow public fits of vLLM on H100 (about 126 µs per step, 32 µs per layer, 4 µs per
 request, KV reads x1.9, weight reads x1.4); their values live in one place, the config's
 ``sim.analytic`` section (``AnalyticParams``); calibration replaces them.
@@ -44,6 +51,7 @@ from functools import cached_property
 
 from asyncopd.catalog import Hardware, ModelDesc, get_hardware, model_desc_for
 from asyncopd.config.schema import AnalyticParams, OPDConfig
+from sim.collectives import dp_comm_s
 from sim.cost_model import CostModel, LayoutShape, Segment, SyncCost, register_cost_model
 
 
@@ -62,6 +70,7 @@ class AnalyticCosts(CostModel):
     micro_batch_size: int
     top_k: int
     overheads: AnalyticParams  # (sim.analytic: the only place its defaults are written)
+    strategy: str = "ddp"  # learner.strategy
 
     @classmethod
     def from_config(cls, cfg: OPDConfig) -> "AnalyticCosts":
@@ -70,6 +79,7 @@ class AnalyticCosts(CostModel):
             teacher_model=model_desc_for(cfg.models.teacher),
             dtype_bytes=4.0 if cfg.models.dtype == "float32" else 2.0, shape=LayoutShape.of_config(cfg),
             micro_batch_size=cfg.learner.micro_batch_size, top_k=cfg.teacher.top_k, overheads=cfg.sim.analytic,
+            strategy=cfg.learner.strategy,
         )
 
     def for_layout(self, shape: LayoutShape) -> "AnalyticCosts":
@@ -133,7 +143,8 @@ class AnalyticCosts(CostModel):
         compute = 3 * fwd / (self.flops * d)
         optimizer = 16 * m.n_params / (self.bandwidth * d)
         dp = max(1, d // tp)
-        grads = self._allreduce(2 * m.n_params / tp, dp)
+        grads = dp_comm_s(self.strategy, self.dtype_bytes * m.n_params / tp, dp, self.hw.link_bw(d),
+                          self.overheads.allreduce_latency_s)
         micro = math.ceil(samples / max(1, self.micro_batch_size))
         return self.overheads.learner_fixed_s + compute + optimizer + grads + micro * self.overheads.micro_batch_s
 

@@ -17,7 +17,8 @@ A cost model says how long each stage of the pipeline takes on a layout:
 - ``sync()``: a weight sync, as the part that overlaps rollout and the part that pauses it;
 - ``dispatch()``: the latency between an action and its worker starting it (an RPC);
 - ``for_layout(shape)``: the model for another layout (tensor-parallel degrees, learner
-  devices, cluster size); ``layout_sensitive`` says whether that changes anything;
+  devices, cluster size); ``layout_sensitive`` says whether tensor-parallel degrees change the
+  costs (the planner searches them only then; the learner's device count may matter either way);
 - ``kv_capacity_seqs(tokens_per_seq, memory_utilization)``: how many sequences one rollout
   worker's KV cache holds, or ``None`` when the model does not know memory (unbounded).
 
@@ -134,7 +135,7 @@ class CostModel(ABC):
     """Seconds per stage on a layout (see the module docstring)."""
 
     name: ClassVar[str] = ""
-    layout_sensitive: ClassVar[bool] = False  # for_layout changes the costs
+    layout_sensitive: ClassVar[bool] = False  # tensor-parallel degrees change the costs
 
     @classmethod
     def from_config(cls, cfg: OPDConfig) -> "CostModel":
@@ -160,7 +161,7 @@ class CostModel(ABC):
     def dispatch(self) -> float: ...
 
     def for_layout(self, shape: LayoutShape) -> "CostModel":
-        """This model on a layout of ``shape`` (unchanged unless ``layout_sensitive``)."""
+        """This model on a layout of ``shape`` (the base: unchanged)."""
         return self
 
     def kv_capacity_seqs(self, tokens_per_seq: float, memory_utilization: float) -> Optional[int]:

@@ -15,6 +15,9 @@ TRUTH = {"decode_step_s": 0.003, "decode_per_seq_s": 0.0007, "prefill_per_token_
 
 # Each role on a device of its own: no contention, so the fit must be exact.
 SEPARATE = ["cluster.num_devices=3", "layout.learner.devices=[2]"]
+ONE_DEVICE_NOTE = ("learner: every run's learner has one device, so allreduce_bytes_per_s and allreduce_latency_s "
+                   "keep their values; a run with the learner on two devices fits them (asyncopd calibrate "
+                   "--from-run DP1_RUN --from-run DP2_RUN)")
 
 
 @pytest.mark.parametrize("policy", ["sync", "fully_async(eta=2)"])
@@ -114,8 +117,8 @@ def test_more_runs_add_the_pairs_their_layouts_show(tmp_path) -> None:
              progress=False)
     merged = fit_runs([tmp_path / "a", tmp_path / "b"])
     alone = fit_run(tmp_path / "a")
-    assert alone.notes == []  # teacher and learner also run apart: their phi is seen
-    b_notes = fit_run(tmp_path / "b").notes  # the two rollout workers never run apart
+    assert alone.notes == [ONE_DEVICE_NOTE]  # teacher and learner also run apart: their phi is seen
+    b_notes = [n for n in fit_run(tmp_path / "b").notes if n != ONE_DEVICE_NOTE]  # the rollouts never run apart
     assert len(b_notes) == 1 and b_notes[0].startswith("rollout+rollout: busy together")
     assert merged.costs()["colocation_pairs"] == pytest.approx(PAIRS, abs=0.05)
     assert merged.costs()["learner_fixed_s"] == alone.costs()["learner_fixed_s"]
@@ -144,3 +147,58 @@ def test_a_verify_bake_off_refines_the_plans_calibration(tmp_path) -> None:
     bare.write_text("sim:\n  costs: {decode_step_s: 0.003}\n")
     path, message = refine_calibration(bare, [trial], tmp_path / "plan2", progress=False)
     assert path is None and "asyncopd calibrate --from-run" in message
+
+
+# ---------------------------------------------------------------- data-parallel learner
+DP_TRUTH = {**TRUTH, "allreduce_bytes_per_s": 2e8, "allreduce_latency_s": 3e-4}
+
+
+def _dp_run(tmp_path, name: str, devices: list[int], extra=()) -> None:
+    cfg = load_config(None, ["cluster.num_devices=4", f"layout.learner.devices={devices}", "sim.prompt_tokens_mean=12",
+                             "sim.response_length.kind=lognormal", "sim.response_length.cv=1.0",
+                             "sim.costs.model_bytes=0", *extra, *(f"sim.costs.{k}={v}" for k, v in DP_TRUTH.items())])
+    simulate(cfg, tmp_path / name, progress=False)
+
+
+def test_dp1_and_dp2_runs_together_fit_the_gradient_all_reduce(tmp_path) -> None:
+    """``calibrate --from-run DP1 --from-run DP2``: per-token cost from T/N, the all-reduce's
+    time at N = 2 from the difference; one gradient volume, so the latency is held (at the
+    run's value) and the bandwidth fitted."""
+    from calibration.multi_run import fit_runs
+
+    _dp_run(tmp_path, "dp1", [2])
+    _dp_run(tmp_path, "dp2", [2, 3])
+    alone = fit_run(tmp_path / "dp2")  # N = 2 alone: the traffic is a constant inside learner_fixed_s
+    assert alone.costs()["learner_per_token_s"] == pytest.approx(TRUTH["learner_per_token_s"], rel=1e-3)
+    assert alone.costs()["learner_fixed_s"] == pytest.approx(TRUTH["learner_fixed_s"], rel=1e-3)  # default held
+    assert alone.costs()["allreduce_bytes_per_s"] == DP_TRUTH["allreduce_bytes_per_s"]  # held, and said so
+    assert any("N=2" in n for n in alone.notes)
+    both = fit_runs([tmp_path / "dp1", tmp_path / "dp2"])
+    got = both.costs()
+    for k in ("learner_fixed_s", "learner_per_token_s", "allreduce_bytes_per_s"):
+        assert got[k] == pytest.approx(DP_TRUTH[k], rel=1e-3), k
+    assert got["allreduce_latency_s"] == DP_TRUTH["allreduce_latency_s"]
+    assert both.stages["learner"].n == 60 and both.stages["learner"].mape < 1e-6
+    assert [n for n in both.notes if n.startswith("learner:")] == [
+        "learner: allreduce_latency_s=0.0003 is kept (runs at N=[1, 2] show one gradient volume per N; a third N "
+        "separates the latency from allreduce_bytes_per_s)"]
+
+
+def test_the_learner_fit_recovers_all_four_terms_from_three_device_counts() -> None:
+    """Synthetic step times at N = 1, 2, 4 (fsdp at 4): the fit separates fixed, per-token,
+    bandwidth and latency exactly."""
+    import numpy as np
+
+    from calibration.data_parallel import LearnerSteps, fit_learner
+    from sim.collectives import dp_comm_s
+
+    f, p, bw, lat, grad = 0.02, 1e-4, 5e8, 2e-4, 4e6
+    tokens = np.array([800.0, 1000.0, 1300.0, 900.0])
+    runs = [LearnerSteps(f"n{n}", n, s, grad, tokens, f + p * tokens / n + dp_comm_s(s, grad, n, bw, lat))
+            for n, s in ((1, "ddp"), (2, "ddp"), (4, "fsdp"))]
+    fit, notes = fit_learner(runs)
+    assert notes == []
+    want = {"learner_fixed_s": f, "learner_per_token_s": p, "allreduce_bytes_per_s": bw, "allreduce_latency_s": lat}
+    for k, v in want.items():
+        assert fit.params[k] == pytest.approx(v, rel=1e-6), k
+    assert fit.params["learner_cv"] == 0.0

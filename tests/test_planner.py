@@ -122,13 +122,34 @@ def test_memory_infeasible_layout_is_rejected_with_its_reason() -> None:
 
 
 def test_learner_states_cost_16_bytes_per_parameter() -> None:
+    """ddp: every data-parallel rank holds a full replica (split only by tp); fsdp: the states
+    are sharded over all D devices, plus the layers it all-gathers whole."""
     for dtype in ("bfloat16", "float32"):
         _, w, _ = _gpu_workload([f"models.dtype={dtype}"])
         t = learner_terms(w, devices=1, tp=1)
         assert t["weights+grads"] + t["optimizer"] == pytest.approx(16 * w.student.n_params)
+        assert learner_terms(w, devices=1, tp=1, strategy="fsdp") == t  # one device: nothing to shard
         t4 = learner_terms(w, devices=4, tp=2)
         assert t4["weights+grads"] == pytest.approx(t["weights+grads"] / 2)
-        assert t4["optimizer"] == pytest.approx(t["optimizer"] / 4)
+        assert t4["optimizer"] == pytest.approx(t["optimizer"] / 2)
+        f4 = learner_terms(w, devices=4, tp=1, strategy="fsdp")
+        assert f4["weights+grads"] + f4["optimizer"] == pytest.approx(16 * w.student.n_params / 4)
+        assert f4["gathered"] == pytest.approx(2 * w.dtype_bytes * w.student.n_params / w.student.num_layers)
+
+
+def test_a_student_too_big_for_ddp_fits_under_fsdp() -> None:
+    """Qwen3-8B's states take 16 bytes x 8.2e9 params = 131 GB: no H100 holds a ddp replica, but
+    sharded over four they take 33 GB each."""
+    lay = Layout("none", RolePlan(0, 2, 2, 1), RolePlan(2, 2, 2, 1), RolePlan(4, 4, 1, 1), 8)
+    _, ddp, hw = _gpu_workload(["models.student=qwen3-8b"])
+    _, fsdp, _ = _gpu_workload(["models.student=qwen3-8b", "learner.strategy=fsdp"])
+    assert ddp.learner_strategy == "ddp" and fsdp.learner_strategy == "fsdp"
+    no = check_memory(lay, ddp, hw, headroom=0.1)
+    assert not no.ok and "out of memory on devices 4-7: learner" in no.reason
+    assert "learner.strategy: fsdp would shard the learner over its 4 devices and fit" in no.reason
+    yes = check_memory(lay, fsdp, hw, headroom=0.1)
+    assert yes.ok, yes.reason
+    assert sum(yes.terms["learner"].values()) < 0.9 * 80e9 < sum(no.terms["learner"].values())
 
 
 def test_plan_lists_rejections_and_fails_cleanly_when_nothing_fits(tmp_path) -> None:

@@ -272,10 +272,21 @@ class SimCosts(_Section):
     teacher_fixed_s: float = Field(0.0092, ge=0)
     teacher_per_token_s: float = Field(4.1e-5, ge=0)
     learner_fixed_s: float = Field(0.0125, ge=0)
-    learner_per_token_s: float = Field(1.09e-4, ge=0)
+    learner_per_token_s: float = Field(1.09e-4, ge=0, description="learner update, per token of the batch; a "
+                                       "learner on N devices runs T/N tokens per rank (sim/parametric.py)")
+    allreduce_bytes_per_s: float = Field(1.0e9, gt=0, description="data-parallel learner: per-rank link bandwidth of "
+                                         "the gradient all-reduce (ring: 2(N-1)/N of the gradient bytes per rank; "
+                                         "gloo on the 2-core dev box: 1.07e9 at 256 MB)")
+    allreduce_latency_s: float = Field(1.1e-4, ge=0, description="data-parallel learner: latency per ring step of "
+                                       "the gradient all-reduce (2(N-1) steps; gloo, 2 ranks, 4 bytes: 0.23 ms)")
     sync_fixed_s: float = Field(0.0149, ge=0, description="weight sync: part that pauses the worker")
-    sync_bytes_per_s: float = Field(1e9, gt=0)
-    model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes moved by a sync; None: 0 (folded into sync_fixed_s)")
+    sync_bytes_per_s: float = Field(1e9, gt=0, description="weight sync: bytes per second of model_bytes")
+    sync_bucket_latency_s: float = Field(1.4e-4, ge=0, description="sync.method=collective: extra pause per "
+                                         "broadcast bucket (ceil(model_bytes / sync.bucket_mb) of them; gloo "
+                                         "broadcast of 4 bytes on the 2-core dev box: 0.14 ms)")
+    model_bytes: Optional[float] = Field(None, ge=0, description="student weight bytes moved by a sync; None: 0 "
+                                         "(folded into sync_fixed_s). A data-parallel learner all-reduces this many "
+                                         "gradient bytes; None or 0: the student's parameters x bytes of models.dtype")
     dispatch_s: float = Field(0.006, ge=0, description="latency from an action to its worker starting it "
                                                         "(Ray call + payload transfer)")
     decode_cv: float = Field(0.0, ge=0, le=5, description="run-to-run scatter of decode times (coefficient of "

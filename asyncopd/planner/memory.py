@@ -28,11 +28,15 @@ teacher worker, per device (scoring batches of ``m = teacher.max_batch_samples``
     activations T_c * b (4 H + 2 I) / tp,  logits T_c * V * 4 / tp   (T_c = min(m S_max, C))
     payload    m * S_max * c_teach                      (the batch's teacher-score cache entries)
 
-learner, per device of its ``D`` devices (``dp = D / tp``; mixed precision: weights and
-gradients in ``b``, fp32 master copy and Adam moments in 12 bytes/param for bf16, Adam in 8 for
-fp32 -- 16 bytes/param in total either way, as ``sim.analytic`` charges)::
+learner, per device of its ``D`` devices (``dp = D / tp`` data-parallel ranks; mixed
+precision: weights and gradients in ``b``, fp32 master copy and Adam moments in 12 bytes/param
+for bf16, Adam in 8 for fp32 -- 16 bytes/param in total either way, as ``sim.analytic``
+charges). The model states depend on ``learner.strategy``::
 
-    weights + grads  2 b N / tp                 optimizer  (16 - 2 b) N / D   (ZeRO-1 over D)
+    ddp   (every rank a full replica)   weights + grads  2 b N / tp     optimizer  (16 - 2 b) N / tp
+    fsdp  (sharded over all D)          weights + grads  2 b N / D      optimizer  (16 - 2 b) N / D
+          + gathered  2 b N / L   (the unit being computed and the one prefetched, one layer each,
+                                   whole: FSDP2 all-gathers a layer's parameters before using them)
     activations (full activation checkpointing, T_m = ceil(micro_batch_size / dp) * S_mean):
         checkpoints  T_m * H * L * b / tp       one layer recomputed  T_m * b (8 H + 3 I) / tp
         logits       min(T_m, C) * V * 4 * 2 / tp   (fp32 logits and their gradient, in chunks)
@@ -84,13 +88,16 @@ def teacher_terms(w: Workload, tp: int) -> dict[str, float]:
     }
 
 
-def learner_terms(w: Workload, devices: int, tp: int) -> dict[str, float]:
+def learner_terms(w: Workload, devices: int, tp: int, strategy: str = "ddp") -> dict[str, float]:
     m, b = w.student, w.dtype_bytes
     dp = max(1, devices // tp)
     tokens = math.ceil(w.micro_batch_size / dp) * w.seq_mean
+    shard = devices if strategy == "fsdp" else tp  # what the model states are split over
+    states = {"weights+grads": 2 * b * m.n_params / shard, "optimizer": (16 - 2 * b) * m.n_params / shard}
+    if strategy == "fsdp" and devices > 1:
+        states["gathered"] = 2 * b * m.n_params / max(1, m.num_layers)
     return {
-        "weights+grads": 2 * b * m.n_params / tp,
-        "optimizer": (16 - 2 * b) * m.n_params / devices,
+        **states,
         "checkpoints": tokens * m.hidden_size * m.num_layers * b / tp,
         "recompute": tokens * b * (8 * m.hidden_size + 3 * _mlp_width(m)) / tp,
         "logits": min(tokens, CHUNK_TOKENS) * m.vocab_size * 8 / tp,
@@ -124,7 +131,7 @@ def check_memory(layout: Layout, w: Workload, hw: Hardware, headroom: float,
     terms = {
         "rollout": rollout_terms(w, layout.rollout.tp),
         "teacher": teacher_terms(w, layout.teacher.tp),
-        "learner": learner_terms(w, layout.learner.size, layout.learner.tp),
+        "learner": learner_terms(w, layout.learner.size, layout.learner.tp, w.learner_strategy),
     }
     peak, worst, share = 0.0, None, 1.0
     for g, roles in layout.groups():
@@ -149,4 +156,9 @@ def check_memory(layout: Layout, w: Workload, hw: Hardware, headroom: float,
             parts.append(f"{r}{f' x{k}' if k > 1 else ''} {_gb(load[r])} ({detail})")
         check.reason = (f"out of memory on {span}: {' + '.join(parts)} = {_gb(peak)} > {_gb(usable)} usable "
                         f"({hw.name}: {_gb(hw.mem_bytes)}, headroom {headroom:.0%})")
+        lrn = layout.learner
+        if "learner" in roles and w.learner_strategy == "ddp" and lrn.size > 1:
+            sharded = sum(learner_terms(w, lrn.size, lrn.tp, "fsdp").values())
+            if peak - load["learner"] + sharded <= usable:
+                check.reason += f"; learner.strategy: fsdp would shard the learner over its {lrn.size} devices and fit"
     return check

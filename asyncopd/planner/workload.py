@@ -45,6 +45,7 @@ class Workload:
     rollout_backend: str
     teacher_backend: str
     batching: str  # wave | continuous
+    learner_strategy: str = "ddp"  # learner.strategy: ddp (full replicas) | fsdp (sharded)
 
     @property
     def seq_max(self) -> float:
@@ -88,4 +89,5 @@ class Workload:
             max_new_tokens=cfg.rollout.max_new_tokens,
             teacher_payload_per_token=float(payload), rollout_capture_per_token=float(capture),
             rollout_backend=cfg.rollout.backend, teacher_backend=cfg.teacher.backend, batching=batching,
+            learner_strategy=cfg.learner.strategy,
         )
