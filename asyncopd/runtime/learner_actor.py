@@ -88,7 +88,7 @@ class LearnerWorker:
     def join_group(self, address: str, backend: str, timeout_s: float) -> None:
         """Become rank ``rank`` of the learner's group (returns once every rank has joined) and
         wrap the model for the strategy (DDP starts every replica from rank 0's weights)."""
-        from asyncopd.backends.torch_backend.data_parallel import DataParallel, join_default_group
+        from asyncopd.backends.torch_backend.data_parallel import DataParallel, join_default_group  # (lazy: torch)
         from asyncopd.runtime.weight_transport import connect_store  # (lazy: torch)
 
         store = self._group_store if self.rank == 0 else connect_store(address, timeout_s, world=self.world)
