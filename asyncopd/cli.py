@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
@@ -49,7 +50,7 @@ def _load(config: Path, overrides: Optional[list[str]], costs: Optional[Path] = 
             extra = profile_overrides(costs)
         return load_config(config, [*extra, *(overrides or [])])
     except (ConfigError, FileNotFoundError, ValueError) as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
 
 
@@ -155,10 +156,16 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
           out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-train-TIME)"),
           resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                                 help="continue RUN_DIR from its newest complete checkpoint"),
-          plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars")) -> None:
+          plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="check the layout against the cluster Ray reports, "
+                                       "print which actor gets which node, device and memory share, and exit "
+                                       "without loading models")) -> None:
     """Run the real Ray trainer on CONFIG; write a run directory (or continue one: --resume)."""
     from asyncopd.runtime.driver import train as run_train  # (lazy: keeps numpy out of `asyncopd --help`)
 
+    if dry_run:
+        _dry_run(_load(config, set_) if config is not None else None)
+        return
     if resume is None:
         if config is None:
             err.print("[red]error:[/red] give a CONFIG file (or --resume RUN_DIR)")
@@ -176,7 +183,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
         try:
             ck = find_resume_checkpoint(resume, cfg)
         except (ConfigError, FileNotFoundError, ValueError) as e:
-            err.print(f"[red]error:[/red] {e}")
+            err.print(f"[red]error:[/red] {escape(str(e))}")
             raise typer.Exit(2) from None
         console.print(f"resuming {resume} from {ck.path.name} (step {ck.version} of {cfg.run.total_steps}; "
                       f"prompts from {ck.info.get('next_prompt_id')}, "
@@ -185,6 +192,34 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
     summary = run_train(cfg, run_dir, progress=progress, resume=resume is not None)
     console.print(_summary_table(f"trained: {run_dir}", summary))
     _plots(run_dir, plots)
+
+
+def _dry_run(cfg: Any) -> None:
+    from asyncopd.runtime.dry_run import dry_run  # (lazy: ray)
+
+    if cfg is None:
+        err.print("[red]error:[/red] --dry-run: give a CONFIG file")
+        raise typer.Exit(2)
+    try:
+        report = dry_run(cfg)
+    except (ValueError, RuntimeError) as e:
+        err.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    nodes = ", ".join(f"node {n['index']}: {n['ip']} ({n['gpus']:g} GPUs, {n['cpus']:g} CPUs)" for n in report["nodes"])
+    table = Table(title=f"placement of {cfg.run.name} on the Ray cluster ({nodes})")
+    for col in ("actor", "node", "layout devices", "Ray GPUs", "CUDA_VISIBLE_DEVICES", "device in actor",
+                "memory share", "num_gpus"):
+        table.add_column(col)
+    for r in report["rows"]:
+        share = "-" if r["memory_share"] is None else f"{r['memory_share']:.3g}"
+        gpus = f"{r['num_gpus']:g}" + (f" (engine: {r['engine_tp']} ranks)" if r["engine_tp"] > 1 else "")
+        table.add_row(r["actor"], str(r["node"]), ",".join(map(str, r["layout_devices"])),
+                      ",".join(r["ray_gpus"]) or "-", r["cuda_visible"] if r["cuda_visible"] is not None else "-",
+                      r["device"], share, gpus)
+    console.print(table)
+    for note in report["notes"]:
+        console.print(f"[yellow]before training:[/yellow] {escape(note)}")
+    console.print(f"[green]valid placement[/green]: {len(report['rows'])} actors placed as the layout says")
 
 
 @app.command("eval")
@@ -200,7 +235,7 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
     try:
         r = evaluate_checkpoint(checkpoint, n=prompts, seed=seed)
     except (FileNotFoundError, ValueError) as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps(r))
@@ -225,7 +260,7 @@ def compare(real_run: Path, sim_run: Path,
     try:
         r = compare_runs(real_run, sim_run, out)
     except FileNotFoundError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     _print_compare(r)
 

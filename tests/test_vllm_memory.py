@@ -57,15 +57,22 @@ def test_share_errors_are_one_line_naming_the_field(overrides, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def places(c):
+    from asyncopd.config.actor_placement import plan_actors
+
+    return {p.name: p for p in plan_actors(c)}
+
+
 def test_engine_args_pass_through_except_what_other_fields_set():
     c = cfg("rollout.backend=vllm", "rollout.engine_args={enforce_eager: true, max_model_len: 512}",
             "rollout.kv_cache_gb=2.5", "layout.rollout.tp=1")
-    opts = _vllm_options(c, "rollout", 0)
-    assert opts == {"gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "kv_cache_gb": 2.5,
+    opts = _vllm_options(c, places(c)["rollout-0"])
+    assert opts == {"gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "kv_cache_gb": 2.5, "bundle_indices": [0],
                     "engine_args": {"enforce_eager": True, "max_model_len": 512}, "max_num_seqs": 8}
     assert kv_cache_bytes(2.5) == int(2.5 * 2**30) and kv_cache_bytes(None) is None
-    assert _vllm_options(cfg(), "rollout", 0) == {}  # torch: nothing
-    t = _vllm_options(cfg("teacher.backend=vllm", "teacher.memory_share=0.35"), "teacher", 0)
+    assert _vllm_options(cfg(), places(cfg())["rollout-0"]) == {}  # torch: nothing
+    ct = cfg("teacher.backend=vllm", "teacher.memory_share=0.35")
+    t = _vllm_options(ct, places(ct)["teacher-0"])
     assert t["gpu_memory_utilization"] == 0.35 and "max_num_seqs" not in t
     for key, where in [("tensor_parallel_size", "layout.teacher.tp"), ("gpu_memory_utilization", "teacher.memory_share"),
                        ("kv_cache_memory_bytes", "teacher.kv_cache_gb"), ("model", "models.student")]:

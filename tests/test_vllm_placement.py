@@ -14,32 +14,28 @@ from __future__ import annotations
 import pytest
 
 from asyncopd.backends.vllm_backend.engine_args import build_engine_kwargs, prepare_process_env
-from asyncopd.backends.vllm_backend.placement import actor_options, engine_placement
+from asyncopd.backends.vllm_backend.placement import engine_placement
 from asyncopd.backends.vllm_backend.startup import start_in_waves, startup_waves
 from asyncopd.backends.vllm_backend.weights import load_weights_into_llm
 
 
-def test_tp1_is_a_gpu_share_of_the_actor_without_placement_group():
+def test_tp1_runs_the_engine_in_the_actor():
     p = engine_placement(1, 0.45)
-    assert not p.uses_placement_group and p.bundles == [] and p.strategy is None
-    assert p.actor_num_gpus == 0.45
+    assert p.share == 0.45
     assert p.engine_kwargs == {"tensor_parallel_size": 1, "distributed_executor_backend": "uni"}
     assert p.engine_env == {} and p.unset_env == ()
-    assert actor_options(p, "rollout-0") == {"num_gpus": 0.45}  # (no ray needed for tp = 1)
 
 
 @pytest.mark.parametrize("tp", [2, 4])
-def test_tp_above_one_is_a_strict_pack_group_of_tp_gpu_bundles(tp):
+def test_tp_above_one_puts_the_ranks_on_the_workers_bundles(tp):
     p = engine_placement(tp, 1.0)
-    assert p.uses_placement_group and p.strategy == "STRICT_PACK"
-    assert p.bundles == [{"GPU": 1.0}] * tp
-    assert p.actor_num_gpus == 0.0  # the engine's Ray workers hold the GPUs, not the driving actor
     assert p.engine_kwargs == {"tensor_parallel_size": tp, "distributed_executor_backend": "ray"}
     assert p.engine_env == {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, range(tp))),
                             "VLLM_RAY_PER_WORKER_GPUS": "1.0"}
     assert p.unset_env == ("CUDA_VISIBLE_DEVICES",)
-    shared = engine_placement(tp, 0.5)  # a share asks for half of each GPU, per bundle and per rank
-    assert shared.bundles == [{"GPU": 0.5}] * tp and shared.engine_env["VLLM_RAY_PER_WORKER_GPUS"] == "0.5"
+    shared = engine_placement(tp, 0.5, bundle_indices=range(3, 3 + tp))  # its devices' bundles on its node
+    assert shared.engine_env == {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, range(3, 3 + tp))),
+                                 "VLLM_RAY_PER_WORKER_GPUS": "0.5"}
 
 
 @pytest.mark.parametrize("tp,share,message", [(0, 0.5, "tp must be >= 1"), (2, 0.0, "memory share"),
@@ -47,6 +43,8 @@ def test_tp_above_one_is_a_strict_pack_group_of_tp_gpu_bundles(tp):
 def test_placement_refuses_bad_input(tp, share, message):
     with pytest.raises(ValueError, match=message):
         engine_placement(tp, share)
+    with pytest.raises(ValueError, match="distinct bundles"):
+        engine_placement(2, 0.5, bundle_indices=[1, 1])
 
 
 def test_engine_kwargs_use_the_pinned_names():

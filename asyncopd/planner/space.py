@@ -18,7 +18,8 @@ group of ``d`` devices every role picks a tensor-parallel degree ``tp`` (a power
 teacher run one worker per ``tp`` devices (``d / tp`` workers; a wave-batching rollout whose group is
 a single ``tp`` group may also run two workers on it, interleaving waves -- both then hold
 exactly those devices, see ``asyncopd.config.placement``), the single learner spans the whole
-group.
+group as one data-parallel rank per device (``learner.strategy`` ddp or fsdp: the trainer's
+learner has no tensor parallelism, so the planner does not propose it; ``learner_tp_values``).
 Layouts whose tensor-parallel groups would straddle a node boundary are skipped.
 
 Every layout uses all ``N`` devices, each device belongs to exactly one group, and a device is
@@ -113,6 +114,7 @@ class SpaceOptions:
     student_heads: int = 1
     teacher_heads: int = 1
     tp_values: tuple[int, ...] = (1, 2, 4, 8)
+    learner_tp_values: tuple[int, ...] = (1,)  # data parallelism only, as the trainer runs it
     rollout_oversubscription: tuple[int, ...] = (1,)
     colocations: tuple[str, ...] = tuple(PARTITIONS)
     unit: int = 0  # 0: the default rule (module docstring)
@@ -169,7 +171,7 @@ def enumerate_layouts(opts: SpaceOptions) -> LayoutSpace:
                 first, size = where[r]
                 tps = _tp_options(size, heads[r], opts)
                 if r == "learner":
-                    choices[r] = [(t, 1) for t in tps]
+                    choices[r] = [(t, 1) for t in tps if t in opts.learner_tp_values]
                 elif r == "rollout":
                     choices[r] = [(t, size // t * k) for t in tps for k in opts.rollout_oversubscription
                                   if k == 1 or t == size]

@@ -20,10 +20,13 @@ from typing import Any
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, WeightUpdate
 from asyncopd.backends.factory import build_rollout_engine, build_teacher_scorer
+from asyncopd.config.actor_placement import visible_device
 
 
 def place(device_type: str, devices: list[int]) -> str:
-    """Pin this process to its devices; return the torch device string."""
+    """Pin this process to its devices (indices on its node: ``config/actor_placement.py``);
+    return the torch device string. On CUDA that is the actor's GPU among those Ray made visible
+    to it (``visible_device``), not the layout's cluster-wide index."""
     import torch
 
     if device_type == "cpu":
@@ -34,7 +37,21 @@ def place(device_type: str, devices: list[int]) -> str:
             _pin_other_threads(cores)
         torch.set_num_threads(max(1, len(devices)))
         return "cpu"
-    return f"cuda:{devices[0]}"
+    import ray
+
+    index = visible_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), devices[0])
+    torch.cuda.set_device(index)
+    return f"cuda:{index}"
+
+
+def where_am_i() -> dict[str, Any]:
+    """What ``ready`` reports: process, node, cores, and the GPUs Ray gave this actor."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"pid": os.getpid(), "node": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _pin_other_threads(cores: set[int]) -> None:
@@ -75,7 +92,7 @@ class RolloutWorker:
         self._evict: set[int] = set()
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+        return {**where_am_i(), "device": self.device}
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         with self._lock:
@@ -166,11 +183,11 @@ class TeacherWorker:
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
                  backend: str = "torch", **scorer_options: Any) -> None:
         self.name = name
-        device = place(device_type, devices)
+        self.device = device = place(device_type, devices)
         self.scorer = build_teacher_scorer(backend, model_path, device=device, dtype=dtype, **scorer_options)
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+        return {**where_am_i(), "device": self.device}
 
     def score(self, items: list[ScoreRequest]) -> tuple[list[TeacherPayload], float, float]:
         started = time.time()

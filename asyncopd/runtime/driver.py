@@ -82,10 +82,9 @@ class RayDriver:
     def _start_actors(self) -> None:
         import ray
 
-        self.rollout, self.teachers, self.learner = start_actors(self.cfg, self.models)
-        ranks = {f"learner-0.rank{r}" if r else "learner-0": h for r, h in enumerate(self.learner.ranks)}
-        handles = {**self.rollout, **self.teachers, **ranks}
-        placement = dict(zip(handles, ray.get([h.ready.remote() for h in handles.values()])))
+        self.actors = started = start_actors(self.cfg, self.models)
+        self.rollout, self.teachers, self.learner = started.rollout, started.teachers, started.learner
+        placement = started.wait_ready()
         self.learner.form("nccl" if self.cfg.cluster.device_type == "cuda" else "gloo", self.cfg.sync.timeout_s)
         self.syncs.attach(self.learner.lead, self.rollout)
         self.queues = {w: WorkerQueue() for w in self.rollout}
@@ -176,6 +175,8 @@ class RayDriver:
             self._finish()
         finally:
             self.recorder.close() if hasattr(self, "recorder") else None
+            if getattr(self, "actors", None) is not None:
+                self.actors.stop()
             if started_ray:
                 ray.shutdown()
         return json.loads((self.run_dir / "summary.json").read_text())
@@ -379,8 +380,6 @@ class RayDriver:
             summary.update(accuracy=end["accuracy"], accuracy_start=self.eval_start.get("accuracy"),
                            eval_start=self.eval_start, eval_end=end)
             path.write_text(json.dumps(summary, indent=2))
-        for handle in [*self.rollout.values(), *self.teachers.values(), *self.learner.ranks]:
-            ray.kill(handle)
 
 
 def train(cfg: OPDConfig | None, run_dir: str | Path, *, progress: bool = True, evaluate: bool = True,

@@ -15,7 +15,6 @@ travels through Ray).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -24,7 +23,7 @@ from asyncopd.backends.base import TrainItem
 from asyncopd.config.algorithm import AlgorithmConfig
 from asyncopd.models.builtin import _quiet_transformers
 from asyncopd.models.loading import load_codec
-from asyncopd.runtime.actors import place
+from asyncopd.runtime.actors import place, where_am_i
 from asyncopd.runtime.checkpoints import STATE_FILE, step_name, tmp_dir
 from asyncopd.task import BuiltinTask, TaskConfig
 
@@ -70,10 +69,7 @@ class LearnerWorker:
         self.learner = TorchLearner(self.model, device=self.device, parallel=parallel, **self._options)
 
     def ready(self) -> dict[str, Any]:
-        import ray
-
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+        return {**where_am_i(), "device": self.device, "rank": self.rank}
 
     # ------------------------------------------------------------ the data-parallel group
     def open_group(self, timeout_s: float) -> str:

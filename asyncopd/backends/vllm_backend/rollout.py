@@ -197,7 +197,8 @@ class VllmRolloutEngine:
                  gpu_memory_utilization: float = 0.9, tensor_parallel_size: int = 1, max_num_seqs: int = 256,
                  dtype: str = "bfloat16", max_model_len: Optional[int] = None,
                  enable_prefix_caching: bool = True, skip_tokenizer_init: bool = True,
-                 kv_cache_gb: Optional[float] = None, engine_kwargs: Optional[dict[str, Any]] = None) -> None:
+                 kv_cache_gb: Optional[float] = None, engine_kwargs: Optional[dict[str, Any]] = None,
+                 bundle_indices: Optional[list[int]] = None) -> None:
         check_sampling_args(max_new_tokens, temperature, top_p)
         if capture_top_k is not None:
             top_k_capture = capture_top_k
@@ -214,7 +215,7 @@ class VllmRolloutEngine:
         self.pad_id, self.max_new_tokens = int(pad_id), int(max_new_tokens)
         self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.top_k_capture, self.sync_chunk_tokens = int(top_k_capture), int(sync_chunk_tokens)
-        self.placement = engine_placement(int(tensor_parallel_size), float(gpu_memory_utilization))
+        self.placement = engine_placement(int(tensor_parallel_size), float(gpu_memory_utilization), bundle_indices)
         mode = "processed_logprobs" if supports_logprobs_mode(getattr(vllm, "EngineArgs", None)) else None
         kwargs = build_engine_kwargs(
             model_path, self.placement, role="rollout", dtype=dtype, seed=self.seed, max_num_seqs=max_num_seqs,

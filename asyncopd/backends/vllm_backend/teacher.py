@@ -73,7 +73,8 @@ class VllmTeacherScorer:
                  tensor_parallel_size: int = 1, dtype: str = "bfloat16", max_num_seqs: int = 256,
                  max_model_len: Optional[int] = None, enable_prefix_caching: bool = False,
                  skip_tokenizer_init: bool = True, seed: int = 0, kv_cache_gb: Optional[float] = None,
-                 engine_kwargs: Optional[dict[str, Any]] = None) -> None:
+                 engine_kwargs: Optional[dict[str, Any]] = None,
+                 bundle_indices: Optional[list[int]] = None) -> None:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if num_samples or full_vocab:
@@ -82,7 +83,7 @@ class VllmTeacherScorer:
         vllm = require_vllm()
         self.vllm_version = vllm_version(vllm)
         self.top_k, self.pad_id = int(top_k), int(pad_id)
-        self.placement = engine_placement(int(tensor_parallel_size), float(gpu_memory_utilization))
+        self.placement = engine_placement(int(tensor_parallel_size), float(gpu_memory_utilization), bundle_indices)
         kwargs = build_engine_kwargs(
             model_path, self.placement, role="teacher", dtype=dtype, seed=seed, max_num_seqs=max_num_seqs,
             enable_prefix_caching=enable_prefix_caching, skip_tokenizer_init=skip_tokenizer_init,
