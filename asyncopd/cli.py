@@ -19,6 +19,7 @@ from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
 from asyncopd.control.policies import parse_policy
 from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
 from asyncopd.trace.formatting import cell
+from asyncopd.trace.tables import compare_table, summary_table
 from asyncopd.trace.schema import RunFormatError, validate_run_dir
 from calibration.profile import profile_overrides, read_profile, write_profile_dict
 from calibration.report import drift_table, extras_table, fit_table
@@ -61,34 +62,6 @@ def _run_dir(cfg: OPDConfig, kind: str, out: Optional[Path]) -> Path:
     return Path(cfg.run.output_dir) / f"{cfg.run.name}-{kind}-{stamp}"
 
 
-def _summary_table(title: str, s: dict[str, Any]) -> Table:
-    t = Table(title=title, show_header=False, title_justify="left")
-    st = s.get("staleness") or {}
-    util = s.get("utilisation") or {}
-    rows = [
-        ("policy", s.get("policy")),
-        ("clock", f"{s.get('clock')} ({s.get('duration_s', 0):.1f} s for {s.get('steps')} steps)"),
-        ("samples/s", cell(s.get("samples_per_s"))),
-        ("tokens/s", cell(s.get("tokens_per_s"))),
-        ("learner steps/hour", cell(s.get("steps_per_hour"), ".0f")),
-        ("staleness mean / std / max", f"{cell(st.get('mean'))} / {cell(st.get('std'))} / {cell(st.get('max'))}"),
-        ("staleness histogram (per-sample max)", str(st.get("hist"))),
-        ("utilisation", ", ".join(f"{k} {v:.0%}" for k, v in util.items())),
-        ("samples", str(s.get("sample_status"))),
-    ]
-    if s.get("resumed_from") is not None:
-        r = s.get("resume") or {}
-        rows.append(("resumed", f"from step {s['resumed_from']} ({r.get('skipped_prompts', 0)} prompts in flight "
-                                f"skipped, {r.get('rolled_back_steps', 0)} later steps rolled back)"))
-    if s.get("accuracy") is not None:
-        start = s.get("accuracy_start")
-        before = f"{start:.1%} → " if start is not None else ""
-        rows.append(("held-out accuracy (student)", f"{before}{s['accuracy']:.1%}"))
-    for k, v in rows:
-        t.add_row(k, str(v))
-    return t
-
-
 @app.command()
 def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and print the resolved version."""
@@ -109,7 +82,7 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
     cfg = _load(config, set_, costs)
     run_dir = _run_dir(cfg, "sim", out)
     summary = run_sim(cfg, run_dir, seed=seed, progress=progress)
-    console.print(_summary_table(f"simulated: {run_dir}", summary))
+    console.print(summary_table(f"simulated: {run_dir}", summary))
     _plots(run_dir, plots)
 
 
@@ -190,12 +163,12 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
                       f"{len(ck.info.get('skipped_prompts', []))} in flight at the checkpoint skipped)")
         run_dir = resume
     summary = run_train(cfg, run_dir, progress=progress, resume=resume is not None)
-    console.print(_summary_table(f"trained: {run_dir}", summary))
+    console.print(summary_table(f"trained: {run_dir}", summary))
     _plots(run_dir, plots)
 
 
 def _dry_run(cfg: Any) -> None:
-    from asyncopd.runtime.dry_run import dry_run  # (lazy: ray)
+    from asyncopd.runtime.dry_run import dry_run, placement_table  # (lazy: ray)
 
     if cfg is None:
         err.print("[red]error:[/red] --dry-run: give a CONFIG file")
@@ -205,18 +178,7 @@ def _dry_run(cfg: Any) -> None:
     except (ValueError, RuntimeError) as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
-    nodes = ", ".join(f"node {n['index']}: {n['ip']} ({n['gpus']:g} GPUs, {n['cpus']:g} CPUs)" for n in report["nodes"])
-    table = Table(title=f"placement of {cfg.run.name} on the Ray cluster ({nodes})")
-    for col in ("actor", "node", "layout devices", "Ray GPUs", "CUDA_VISIBLE_DEVICES", "device in actor",
-                "memory share", "num_gpus"):
-        table.add_column(col)
-    for r in report["rows"]:
-        share = "-" if r["memory_share"] is None else f"{r['memory_share']:.3g}"
-        gpus = f"{r['num_gpus']:g}" + (f" (engine: {r['engine_tp']} ranks)" if r["engine_tp"] > 1 else "")
-        table.add_row(r["actor"], str(r["node"]), ",".join(map(str, r["layout_devices"])),
-                      ",".join(r["ray_gpus"]) or "-", r["cuda_visible"] if r["cuda_visible"] is not None else "-",
-                      r["device"], share, gpus)
-    console.print(table)
+    console.print(placement_table(cfg.run.name, report))
     for note in report["notes"]:
         console.print(f"[yellow]before training:[/yellow] {escape(note)}")
     console.print(f"[green]valid placement[/green]: {len(report['rows'])} actors placed as the layout says")
@@ -266,16 +228,7 @@ def compare(real_run: Path, sim_run: Path,
 
 
 def _print_compare(r: dict[str, Any]) -> None:
-    t = Table(title="measured vs simulated", title_justify="left")
-    t.add_column("")
-    t.add_column(f"{r['real_driver']} (a)")
-    t.add_column(f"{r['sim_driver']} (b)")
-    t.add_row("samples/s", cell(r["samples_per_s"]["real"]), cell(r["samples_per_s"]["sim"]))
-    t.add_row("staleness mean", cell(r["staleness_mean"]["real"]), cell(r["staleness_mean"]["sim"]))
-    for role in sorted(set(r["utilisation"]["real"]) | set(r["utilisation"]["sim"])):
-        t.add_row(f"utilisation {role}", cell(r["utilisation"]["real"].get(role)),
-                  cell(r["utilisation"]["sim"].get(role)))
-    console.print(t)
+    console.print(compare_table(r))
     console.print(f"throughput ratio b/a = {cell(r['throughput_ratio'], '.3f')}   "
                   f"staleness KS = {cell(r['staleness_ks'], '.3f')} (p = {cell(r['staleness_ks_pvalue'], '.3f')})   "
                   f"Wasserstein = {cell(r['staleness_wasserstein'], '.3f')} versions")
@@ -395,10 +348,10 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
     root = Path(cfg.run.output_dir) / f"{cfg.run.name}-demo-{time.strftime('%Y%m%d-%H%M%S')}"
     console.rule(f"1/3 simulate ({cfg.policy().describe()})")
     sim_summary = run_sim(cfg, root / "sim", progress=progress)
-    console.print(_summary_table("simulated", sim_summary))
+    console.print(summary_table("simulated", sim_summary))
     console.rule("2/3 train (real Ray trainer)")
     real_summary = run_train(cfg, root / "train", progress=progress)
-    console.print(_summary_table("measured", real_summary))
+    console.print(summary_table("measured", real_summary))
     for d in (root / "sim", root / "train"):
         validate_run_dir(d)
     console.rule("3/3 compare")

@@ -96,3 +96,21 @@ def _engine_gpus(place: Any, group: Any) -> list[str]:
     refs = [gpu_ids.options(num_cpus=0, num_gpus=place.share, scheduling_strategy=PlacementGroupSchedulingStrategy(
         placement_group=group, placement_group_bundle_index=b)).remote() for b in place.bundles]
     return [g for ids in ray.get(refs) for g in ids]
+
+
+def placement_table(name: str, report: dict[str, Any]) -> Any:
+    """``dry_run``'s report as a rich table, one row per actor."""
+    from rich.table import Table
+
+    nodes = ", ".join(f"node {n['index']}: {n['ip']} ({n['gpus']:g} GPUs, {n['cpus']:g} CPUs)" for n in report["nodes"])
+    table = Table(title=f"placement of {name} on the Ray cluster ({nodes})")
+    for col in ("actor", "node", "layout devices", "Ray GPUs", "CUDA_VISIBLE_DEVICES", "device in actor",
+                "memory share", "num_gpus"):
+        table.add_column(col, no_wrap=col == "actor")
+    for r in report["rows"]:
+        share = "-" if r["memory_share"] is None else f"{r['memory_share']:.3g}"
+        gpus = f"{r['num_gpus']:g}" + (f" (engine: {r['engine_tp']} ranks)" if r["engine_tp"] > 1 else "")
+        table.add_row(r["actor"], str(r["node"]), ",".join(map(str, r["layout_devices"])),
+                      ",".join(r["ray_gpus"]) or "-", r["cuda_visible"] if r["cuda_visible"] is not None else "-",
+                      r["device"], share, gpus)
+    return table

@@ -1,0 +1,52 @@
+"""Rich tables the command line prints: a run's summary, a measured-vs-simulated comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from asyncopd.trace.formatting import cell
+
+
+def summary_table(title: str, s: dict[str, Any]) -> Table:
+    """A run's ``summary.json`` (simulated or trained) as a two-column table."""
+    t = Table(title=title, show_header=False, title_justify="left")
+    st = s.get("staleness") or {}
+    util = s.get("utilisation") or {}
+    rows = [
+        ("policy", s.get("policy")),
+        ("clock", f"{s.get('clock')} ({s.get('duration_s', 0):.1f} s for {s.get('steps')} steps)"),
+        ("samples/s", cell(s.get("samples_per_s"))),
+        ("tokens/s", cell(s.get("tokens_per_s"))),
+        ("learner steps/hour", cell(s.get("steps_per_hour"), ".0f")),
+        ("staleness mean / std / max", f"{cell(st.get('mean'))} / {cell(st.get('std'))} / {cell(st.get('max'))}"),
+        ("staleness histogram (per-sample max)", str(st.get("hist"))),
+        ("utilisation", ", ".join(f"{k} {v:.0%}" for k, v in util.items())),
+        ("samples", str(s.get("sample_status"))),
+    ]
+    if s.get("resumed_from") is not None:
+        r = s.get("resume") or {}
+        rows.append(("resumed", f"from step {s['resumed_from']} ({r.get('skipped_prompts', 0)} prompts in flight "
+                                f"skipped, {r.get('rolled_back_steps', 0)} later steps rolled back)"))
+    if s.get("accuracy") is not None:
+        start = s.get("accuracy_start")
+        before = f"{start:.1%} → " if start is not None else ""
+        rows.append(("held-out accuracy (student)", f"{before}{s['accuracy']:.1%}"))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    return t
+
+
+def compare_table(r: dict[str, Any]) -> Table:
+    """Measured against simulated (``asyncopd compare``): throughput, staleness, utilisation per role."""
+    t = Table(title="measured vs simulated", title_justify="left")
+    t.add_column("")
+    t.add_column(f"{r['real_driver']} (a)")
+    t.add_column(f"{r['sim_driver']} (b)")
+    t.add_row("samples/s", cell(r["samples_per_s"]["real"]), cell(r["samples_per_s"]["sim"]))
+    t.add_row("staleness mean", cell(r["staleness_mean"]["real"]), cell(r["staleness_mean"]["sim"]))
+    for role in sorted(set(r["utilisation"]["real"]) | set(r["utilisation"]["sim"])):
+        t.add_row(f"utilisation {role}", cell(r["utilisation"]["real"].get(role)),
+                  cell(r["utilisation"]["sim"].get(role)))
+    return t
