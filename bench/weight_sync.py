@@ -12,8 +12,10 @@ the host's drift hits both alike.
 Columns: ``publish`` (learner side), ``transfer`` (the worker receives; generation would go
 on), ``pause`` (the load that stops generation), ``sync`` (all three: what a sync costs end
 to end). The simulator's parametric sync model is ``t = sync_fixed_s + bytes / sync_bytes_per_s``
-(``sim/parametric.py``); it is fitted here by least squares to each method's medians, and
-``fit err`` is its error per size (target: within 20%; fitted on relative errors).
+(+ ``ceil(bytes / bucket) * sync_bucket_latency_s`` for ``collective``; ``sim/parametric.py``): its
+two free terms are fitted here by least squares to each method's medians, the ``fitted s`` column
+is the simulator's own ``sync()`` with them, and ``fit err`` is its error per size (target: within
+20%; fitted on relative errors).
 
     python bench/weight_sync.py [--repeats 5] [--bucket-mb 64] [--sizes student,23m,110m] [--out DIR]
 """
@@ -112,6 +114,17 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return float(a), (1.0 / b if b > 0 else float("inf"))
 
 
+def simulated_sync_s(method: str, nbytes: float, bucket_mb: float, fixed_s: float, bytes_per_s: float) -> float:
+    """The simulator's sync pause (``sim/parametric.py``) for a model of ``nbytes`` with these terms."""
+    from asyncopd.config import load_config
+    from sim.parametric import ParametricCosts
+
+    cfg = load_config(None, [f"sync.method={method}", f"sync.bucket_mb={bucket_mb}", f"sim.costs.model_bytes={nbytes}",
+                             f"sim.costs.sync_fixed_s={fixed_s}",
+                             f"sim.costs.sync_bytes_per_s={bytes_per_s if bytes_per_s < float('inf') else 1e30}"])
+    return ParametricCosts.from_config(cfg).sync().pause_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -143,12 +156,14 @@ def main() -> None:
                                                                                    "params": sel[0]["params"]}
     fits = {}
     for method in ("object_store", "collective"):
-        pts = [(m["bytes"], m["sync_s"]) for (n, mm), m in med.items() if mm == method]
+        # the simulator's own bucket term is known (sim.costs.sync_bucket_latency_s): fit the rest
+        pts = [(m["bytes"], m["sync_s"] - simulated_sync_s(method, m["bytes"], args.bucket_mb, 0.0, float("inf")))
+               for (n, mm), m in med.items() if mm == method]
         fixed, bw = fit(pts)
         fits[method] = {"sync_fixed_s": fixed, "sync_bytes_per_s": bw}
         for (n, mm), m in med.items():
             if mm == method:
-                m["fitted_s"] = fixed + m["bytes"] / bw
+                m["fitted_s"] = simulated_sync_s(method, m["bytes"], args.bucket_mb, fixed, bw)
                 m["fit_error"] = m["fitted_s"] / m["sync_s"] - 1
     print(f"\nweight sync, fp32, bucket {args.bucket_mb:g} MB, median of {args.repeats} (A B alternating); "
           f"host yardstick {ref[0]:.2f} / {ref[1]:.2f} s (about 0.42 on a quiet host)")

@@ -157,7 +157,8 @@ SMALL = ["run.total_steps=4", "learner.batch_size=8", "learner.micro_batch_size=
 
 @pytest.fixture(scope="module")
 def resumed_run(tmp_path_factory, ray_session):
-    """Train 4 steps (checkpoint at 2), "crash" after step 3, resume to 6 steps."""
+    """Train 4 steps (checkpoint at 2) on one learner rank, "crash" after step 3, resume to 6
+    steps on two ranks (DP=2: the checkpoint does not depend on the number of ranks)."""
     import torch
 
     from asyncopd.runtime.checkpoints import resume_config
@@ -176,7 +177,8 @@ def resumed_run(tmp_path_factory, ray_session):
     with (run / "samples.jsonl").open("a") as f:
         f.write('{"sample_id": 1')
     steps_before = read_jsonl(run / "log.jsonl")
-    second = train(resume_config(run, ["run.total_steps=6"]), run, progress=False, evaluate=False, resume=True)
+    second = train(resume_config(run, ["run.total_steps=6", "layout.learner.devices=[0,1]"]), run, progress=False,
+                   evaluate=False, resume=True)
     yield {"run": run, "first": first, "second": second, "layout": layout, "ck2": ck2, "state2": state2,
            "steps_before": steps_before}
 
@@ -210,6 +212,7 @@ def test_checkpoints_are_written_and_complete(resumed_run) -> None:
 def test_resume_continues_the_run(resumed_run) -> None:
     run, second, ck2 = resumed_run["run"], resumed_run["second"], resumed_run["ck2"]
     assert second["ok"] and second["steps"] == 6 and second["resumed_from"] == 2
+    assert resumed_run["first"]["learner_ranks"] == 1 and second["learner_ranks"] == 2
     assert second["resume"]["rolled_back_steps"] == 2 and second["samples_consumed"] == 6 * 8
     steps = read_jsonl(run / "log.jsonl")
     assert [r["step"] for r in steps] == list(range(6)) and [r["version"] for r in steps] == list(range(1, 7))
