@@ -106,6 +106,13 @@ def test_the_torch_device_is_the_visible_one_not_the_layout_index():
     assert visible_device([], None, local=3) == 3  # Ray manages no GPUs: the node's own index
 
 
+def test_outside_ray_a_process_has_no_ray_gpus():
+    """``place`` also pins the micro-benchmarks' own process, where Ray is not running."""
+    out = subprocess.run([sys.executable, "-c", "from asyncopd.runtime.actors import ray_gpu_ids; print(ray_gpu_ids())"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
 # ----------------------------------------------------------------------------- on a Ray cluster
 
 

@@ -37,11 +37,17 @@ def place(device_type: str, devices: list[int]) -> str:
             _pin_other_threads(cores)
         torch.set_num_threads(max(1, len(devices)))
         return "cpu"
-    import ray
-
-    index = visible_device(ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), devices[0])
+    index = visible_device(ray_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), devices[0])
     torch.cuda.set_device(index)
     return f"cuda:{index}"
+
+
+def ray_gpu_ids() -> list[str]:
+    """The GPUs Ray gave this process; none outside a Ray worker (the micro-benchmarks pin the
+    driver's own process with ``place``, where the layout's local index applies)."""
+    import ray
+
+    return [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
 
 
 def where_am_i() -> dict[str, Any]:
@@ -51,7 +57,7 @@ def where_am_i() -> dict[str, Any]:
     ctx = ray.get_runtime_context()
     return {"pid": os.getpid(), "node": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
             "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "gpus": [str(g) for g in ray.get_gpu_ids()], "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            "gpus": ray_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _pin_other_threads(cores: set[int]) -> None:
