@@ -6,6 +6,7 @@ Heavy imports (torch, ray, simpy, seaborn) happen inside the commands that need 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,8 +19,7 @@ from rich.table import Table
 from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
 from asyncopd.control.policies import parse_policy
 from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
-from asyncopd.trace.formatting import cell
-from asyncopd.trace.tables import compare_table, summary_table
+from asyncopd.trace.tables import print_compare, summary_table
 from asyncopd.trace.schema import RunFormatError, validate_run_dir
 from calibration.profile import profile_overrides, read_profile, write_profile_dict
 from calibration.report import drift_table, extras_table, fit_table
@@ -224,17 +224,7 @@ def compare(real_run: Path, sim_run: Path,
     except FileNotFoundError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
-    _print_compare(r)
-
-
-def _print_compare(r: dict[str, Any]) -> None:
-    console.print(compare_table(r))
-    console.print(f"throughput ratio b/a = {cell(r['throughput_ratio'], '.3f')}   "
-                  f"staleness KS = {cell(r['staleness_ks'], '.3f')} (p = {cell(r['staleness_ks_pvalue'], '.3f')})   "
-                  f"Wasserstein = {cell(r['staleness_wasserstein'], '.3f')} versions")
-    console.print(f"report: {r['out_dir']}/report.md (and compare.json)")
-    for name, path in r["plots"].items():
-        console.print(f"plot {name}: {path}")
+    print_compare(console, r)
 
 
 @app.command()
@@ -336,31 +326,58 @@ def validate(run_dir: Path) -> None:
 
 @app.command()
 def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
+         calibration_steps: int = typer.Option(150, help="updates of the short real run the simulator is calibrated "
+                                               "on first (0: predict with the config's costs)"),
          progress: bool = typer.Option(True, help="show progress bars")) -> None:
-    """simulate → train → compare on CONFIG, then say where everything is."""
+    """calibrate → simulate → train → compare on CONFIG: the simulator, calibrated on this machine
+    by a short real run, predicts the full run before it runs; the demo prints its error."""
     # (lazy: keeps numpy and simpy out of `asyncopd --help`)
     from asyncopd.runtime.driver import train as run_train
+    from asyncopd.runtime.setup import start_ray
     from asyncopd.trace.compare import compare_runs
+    from calibration.from_run import fit_run, write_profile
     from sim.driver import simulate as run_sim
 
     t0 = time.perf_counter()
     cfg = _load(config, set_)
     root = Path(cfg.run.output_dir) / f"{cfg.run.name}-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    console.rule(f"1/3 simulate ({cfg.policy().describe()})")
-    sim_summary = run_sim(cfg, root / "sim", progress=progress)
-    console.print(summary_table("simulated", sim_summary))
-    console.rule("2/3 train (real Ray trainer)")
-    real_summary = run_train(cfg, root / "train", progress=progress)
-    console.print(summary_table("measured", real_summary))
+    started_ray = start_ray(cfg)  # (one Ray for both real runs)
+    try:
+        if calibration_steps > 0:
+            console.rule(f"1/4 calibrate: a {calibration_steps}-update real run, then calibrate --from-run")
+            short = cfg.model_copy(update={"run": cfg.run.model_copy(update={"total_steps": calibration_steps})})
+            run_train(short, root / "calibration", progress=progress, evaluate=False)
+            profile = write_profile(fit_run(root / "calibration"), root / "calibration.yaml")
+            cfg = _load(config, set_, costs=profile)
+            console.print(f"profile: {profile}")
+        console.rule(f"2/4 predict: simulate the full run ({cfg.policy().describe()})")
+        sim_summary = run_sim(cfg, root / "sim", progress=progress)
+        console.print(summary_table("simulated", sim_summary))
+        console.rule("3/4 train (real Ray trainer)")
+        real_summary = run_train(cfg, root / "train", progress=progress)
+        console.print(summary_table("measured", real_summary))
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     for d in (root / "sim", root / "train"):
         validate_run_dir(d)
-    console.rule("3/3 compare")
-    _print_compare(compare_runs(root / "train", root / "sim", root / "compare"))
+    console.rule("4/4 compare")
+    print_compare(console, compare_runs(root / "train", root / "sim", root / "compare"))
+    error = sim_summary["samples_per_s"] / real_summary["samples_per_s"] - 1
+    console.print(f"[bold]prediction error[/bold]: the simulator predicted {sim_summary['samples_per_s']:.1f} samples/s "
+                  f"before the run, the trainer measured {real_summary['samples_per_s']:.1f} ({error:+.1%}; "
+                  + ("calibrated on this machine by the first step)" if calibration_steps > 0 else
+                     "with the config's costs)"))
     console.rule("where things are")
     console.print(f"simulated run : {root / 'sim'}\nmeasured run  : {root / 'train'}\n"
                   f"comparison    : {root / 'compare'}\nfinal student : {root / 'train' / 'checkpoints' / 'final'}\n"
                   f"open trace.json of either run in https://ui.perfetto.dev or chrome://tracing\n"
                   f"demo wall time: {time.perf_counter() - t0:.0f} s")
+    (root / "prediction_error.json").write_text(json.dumps({
+        "predicted_samples_per_s": sim_summary["samples_per_s"], "measured_samples_per_s": real_summary["samples_per_s"],
+        "error": error, "calibration_steps": calibration_steps}, indent=2))
 
 
 from asyncopd.planner.cli import plan as _plan  # noqa: E402

@@ -122,3 +122,24 @@ def test_rollout_weights_equal_the_learners_bitwise_after_every_sync(ray_session
     assert len(syncs) >= 2 * (4 - 1) - 1  # (two workers, synced after most updates)
     assert summary["sync_verified"] == len(syncs)
     assert all(e["args"].get("paused_s") is not None for e in syncs)
+
+
+def test_the_demo_calibrates_first_and_prints_its_prediction_error(ray_session, tmp_path) -> None:
+    """``asyncopd demo``: a short real run, ``calibrate --from-run``, the prediction of the full run
+    from that profile, the run, the comparison, and the prediction's error (issue 15, item 5)."""
+    import json
+    import math
+
+    from typer.testing import CliRunner
+
+    from asyncopd.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "configs/default.yaml", "--calibration-steps", "4", "--no-progress",
+                                      *[a for s in [*SMALL, f"run.output_dir={tmp_path}"] for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "prediction error" in result.output
+    (root,) = list(tmp_path.glob("default-demo-*"))
+    assert (root / "calibration.yaml").is_file() and (root / "calibration" / "trace.json").is_file()
+    err = json.loads((root / "prediction_error.json").read_text())
+    assert err["calibration_steps"] == 4 and math.isfinite(err["error"])
+    assert err["predicted_samples_per_s"] == json.loads((root / "sim" / "summary.json").read_text())["samples_per_s"]

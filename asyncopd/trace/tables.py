@@ -50,3 +50,14 @@ def compare_table(r: dict[str, Any]) -> Table:
         t.add_row(f"utilisation {role}", cell(r["utilisation"]["real"].get(role)),
                   cell(r["utilisation"]["sim"].get(role)))
     return t
+
+
+def print_compare(console: Any, r: dict[str, Any]) -> None:
+    """``compare_table`` and the comparison's one-line statistics, report path and plots."""
+    console.print(compare_table(r))
+    console.print(f"throughput ratio b/a = {cell(r['throughput_ratio'], '.3f')}   "
+                  f"staleness KS = {cell(r['staleness_ks'], '.3f')} (p = {cell(r['staleness_ks_pvalue'], '.3f')})   "
+                  f"Wasserstein = {cell(r['staleness_wasserstein'], '.3f')} versions")
+    console.print(f"report: {r['out_dir']}/report.md (and compare.json)")
+    for name, path in r["plots"].items():
+        console.print(f"plot {name}: {path}")
