@@ -8,11 +8,13 @@
    and write the predictions, before any of them is run.
 3. Run each with the real Ray trainer (``--steps`` updates) and compare.
 
-Prints one table: predicted vs measured samples/s, mean staleness, KS, and the throughput
-MAPE; plus two diagnostics per row: the host's speed before its runs relative to calibration
+Prints one table: predicted vs measured samples/s, speedup over ``sync`` (measured from the
+interleaved pairs of each round), mean staleness, KS, evicted + aborted samples, and the
+throughput MAPE; plus two diagnostics per row: the host's speed before its runs relative to calibration
 (a fixed torch probe: shared machines drift), and a replay (costs refitted to each measured
 run, simulated again: the simulator's structural error). Each combination is measured
-``--repeats`` times (default 2), round robin. Targets (issue 5): MAPE <= 10%, mean staleness within 0.25 versions, KS <= 0.1.
+``--repeats`` times (default 2), round robin. Targets (issues 5, 15): throughput within 10%,
+speedup within 5%, mean staleness within 0.25 versions, KS <= 0.1, evictions within 20%.
 Runs on 2 CPU cores in about 25 minutes (repeats 2); nothing else should run meanwhile.
 """
 
@@ -79,21 +81,26 @@ def main() -> None:
                         on_stage=on_stage)
     bar.close()
     t = Table(title=f"simulated vs measured, {args.steps} updates each ({LAYOUT_NOTE})", title_justify="left")
-    for col in ("combination", "samples/s pred", "meas", "error", "staleness pred", "meas", "error", "KS",
-                "host speed", "replay error", "staleness", "KS"):
+    for col in ("combination", "samples/s pred", "meas", "error", "speedup pred", "meas", "error", "staleness pred",
+                "meas", "error", "KS", "discarded pred", "meas", "host speed", "replay error", "staleness", "KS"):
         t.add_column(col, justify="left" if col == "combination" else "right")
     for r in rows:
         ok = r.ok
         t.add_row(r.name, f"{r.predicted_samples_per_s:.1f}", f"{r.measured_samples_per_s:.1f}",
-                  _mark(f"{r.throughput_error:+.1%}", ok["throughput"]), f"{r.predicted_staleness:.2f}",
+                  _mark(f"{r.throughput_error:+.1%}", ok["throughput"]), f"{r.predicted_speedup:.2f}",
+                  f"{r.measured_speedup:.2f}", _mark(f"{r.speedup_error:+.1%}", ok["speedup"]),
+                  f"{r.predicted_staleness:.2f}",
                   f"{r.measured_staleness:.2f}", _mark(f"{r.staleness_error:+.2f}", ok["staleness"]),
-                  _mark(f"{r.ks:.3f}", ok["ks"]), f"{r.host_speed:.2f}", f"{r.replay_error:+.1%}",
+                  _mark(f"{r.ks:.3f}", ok["ks"]), f"{r.predicted_discarded:.0f}",
+                  _mark(f"{r.measured_discarded:.0f}", ok["discarded"]), f"{r.host_speed:.2f}", f"{r.replay_error:+.1%}",
                   f"{r.replay_staleness_error:+.2f}", f"{r.replay_ks:.3f}")
     console.print(t)
     m = mape(rows)
     console.print(f"throughput MAPE over {len(rows)} combinations: {_mark(f'{m:.1%}', m <= 0.10)} (target <= 10%)   "
                   f"staleness within 0.25: {sum(r.ok['staleness'] for r in rows)}/{len(rows)}   "
-                  f"KS <= 0.1: {sum(r.ok['ks'] for r in rows)}/{len(rows)}")
+                  f"KS <= 0.1: {sum(r.ok['ks'] for r in rows)}/{len(rows)}   "
+                  f"speedup within 5%: {sum(r.ok['speedup'] for r in rows)}/{len(rows)}   "
+                  f"discarded within 20%: {sum(r.ok['discarded'] for r in rows)}/{len(rows)}")
     console.print(f"replay MAPE (costs refitted to each measured run: the simulator's structural error): "
                   f"{mape(rows, 'replay_error'):.1%}")
     console.print(f"results: {args.out}/fidelity.md, fidelity.json, predictions.json; "

@@ -13,6 +13,12 @@ For each layout/policy *combination* (a list of config overrides on one base con
        throughput error  e_i = (pred_i - meas_i) / meas_i,     MAPE = mean_i |e_i|
        staleness error   pred mean - measured mean (versions)
        KS                sup_x |F_pred(x) - F_meas(x)| over per-sample staleness
+       discarded         samples evicted or aborted per run (mean over seeds / runs), and
+                         (pred - meas) / meas when the run discarded any
+       speedup           over the ``sync`` combination: predicted  pred_c / pred_sync; measured
+                         mean_r (meas_c,r / meas_sync,r) over the rounds r, each of which runs
+                         every combination once (round robin: interleaved A B A B pairs, so
+                         the host's drift mostly cancels); error = predicted / measured - 1
 
 Two diagnostics separate the simulator's error from the machine's: a *host probe* before each
 run (``host_probe``; the row's ``host_speed`` is probe-at-calibration / probe-before-the-run),
@@ -51,9 +57,12 @@ COMBOS: dict[str, list[str]] = {
     "fully_async(eta=2), teacher on the rollout core": ["pipeline.policy=fully_async(eta=2)",
                                                         "layout.teacher.devices=[0]"],
     "fully_async(eta=2), all roles on one core": ["pipeline.policy=fully_async(eta=2)", *SHARED_ONE_CORE],
+    "fully_async(eta=2), learner on both cores (DP=2)": ["pipeline.policy=fully_async(eta=2)",
+                                                         "layout.learner.devices=[0,1]"],
 }
 LAYOUT_NOTE = ("default layout: rollout on core 0, teacher and learner sharing core 1; "
-               "the last two rows move roles onto the rollout core")
+               "the last three rows are layouts a default-layout calibration has not seen")
+BASELINE = "sync"
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Prediction:
     staleness_mean: float
     sim_dirs: list[str]
     per_seed: list[float] = field(default_factory=list)
+    discarded: float = 0.0  # samples evicted or aborted per run, mean over seeds
 
 
 @dataclass
@@ -80,11 +90,25 @@ class FidelityRow:
     replay_error: float = math.nan  # throughput error of simulations refitted to the measured runs themselves
     replay_staleness_error: float = math.nan
     replay_ks: float = math.nan
+    predicted_discarded: float = 0.0  # evicted + aborted samples per run
+    measured_discarded: float = 0.0
+    predicted_speedup: float = math.nan  # over the sync combination (module docstring)
+    measured_speedup: float = math.nan
+
+    @property
+    def discarded_error(self) -> float:
+        return (self.predicted_discarded - self.measured_discarded) / self.measured_discarded \
+            if self.measured_discarded else math.nan
+
+    @property
+    def speedup_error(self) -> float:
+        return self.predicted_speedup / self.measured_speedup - 1
 
     @property
     def ok(self) -> dict[str, bool]:
         return {"throughput": abs(self.throughput_error) <= 0.10, "staleness": abs(self.staleness_error) <= 0.25,
-                "ks": self.ks <= 0.10}
+                "ks": self.ks <= 0.10, "discarded": not abs(self.discarded_error) > 0.20,
+                "speedup": not abs(self.speedup_error) > 0.05}
 
 
 def combo_config(base: str | Path | None, overrides: list[str], *, steps: int,
@@ -95,14 +119,22 @@ def combo_config(base: str | Path | None, overrides: list[str], *, steps: int,
 
 
 def predict(name: str, cfg: OPDConfig, out: Path, seeds: list[int]) -> Prediction:
-    rates, dirs = [], []
+    rates, dirs, discarded = [], [], []
     for s in seeds:
         d = out / f"sim-seed{s}"
         summary = simulate(cfg, d, seed=s, progress=False)
         rates.append(float(summary["samples_per_s"]))
+        discarded.append(discarded_samples(summary))
         dirs.append(str(d))
     pooled = _pooled(dirs)
-    return Prediction(name, float(np.mean(rates)), float(pooled.mean()) if len(pooled) else math.nan, dirs, rates)
+    return Prediction(name, float(np.mean(rates)), float(pooled.mean()) if len(pooled) else math.nan, dirs, rates,
+                      float(np.mean(discarded)))
+
+
+def discarded_samples(summary: dict[str, Any]) -> float:
+    """Samples a run evicted or aborted (``summary.json``'s ``sample_status``)."""
+    status = summary.get("sample_status") or {}
+    return float(status.get("evicted", 0) + status.get("aborted", 0))
 
 
 def pooled_staleness(pred: Prediction) -> np.ndarray:
@@ -176,7 +208,21 @@ def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = T
     stale = np.concatenate([m["staleness"] for m in measured])
     ks = float(stats.ks_2samp(pooled_staleness(pred), stale).statistic)
     return FidelityRow(pred.name, pred.samples_per_s, thr, (pred.samples_per_s - thr) / thr, pred.staleness_mean,
-                       float(stale.mean()), pred.staleness_mean - float(stale.mean()), ks, report["out_dir"])
+                       float(stale.mean()), pred.staleness_mean - float(stale.mean()), ks, report["out_dir"],
+                       predicted_discarded=pred.discarded,
+                       measured_discarded=float(np.mean([discarded_samples(m["summary"]) for m in measured])))
+
+
+def add_speedups(rows: list[FidelityRow], measured_rates: dict[str, list[float]], baseline: str = BASELINE) -> None:
+    """Predicted and measured speedup of every row over ``baseline`` (module docstring); measured
+    from the rounds' pairs. Nothing to do without the baseline among the rows."""
+    base = next((r for r in rows if r.name == baseline), None)
+    if base is None:
+        return
+    for r in rows:
+        r.predicted_speedup = r.predicted_samples_per_s / base.predicted_samples_per_s
+        pairs = list(zip(measured_rates[r.name], measured_rates[baseline]))
+        r.measured_speedup = float(np.mean([a / b for a, b in pairs])) if pairs else math.nan
 
 
 def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str, list[str]], out: Path, *,
@@ -203,6 +249,8 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
                 speeds[name].append(calibration_probe / host_probe())
             measure(cfg, _real_dir(out, i, r))
     rows = []
+    rates = {name: [float(load_run(_real_dir(out, i, r))["summary"]["samples_per_s"]) for r in range(repeats)]
+             for i, name in enumerate(cfgs)}
     for i, name in enumerate(cfgs):
         reals = [_real_dir(out, i, r) for r in range(repeats)]
         row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots)
@@ -211,6 +259,7 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
             row.replay_error, row.replay_staleness_error, row.replay_ks = replay(name, combos[name], reals, out / f"{i}",
                                                                                 base, steps, seeds, extra)
         rows.append(row)
+    add_speedups(rows, rates)
     write_results(rows, out)
     return rows
 
@@ -225,16 +274,18 @@ def mape(rows: list[FidelityRow], column: str = "throughput_error") -> float:
 
 def write_results(rows: list[FidelityRow], out: Path) -> Path:
     """``fidelity.json`` (rows and MAPE) and ``fidelity.md`` (the table) in ``out``."""
-    data = {"rows": [asdict(r) | {"ok": r.ok} for r in rows], "throughput_mape": mape(rows)}
+    data = {"rows": [asdict(r) | {"ok": r.ok, "speedup_error": r.speedup_error, "discarded_error": r.discarded_error}
+                     for r in rows], "throughput_mape": mape(rows)}
     (out / "fidelity.json").write_text(json.dumps(data, indent=2))
-    lines = ["| combination | samples/s pred | meas | error | staleness pred | meas | error | KS "
-             "| host speed | replay: samples/s error | staleness error | KS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| combination | samples/s pred | meas | error | speedup pred | meas | error | staleness pred | meas "
+             "| error | KS | discarded pred | meas | host speed | replay: samples/s error | staleness error | KS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.predicted_samples_per_s:.1f} | {r.measured_samples_per_s:.1f} | "
-                     f"{r.throughput_error:+.1%} | {r.predicted_staleness:.2f} | {r.measured_staleness:.2f} | "
-                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.host_speed:.2f} | {r.replay_error:+.1%} | "
-                     f"{r.replay_staleness_error:+.2f} | {r.replay_ks:.3f} |")
+                     f"{r.throughput_error:+.1%} | {r.predicted_speedup:.2f} | {r.measured_speedup:.2f} | "
+                     f"{r.speedup_error:+.1%} | {r.predicted_staleness:.2f} | {r.measured_staleness:.2f} | "
+                     f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.predicted_discarded:.0f} | {r.measured_discarded:.0f} | "
+                     f"{r.host_speed:.2f} | {r.replay_error:+.1%} | {r.replay_staleness_error:+.2f} | {r.replay_ks:.3f} |")
     lines.append(f"\nThroughput MAPE over {len(rows)} combinations: {mape(rows):.1%} "
                  f"(replay, costs refitted to each measured run: {mape(rows, 'replay_error'):.1%})")
     path = out / "fidelity.md"
