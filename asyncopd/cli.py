@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +20,7 @@ from rich.table import Table
 from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
 from asyncopd.control.policies import parse_policy
 from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
-from asyncopd.trace.tables import print_compare, summary_table
+from asyncopd.trace.tables import predict_table, print_compare, summary_table
 from asyncopd.trace.schema import RunFormatError, validate_run_dir
 from calibration.profile import profile_overrides, read_profile, write_profile_dict
 from calibration.report import drift_table, extras_table, fit_table
@@ -74,15 +75,27 @@ def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
 def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
              out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-sim-TIME)"),
              seed: Optional[int] = typer.Option(None, help="simulation seed (default: run.seed)"),
+             seeds: int = typer.Option(1, min=1, help="simulations for the prediction interval (the first is written)"),
+             level: float = typer.Option(0.9, min=0.5, max=0.999, help="prediction interval level"),
              costs: Optional[Path] = CostsOpt, plots: bool = PlotsOpt,
              progress: bool = typer.Option(True, help="show a progress bar")) -> None:
-    """Simulate CONFIG with the SimPy driver; write a run directory."""
+    """Simulate CONFIG with the SimPy driver; write a run directory; print a prediction interval
+    of a real run's samples/s (the seeds' spread and sim.costs.run_cv: sim/intervals.py)."""
     from sim.driver import simulate as run_sim  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
+    from sim.intervals import throughput_interval  # (lazy: scipy)
 
     cfg = _load(config, set_, costs)
     run_dir = _run_dir(cfg, "sim", out)
-    summary = run_sim(cfg, run_dir, seed=seed, progress=progress)
+    first = cfg.run.seed if seed is None else seed
+    summary = run_sim(cfg, run_dir, seed=first, progress=progress)
+    rates = [summary["samples_per_s"]] + [run_sim(cfg, None, seed=first + i, progress=False)["samples_per_s"]
+                                          for i in range(1, seeds)]
+    interval = throughput_interval(rates, cfg.sim.costs.run_cv, level)
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_interval": asdict(interval)}, indent=2))
     console.print(summary_table(f"simulated: {run_dir}", summary))
+    console.print(f"a real run's samples/s: {interval.describe()}, with run-to-run scatter "
+                  f"sim.costs.run_cv={cfg.sim.costs.run_cv:g}")
     _plots(run_dir, plots)
 
 
@@ -95,6 +108,7 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
     """Predict the speedup of each --policy over the first one, with a 95% interval over seeds."""
     from tqdm.auto import tqdm
 
+    from sim.intervals import throughput_interval  # (lazy: scipy)
     from sim.predict import predict as run_predict  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
 
     cfg = _load(config, set_, costs)
@@ -110,17 +124,9 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
     seed_list = [cfg.run.seed + i for i in range(seeds)]
     with tqdm(total=len(policy) * seeds, desc="simulate", unit="run", disable=not progress, leave=False) as bar:
         preds, speedups = run_predict(cfg, policy, seed_list, on_progress=lambda: bar.update(1))
-    t = Table(title=f"{config}: {cfg.run.total_steps} steps x {cfg.learner.batch_size} samples, {seeds} seeds",
-              title_justify="left")
-    for col in ("policy", "samples/s", "staleness mean", "rollout util", "speedup vs baseline (95% CI)"):
-        t.add_column(col)
-    by_policy = {s.policy: s for s in speedups}
-    for p in preds:
-        sp = by_policy.get(p.policy)
-        t.add_row(p.policy, f"{p.mean_throughput:.3g}", f"{sum(p.staleness_mean) / len(p.staleness_mean):.2f}",
-                  f"{p.utilisation.get('rollout', 0):.0%}",
-                  "baseline" if sp is None else f"{sp.mean:.2f}x  [{sp.low:.2f}, {sp.high:.2f}]")
-    console.print(t)
+    intervals = {p.policy: throughput_interval(p.throughput, cfg.sim.costs.run_cv, 0.9) for p in preds}
+    console.print(predict_table(f"{config}: {cfg.run.total_steps} steps x {cfg.learner.batch_size} samples, "
+                                f"{seeds} seeds", preds, speedups, intervals))
 
 
 @app.command()

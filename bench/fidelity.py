@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from calibration.fidelity import COMBOS, LAYOUT_NOTE, host_probe, mape, run_fidelity
+from calibration.fidelity import COMBOS, LAYOUT_NOTE, host_probe, interval_coverage, mape, run_fidelity
 
 
 def calibrate(config: str, steps: int, out: Path) -> Path:
@@ -101,6 +101,7 @@ def main() -> None:
                   f"KS <= 0.1: {sum(r.ok['ks'] for r in rows)}/{len(rows)}   "
                   f"speedup within 5%: {sum(r.ok['speedup'] for r in rows)}/{len(rows)}   "
                   f"discarded within 20%: {sum(r.ok['discarded'] for r in rows)}/{len(rows)}")
+    console.print(f"90% prediction intervals cover {interval_coverage(rows):.0%} of the measured runs (target >= 80%)")
     console.print(f"replay MAPE (costs refitted to each measured run: the simulator's structural error): "
                   f"{mape(rows, 'replay_error'):.1%}")
     console.print(f"results: {args.out}/fidelity.md, fidelity.json, predictions.json; "

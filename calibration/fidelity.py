@@ -15,6 +15,9 @@ For each layout/policy *combination* (a list of config overrides on one base con
        KS                sup_x |F_pred(x) - F_meas(x)| over per-sample staleness
        discarded         samples evicted or aborted per run (mean over seeds / runs), and
                          (pred - meas) / meas when the run discarded any
+       interval          the 90% prediction interval of a run's samples/s from the seeds and
+                         ``sim.costs.run_cv`` (``sim/intervals.py``); coverage = share of the
+                         measured runs inside their combination's interval
        speedup           over the ``sync`` combination: predicted  pred_c / pred_sync; measured
                          mean_r (meas_c,r / meas_sync,r) over the rounds r, each of which runs
                          every combination once (round robin: interleaved A B A B pairs, so
@@ -44,6 +47,7 @@ from asyncopd.trace.compare import compare_runs, load_run
 from calibration.from_run import fit_run, write_profile
 from calibration.profile import profile_overrides
 from sim.driver import simulate
+from sim.intervals import throughput_interval
 
 SHARED_ONE_CORE = ["layout.teacher.devices=[0]", "layout.learner.devices=[0]"]
 COMBOS: dict[str, list[str]] = {
@@ -94,6 +98,10 @@ class FidelityRow:
     measured_discarded: float = 0.0
     predicted_speedup: float = math.nan  # over the sync combination (module docstring)
     measured_speedup: float = math.nan
+    interval_low: float = math.nan  # 90% prediction interval of a run's samples/s
+    interval_high: float = math.nan
+    runs_inside: int = 0  # measured runs inside it
+    runs: int = 0
 
     @property
     def discarded_error(self) -> float:
@@ -197,7 +205,8 @@ def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
     return train(cfg, out, progress=False, evaluate=False)
 
 
-def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = True) -> FidelityRow:
+def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = True,
+          run_cv: float = 0.1) -> FidelityRow:
     """Errors of ``pred`` against the measured runs (mean samples/s, pooled staleness); the
     ``asyncopd compare`` report is of the first measured run against the first simulated seed."""
     from scipy import stats
@@ -207,10 +216,14 @@ def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = T
     thr = float(np.mean([m["summary"]["samples_per_s"] for m in measured]))
     stale = np.concatenate([m["staleness"] for m in measured])
     ks = float(stats.ks_2samp(pooled_staleness(pred), stale).statistic)
+    iv = throughput_interval(pred.per_seed, run_cv, 0.9)
+    rates = [float(m["summary"]["samples_per_s"]) for m in measured]
     return FidelityRow(pred.name, pred.samples_per_s, thr, (pred.samples_per_s - thr) / thr, pred.staleness_mean,
                        float(stale.mean()), pred.staleness_mean - float(stale.mean()), ks, report["out_dir"],
                        predicted_discarded=pred.discarded,
-                       measured_discarded=float(np.mean([discarded_samples(m["summary"]) for m in measured])))
+                       measured_discarded=float(np.mean([discarded_samples(m["summary"]) for m in measured])),
+                       interval_low=iv.low, interval_high=iv.high, runs_inside=sum(iv.contains(r) for r in rates),
+                       runs=len(rates))
 
 
 def add_speedups(rows: list[FidelityRow], measured_rates: dict[str, list[float]], baseline: str = BASELINE) -> None:
@@ -253,7 +266,7 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
              for i, name in enumerate(cfgs)}
     for i, name in enumerate(cfgs):
         reals = [_real_dir(out, i, r) for r in range(repeats)]
-        row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots)
+        row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots, run_cv=cfgs[name].sim.costs.run_cv)
         row.host_speed = float(np.mean(speeds[name])) if speeds[name] else math.nan
         if with_replay:
             row.replay_error, row.replay_staleness_error, row.replay_ks = replay(name, combos[name], reals, out / f"{i}",
@@ -268,6 +281,12 @@ def _real_dir(out: Path, combo: int, repeat: int) -> Path:
     return out / f"{combo}" / ("real" if repeat == 0 else f"real{repeat}")
 
 
+def interval_coverage(rows: list[FidelityRow]) -> float:
+    """Share of all measured runs inside their combination's 90% prediction interval."""
+    runs = sum(r.runs for r in rows)
+    return sum(r.runs_inside for r in rows) / runs if runs else math.nan
+
+
 def mape(rows: list[FidelityRow], column: str = "throughput_error") -> float:
     return float(np.mean([abs(getattr(r, column)) for r in rows])) if rows else math.nan
 
@@ -275,7 +294,7 @@ def mape(rows: list[FidelityRow], column: str = "throughput_error") -> float:
 def write_results(rows: list[FidelityRow], out: Path) -> Path:
     """``fidelity.json`` (rows and MAPE) and ``fidelity.md`` (the table) in ``out``."""
     data = {"rows": [asdict(r) | {"ok": r.ok, "speedup_error": r.speedup_error, "discarded_error": r.discarded_error}
-                     for r in rows], "throughput_mape": mape(rows)}
+                     for r in rows], "throughput_mape": mape(rows), "interval_coverage": interval_coverage(rows)}
     (out / "fidelity.json").write_text(json.dumps(data, indent=2))
     lines = ["| combination | samples/s pred | meas | error | speedup pred | meas | error | staleness pred | meas "
              "| error | KS | discarded pred | meas | host speed | replay: samples/s error | staleness error | KS |",
@@ -286,6 +305,8 @@ def write_results(rows: list[FidelityRow], out: Path) -> Path:
                      f"{r.speedup_error:+.1%} | {r.predicted_staleness:.2f} | {r.measured_staleness:.2f} | "
                      f"{r.staleness_error:+.2f} | {r.ks:.3f} | {r.predicted_discarded:.0f} | {r.measured_discarded:.0f} | "
                      f"{r.host_speed:.2f} | {r.replay_error:+.1%} | {r.replay_staleness_error:+.2f} | {r.replay_ks:.3f} |")
+    lines.append(f"\n90% prediction intervals cover {interval_coverage(rows):.0%} of the measured runs "
+                 f"({', '.join(f'{r.name}: [{r.interval_low:.1f}, {r.interval_high:.1f}]' for r in rows)})")
     lines.append(f"\nThroughput MAPE over {len(rows)} combinations: {mape(rows):.1%} "
                  f"(replay, costs refitted to each measured run: {mape(rows, 'replay_error'):.1%})")
     path = out / "fidelity.md"

@@ -36,6 +36,7 @@ def test_calibrate_simulate_train_compare(tmp_path) -> None:
     assert _finite(r.predicted_speedup) and _finite(r.measured_speedup) and _finite(r.speedup_error)
     assert r.measured_speedup == pytest.approx(r.measured_samples_per_s / base.measured_samples_per_s)  # one round
     assert r.predicted_discarded >= 0 and r.measured_discarded >= 0
+    assert r.interval_low < r.predicted_samples_per_s < r.interval_high and r.runs == 1 and r.runs_inside in (0, 1)
     for k in ("predicted_samples_per_s", "measured_samples_per_s", "throughput_error", "predicted_staleness",
               "measured_staleness", "staleness_error", "ks"):
         assert _finite(getattr(r, k)), k

@@ -175,3 +175,29 @@ def test_time_budget_stops_at_the_update_boundary(tmp_path, budget_in_periods, s
     s = simulate(cfg, tmp_path, progress=False)
     assert s["ok"] and s["steps"] == steps and "time_budget_s" in s["reason"]
     assert s["duration_s"] == pytest.approx(end_in_periods * period)
+
+
+def test_prediction_intervals_have_their_closed_forms():
+    """``sim/intervals.py``: one seed gives the log-normal run factor's own quantiles; more
+    seeds widen it by their spread (Student t); coverage counts hits."""
+    import math
+
+    from scipy import stats
+
+    from sim.intervals import coverage, throughput_interval
+
+    iv = throughput_interval([100.0], run_cv=0.1, level=0.9)
+    sigma = math.sqrt(math.log1p(0.01))
+    assert iv.point == pytest.approx(100.0)
+    assert iv.low == pytest.approx(100 * math.exp(-stats.norm.ppf(0.95) * sigma))
+    assert iv.high == pytest.approx(100 * math.exp(stats.norm.ppf(0.95) * sigma))
+    rates = [90.0, 100.0, 110.0]
+    ys = [math.log(r) for r in rates]
+    half = stats.t.ppf(0.95, 2) * math.sqrt(stats.tvar(ys) * (1 + 1 / 3) + sigma ** 2)
+    wide = throughput_interval(rates, run_cv=0.1, level=0.9)
+    assert wide.high == pytest.approx(math.exp(sum(ys) / 3 + half)) and wide.seeds == 3
+    point = throughput_interval([100.0], run_cv=0.0)
+    assert point.low == point.high == pytest.approx(100.0)
+    assert coverage([(iv, 100.0), (iv, 200.0)]) == 0.5
+    with pytest.raises(ValueError, match="level"):
+        throughput_interval([1.0], 0.1, level=1.0)

@@ -295,6 +295,9 @@ class SimCosts(_Section):
     learner_cv: float = Field(0.0, ge=0, le=5, description="scatter of learner step times (see decode_cv)")
     sync_cv: float = Field(0.0, ge=0, le=5, description="scatter of weight-sync pauses (see decode_cv)")
     dispatch_cv: float = Field(0.0, ge=0, le=5, description="scatter of dispatch latencies (see decode_cv)")
+    run_cv: float = Field(0.10, ge=0, le=5, description="run-to-run scatter of a whole run's throughput on this host "
+                          "(coefficient of variation of repeated runs of one config; the 2-core development host "
+                          "showed 3-15%): widens prediction intervals (sim/intervals.py), does not change a simulation")
     colocation_factor: float = Field(1.0, ge=0, le=10, description="contention on a shared device: with k workers "
                                      "busy on it, each runs at 1/(1 + factor*(k-1)) of its speed (1 = fair time "
                                      "slicing); used by both cost models, fitted by `calibrate --from-run`")

@@ -61,3 +61,21 @@ def print_compare(console: Any, r: dict[str, Any]) -> None:
     console.print(f"report: {r['out_dir']}/report.md (and compare.json)")
     for name, path in r["plots"].items():
         console.print(f"plot {name}: {path}")
+
+
+def predict_table(title: str, preds: list[Any], speedups: list[Any], intervals: dict[str, Any]) -> Table:
+    """``asyncopd predict``: per policy the samples/s with its 90% prediction interval for a real run
+    (``intervals``: policy -> ``sim.intervals.Interval``), staleness, rollout utilisation and the
+    speedup over the first policy."""
+    t = Table(title=title, title_justify="left")
+    for col in ("policy", "samples/s [90% interval of a run]", "staleness mean", "rollout util",
+                "speedup vs baseline (95% CI)"):
+        t.add_column(col)
+    by_policy = {s.policy: s for s in speedups}
+    for p in preds:
+        sp = by_policy.get(p.policy)
+        iv = intervals[p.policy]
+        t.add_row(p.policy, f"{p.mean_throughput:.3g} [{iv.low:.3g}, {iv.high:.3g}]",
+                  f"{sum(p.staleness_mean) / len(p.staleness_mean):.2f}", f"{p.utilisation.get('rollout', 0):.0%}",
+                  "baseline" if sp is None else f"{sp.mean:.2f}x  [{sp.low:.2f}, {sp.high:.2f}]")
+    return t

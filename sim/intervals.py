@@ -1,0 +1,64 @@
+"""Prediction intervals for a run's throughput: the simulation's spread over seeds plus the
+real trainer's run-to-run scatter on this host.
+
+A measured run's rate is modelled as ``X = S * F``: ``S`` the simulated samples/s of a random
+seed (the workload's randomness: prompts, lengths, per-stage noise), ``F`` an independent
+whole-run factor for what no simulation sees (the host's drift between runs, OS scheduling),
+``log F ~ Normal(0, sigma^2)`` with ``sigma^2 = log(1 + run_cv^2)`` (``sim.costs.run_cv``: the
+coefficient of variation of repeated runs of one config). On the log scale, with the seeds'
+log-rates ``y_1..y_n`` (mean ``m``, sd ``s``), a new run's ``log X`` has the prediction interval
+
+    m  ±  t_{(1+q)/2, n-1} * sqrt(s^2 (1 + 1/n) + sigma^2)      (n >= 2; Student t, conservative
+                                                               for the normal sigma term)
+    m  ±  z_{(1+q)/2} * sigma                                  (n = 1: the factor alone)
+
+and the interval of ``X`` is its exponential. ``coverage`` counts how many measurements fall
+inside their intervals (what the fidelity benchmark reports beside the point errors).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Interval:
+    point: float  # geometric mean of the seeds' rates
+    low: float
+    high: float
+    level: float
+    seeds: int
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+    def describe(self, fmt: str = ".1f") -> str:
+        return f"{self.point:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] ({self.level:.0%}, {self.seeds} seed" \
+               f"{'s' if self.seeds != 1 else ''})"
+
+
+def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.9) -> Interval:
+    """The level-``level`` prediction interval of a run's samples/s (module docstring)."""
+    from scipy import stats
+
+    ys = [math.log(r) for r in rates if r > 0]
+    if not ys:
+        raise ValueError("no positive simulated rate to build an interval from")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    sigma2 = math.log1p(run_cv ** 2)
+    m, n = statistics.fmean(ys), len(ys)
+    if n >= 2:
+        half = stats.t.ppf((1 + level) / 2, n - 1) * math.sqrt(statistics.variance(ys) * (1 + 1 / n) + sigma2)
+    else:
+        half = stats.norm.ppf((1 + level) / 2) * math.sqrt(sigma2)
+    return Interval(math.exp(m), math.exp(m - half), math.exp(m + half), level, n)
+
+
+def coverage(pairs: Iterable[tuple[Interval, float]]) -> float:
+    """Share of measurements inside their intervals."""
+    hits = [iv.contains(x) for iv, x in pairs]
+    return sum(hits) / len(hits) if hits else math.nan
