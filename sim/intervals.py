@@ -8,9 +8,10 @@ whole-run factor for what no simulation sees (the host's drift between runs, OS 
 coefficient of variation of repeated runs of one config). On the log scale, with the seeds'
 log-rates ``y_1..y_n`` (mean ``m``, sd ``s``), a new run's ``log X`` has the prediction interval
 
-    m  ±  t_{(1+q)/2, n-1} * sqrt(s^2 (1 + 1/n) + sigma^2)      (n >= 2; Student t, conservative
-                                                               for the normal sigma term)
-    m  ±  z_{(1+q)/2} * sigma                                  (n = 1: the factor alone)
+    m  ±  sqrt( t_{(1+q)/2, n-1}^2 * s^2 (1 + 1/n)  +  z_{(1+q)/2}^2 * sigma^2 )
+
+(each part at its own quantile: Student t for the seeds' estimated spread, normal for the
+known run factor; with one seed only the run factor's part).
 
 and the interval of ``X`` is its exponential. ``coverage`` counts how many measurements fall
 inside their intervals (what the fidelity benchmark reports beside the point errors).
@@ -51,10 +52,9 @@ def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.
         raise ValueError(f"level must be in (0, 1), got {level}")
     sigma2 = math.log1p(run_cv ** 2)
     m, n = statistics.fmean(ys), len(ys)
-    if n >= 2:
-        half = stats.t.ppf((1 + level) / 2, n - 1) * math.sqrt(statistics.variance(ys) * (1 + 1 / n) + sigma2)
-    else:
-        half = stats.norm.ppf((1 + level) / 2) * math.sqrt(sigma2)
+    q = (1 + level) / 2
+    seeds_part = stats.t.ppf(q, n - 1) ** 2 * statistics.variance(ys) * (1 + 1 / n) if n >= 2 else 0.0
+    half = math.sqrt(seeds_part + stats.norm.ppf(q) ** 2 * sigma2)
     return Interval(math.exp(m), math.exp(m - half), math.exp(m + half), level, n)
 
 

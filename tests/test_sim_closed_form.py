@@ -179,7 +179,7 @@ def test_time_budget_stops_at_the_update_boundary(tmp_path, budget_in_periods, s
 
 def test_prediction_intervals_have_their_closed_forms():
     """``sim/intervals.py``: one seed gives the log-normal run factor's own quantiles; more
-    seeds widen it by their spread (Student t); coverage counts hits."""
+    seeds add their spread at a Student t quantile; coverage counts hits."""
     import math
 
     from scipy import stats
@@ -193,7 +193,7 @@ def test_prediction_intervals_have_their_closed_forms():
     assert iv.high == pytest.approx(100 * math.exp(stats.norm.ppf(0.95) * sigma))
     rates = [90.0, 100.0, 110.0]
     ys = [math.log(r) for r in rates]
-    half = stats.t.ppf(0.95, 2) * math.sqrt(stats.tvar(ys) * (1 + 1 / 3) + sigma ** 2)
+    half = math.sqrt(stats.t.ppf(0.95, 2) ** 2 * stats.tvar(ys) * (1 + 1 / 3) + stats.norm.ppf(0.95) ** 2 * sigma ** 2)
     wide = throughput_interval(rates, run_cv=0.1, level=0.9)
     assert wide.high == pytest.approx(math.exp(sum(ys) / 3 + half)) and wide.seeds == 3
     point = throughput_interval([100.0], run_cv=0.0)
