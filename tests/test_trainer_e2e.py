@@ -6,6 +6,7 @@ One Ray session for the test run (``conftest.ray_session``) (starting Ray costs 
 
 from __future__ import annotations
 
+import json
 
 import pytest
 
@@ -67,6 +68,11 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     sim_steps, real_steps = (read_jsonl(tmp_path / d / "log.jsonl") for d in ("sim", "real"))
     core = {"step", "version", "t_end", "step_time_s", "staleness", "queues", "busy_s", "samples_per_s"}
     assert core <= set(sim_steps[0]) and core <= set(real_steps[0])
+    # real score and train spans carry the worker's CPU time on the call: work, without the waiting
+    spans = [e for e in json.loads((tmp_path / "real" / "trace.json").read_text())
+             if e.get("ph") == "X" and e["name"] in ("score", "train")]
+    assert {e["name"] for e in spans} == {"score", "train"}
+    assert all(0 < e["args"]["cpu_s"] <= e["dur"] * 1e-6 + 0.01 for e in spans)
     report = compare_runs(tmp_path / "real", tmp_path / "sim", tmp_path / "cmp")
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
     assert report["utilisation_error"] and all(abs(v) <= 1 for v in report["utilisation_error"].values())

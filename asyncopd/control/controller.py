@@ -314,7 +314,8 @@ class Controller:
         ids, tw.batch_id, tw.sample_ids = tw.sample_ids, None, ()
         self._scoring -= 1
         self._emit_span("score", e.worker, 0, e.started_at, e.t,
-                        {"samples": len(ids), "batch_id": e.batch_id, "tokens": self._tokens(ids)})
+                        {"samples": len(ids), "batch_id": e.batch_id, "tokens": self._tokens(ids),
+                         **({"cpu_s": e.cpu_s} if e.cpu_s is not None else {})})
         for sid in ids:
             a = self.samples[sid]
             if a.status != SCORING:
@@ -334,8 +335,10 @@ class Controller:
             return
         self.learner_busy = False
         self.version = e.step + 1
+        cpu = e.metrics.get("cpu_s")  # (real runs: the learner's CPU time on the update)
         self._emit_span("train", LEARNER, 0, e.started_at, e.t,
-                        {"step": e.step, "samples": self.batch_size, "tokens": self._step_info["tokens"]})
+                        {"step": e.step, "samples": self.batch_size, "tokens": self._step_info["tokens"],
+                         **({"cpu_s": cpu} if cpu is not None else {})})
         info = self._step_info
         if self.observer:
             self.observer.on_step({

@@ -13,7 +13,7 @@ has ``((3, a), (4, b))``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Union
+from typing import Literal, Mapping, Optional, Union
 
 PauseMode = Literal["keep", "abort", "recompute"]
 Spans = tuple[tuple[int, int], ...]
@@ -68,6 +68,7 @@ class ScoringFinished:
     batch_id: int
     worker: str
     started_at: float
+    cpu_s: Optional[float] = None  # the worker's CPU time on the batch (real runs; None: not measured)
 
 
 @dataclass(frozen=True, slots=True)

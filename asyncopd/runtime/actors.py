@@ -50,6 +50,14 @@ def ray_gpu_ids() -> list[str]:
     return [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
 
 
+def cpu_seconds(device: str, cpu0: float) -> float | None:
+    """CPU time this thread spent since ``cpu0`` (``time.thread_time``): the work of a call, without
+    the time it waited for a core shared with other roles or for Ray (wall time counts both).
+    Actors run torch with one intra-op thread per core they own, so on a single-core worker this
+    is all of its compute. ``None`` on a GPU, where the CPU time is not the device's busy time."""
+    return None if device.startswith("cuda") else time.thread_time() - cpu0
+
+
 def where_am_i() -> dict[str, Any]:
     """What ``ready`` reports: process, node, cores, and the GPUs Ray gave this actor."""
     import ray
@@ -195,7 +203,9 @@ class TeacherWorker:
     def ready(self) -> dict[str, Any]:
         return {**where_am_i(), "device": self.device}
 
-    def score(self, items: list[ScoreRequest]) -> tuple[list[TeacherPayload], float, float]:
-        started = time.time()
+    def score(self, items: list[ScoreRequest]) -> tuple[list[TeacherPayload], float, float, float | None]:
+        """Score a batch; returns the payloads, wall-clock start and end, and the batch's busy
+        time (``cpu_seconds``)."""
+        started, cpu0 = time.time(), time.thread_time()
         payloads = self.scorer.score(items)
-        return payloads, started, time.time()
+        return payloads, started, time.time(), cpu_seconds(self.device, cpu0)

@@ -312,13 +312,13 @@ class RayDriver:
             self._send(messages.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(),
                                                    len(r.prompt_ids), ended_at=ended))
 
-    def _on_score(self, p: Pending, value: tuple[list[TeacherPayload], float, float]) -> None:
-        payloads, started, _ = value
+    def _on_score(self, p: Pending, value: tuple[list[TeacherPayload], float, float, float | None]) -> None:
+        payloads, started, _, cpu = value
         for pl in payloads:
             if pl.sample_id in self.samples:
                 self.samples[pl.sample_id].teacher = pl
             self.recorder.annotate(pl.sample_id, teacher_cache_bytes=pl.nbytes)
-        self._send(messages.ScoringFinished(self._now(), p.context.batch_id, p.worker, self._rel(started)))
+        self._send(messages.ScoringFinished(self._now(), p.context.batch_id, p.worker, self._rel(started), cpu))
 
     def _start_sync(self, worker: str, version: int, pause_mode: str) -> Any:
         return self.syncs.start(worker, version, pause_mode,

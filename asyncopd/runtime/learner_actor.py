@@ -23,7 +23,7 @@ from asyncopd.backends.base import TrainItem
 from asyncopd.config.algorithm import AlgorithmConfig
 from asyncopd.models.builtin import _quiet_transformers
 from asyncopd.models.loading import load_codec
-from asyncopd.runtime.actors import place, where_am_i
+from asyncopd.runtime.actors import cpu_seconds, place, where_am_i
 from asyncopd.runtime.checkpoints import STATE_FILE, step_name, tmp_dir
 from asyncopd.task import BuiltinTask, TaskConfig
 
@@ -100,10 +100,13 @@ class LearnerWorker:
     def train(self, step: int, batch: list[TrainItem], total_tokens: int | None = None,
               ) -> tuple[dict[str, float], dict[str, Any], float, float]:
         """One update (this rank's shard of it), then publish the new version (``_publish``)."""
-        started = time.time()
+        started, cpu0 = time.time(), time.thread_time()
         if self.learner.version != step:
             raise RuntimeError(f"learner is at version {self.learner.version} but was asked for step {step}")
         metrics = self.learner.train_step(batch, total_tokens).as_dict()
+        cpu = cpu_seconds(self.device, cpu0)  # (this rank's compute; waiting on the all-reduce is not in it)
+        if cpu is not None:
+            metrics["cpu_s"] = cpu
         published = self._publish()
         self._maybe_checkpoint(metrics)
         return metrics, published, started, time.time()
