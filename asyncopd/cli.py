@@ -341,7 +341,7 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
     from asyncopd.runtime.driver import train as run_train
     from asyncopd.runtime.setup import start_ray
     from asyncopd.trace.compare import compare_runs
-    from calibration.from_run import fit_run, write_profile
+    from calibration.fidelity import calibrate_by_run
     from sim.driver import simulate as run_sim
 
     t0 = time.perf_counter()
@@ -352,8 +352,7 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
         if calibration_steps > 0:
             console.rule(f"1/4 calibrate: a {calibration_steps}-update real run, then calibrate --from-run")
             short = cfg.model_copy(update={"run": cfg.run.model_copy(update={"total_steps": calibration_steps})})
-            run_train(short, root / "calibration", progress=progress, evaluate=False)
-            profile = write_profile(fit_run(root / "calibration"), root / "calibration.yaml")
+            profile = calibrate_by_run(short, root / "calibration", root / "calibration.yaml", progress=progress)
             cfg = _load(config, set_, costs=profile)
             console.print(f"profile: {profile}")
         console.rule(f"2/4 predict: simulate the full run ({cfg.policy().describe()})")

@@ -28,17 +28,15 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from calibration.fidelity import COMBOS, LAYOUT_NOTE, host_probe, interval_coverage, mape, run_fidelity
+from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, host_probe, interval_coverage, mape,
+                                  run_fidelity)
 
 
 def calibrate(config: str, steps: int, out: Path) -> Path:
     from asyncopd.config import load_config
-    from asyncopd.runtime.driver import train
-    from calibration.from_run import fit_run, write_profile
 
-    run = out / "calibration-run"
-    train(load_config(config, [f"run.total_steps={steps}"]), run, progress=False, evaluate=False)
-    return write_profile(fit_run(run), out / "calibration.yaml")
+    return calibrate_by_run(load_config(config, [f"run.total_steps={steps}"]), out / "calibration-run",
+                            out / "calibration.yaml")
 
 
 def main() -> None:

@@ -124,13 +124,12 @@ def _calibrate_predict_run(cal: Any, base: list[str], out: Path, t_end: float, s
     from asyncopd.config import load_config
     from asyncopd.runtime.driver import train
     from asyncopd.trace.compare import compare_runs
-    from calibration.from_run import fit_run, write_profile
+    from calibration.fidelity import calibrate_by_run
     from calibration.profile import profile_overrides
     from sim.driver import simulate
 
     log(f"sim-vs-real: calibration run ({cal.run.total_steps} updates, at most {share:.0f} s)")
-    train(cal, out / "calibration", progress=False, evaluate=False)
-    profile = write_profile(fit_run(out / "calibration"), out / "profile.yaml")
+    profile = calibrate_by_run(cal, out / "calibration", out / "profile.yaml")
     costs = profile_overrides(profile)
     results: dict[str, Any] = {}
     for policy in policies:

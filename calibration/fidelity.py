@@ -200,6 +200,13 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
     return float(np.mean(errors)), float(a.mean() - b.mean()), float(stats.ks_2samp(a, b).statistic)
 
 
+def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: bool = False) -> Path:
+    """Train ``cfg`` into ``run_dir`` (no held-out evaluation) and write the profile that
+    ``asyncopd calibrate --from-run`` fits to it (the demo, this benchmark and the GPU check)."""
+    train(cfg, run_dir, progress=progress, evaluate=False)
+    return write_profile(fit_run(run_dir), profile)
+
+
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
     """Run the real trainer (no held-out evaluation: only timing and staleness matter here)."""
     return train(cfg, out, progress=False, evaluate=False)

@@ -89,8 +89,8 @@ def plan_actors(cfg: Any) -> list[ActorPlace]:
             raise ValueError(f"layout.{role}: {name} would share devices {list(devices)} at tp={tp}; on GPUs each "
                              f"worker needs its own devices (workers * tp <= number of devices), or tp={len(devices)}")
         share = shares.get(share_of) if cuda else None
-        engine_tp = tp if cuda and tp > 1 and getattr(cfg, role, None) is not None \
-            and getattr(getattr(cfg, role), "backend", "torch") == "vllm" else 1
+        vllm = getattr(getattr(cfg, role), "backend", "torch") == "vllm"  # (the learner has no backend field)
+        engine_tp = tp if cuda and tp > 1 and vllm else 1
         gpus = 0.0 if not cuda or engine_tp > 1 else float(share or 0.0)
         out.append(ActorPlace(name, role, index, devices, nodes[0], tuple(d % per if per else d for d in devices),
                               tuple(bundle[d] for d in devices), share, gpus, engine_tp))

@@ -8,7 +8,7 @@ starts, with a message naming the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,14 +26,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-_MEMORY_SHARE = ("vLLM: share of each of its devices' memory one worker of this role may use (gpu_memory_utilization "
-                 "of its engine, and its fractional GPU in Ray); None: an equal split of what the workers with a set "
-                 "share leave on the device. The shares of the workers on one device, the learner's included, must "
-                 "add up to <= 1")
-_KV_CACHE_GB = ("vLLM: KV-cache size per device in GiB (vLLM's kv_cache_memory_bytes; the engine then ignores "
-                "gpu_memory_utilization for the KV cache)")
-_ENGINE_ARGS = ("vLLM: extra engine arguments passed to vllm.LLM unchanged, e.g. {enforce_eager: true}; not those "
-                "the layout or this config set (tensor_parallel_size, distributed_executor_backend, model, ...)")
+MemoryShare = Annotated[Optional[float], Field(gt=0, le=1, description=(
+    "vLLM: share of each of its devices' memory one worker of this role may use (gpu_memory_utilization "
+    "of its engine, and its fractional GPU in Ray); None: an equal split of what the workers with a set "
+    "share leave on the device. The shares of the workers on one device, the learner's included, must "
+    "add up to <= 1"))]
+KvCacheGb = Annotated[Optional[float], Field(gt=0, description=(
+    "vLLM: KV-cache size per device in GiB (vLLM's kv_cache_memory_bytes; the engine then ignores "
+    "gpu_memory_utilization for the KV cache)"))]
+EngineArgs = Annotated[dict[str, Any], Field(default_factory=dict, description=(
+    "vLLM: extra engine arguments passed to vllm.LLM unchanged, e.g. {enforce_eager: true}; not those "
+    "the layout or this config set (tensor_parallel_size, distributed_executor_backend, model, ...)"))]
+
+
+class _VllmEngine(_Section):
+    """A role that may run a vLLM engine: its ``engine_args`` pass ``check_engine_args`` (the
+    fields themselves stay in each role's section, in its own order)."""
+
+    _role: ClassVar[str]
+
+    @field_validator("engine_args", check_fields=False)
+    @classmethod
+    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_engine_args(cls._role, v)
 
 
 class RunConfig(_Section):
@@ -95,7 +110,8 @@ class ModelsConfig(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
-class RolloutConfig(_Section):
+class RolloutConfig(_VllmEngine):
+    _role = "rollout"
     backend: Literal["torch", "vllm"] = "torch"
     max_num_seqs: int = Field(8, ge=1, description="concurrent sequences per rollout worker")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of device memory a rollout or "
@@ -103,30 +119,21 @@ class RolloutConfig(_Section):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    memory_share: Optional[float] = Field(None, gt=0, le=1, description=_MEMORY_SHARE)
-    kv_cache_gb: Optional[float] = Field(None, gt=0, description=_KV_CACHE_GB)
-    engine_args: dict[str, Any] = Field(default_factory=dict, description=_ENGINE_ARGS)
-
-    @field_validator("engine_args")
-    @classmethod
-    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_engine_args("rollout", v)
+    memory_share: MemoryShare = None
+    kv_cache_gb: KvCacheGb = None
+    engine_args: EngineArgs
 
 
-class TeacherConfig(_Section):
+class TeacherConfig(_VllmEngine):
+    _role = "teacher"
     backend: Literal["torch", "vllm"] = "torch"
     top_k: int = Field(8, ge=1, description="teacher-score cache: top-k ids per position")
     max_batch_samples: int = Field(16, ge=1, description="most samples one teacher prefill takes")
     min_batch_samples: int = Field(1, ge=1, description="fewest samples a teacher prefill waits for while more "
                                                         "generations are in flight")
-    memory_share: Optional[float] = Field(None, gt=0, le=1, description=_MEMORY_SHARE)
-    kv_cache_gb: Optional[float] = Field(None, gt=0, description=_KV_CACHE_GB)
-    engine_args: dict[str, Any] = Field(default_factory=dict, description=_ENGINE_ARGS)
-
-    @field_validator("engine_args")
-    @classmethod
-    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_engine_args("teacher", v)
+    memory_share: MemoryShare = None
+    kv_cache_gb: KvCacheGb = None
+    engine_args: EngineArgs
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "TeacherConfig":

@@ -27,13 +27,11 @@ class PlacementProbe:
         self.device_type, self.devices = device_type, devices
 
     def where(self) -> dict[str, Any]:
-        import ray
-
-        from asyncopd.runtime.actors import where_am_i  # (lazy: only inside the probe's process)
+        from asyncopd.runtime.actors import ray_gpu_ids, where_am_i  # (lazy: only inside the probe's process)
 
         info = where_am_i()
         if self.device_type == "cuda":
-            info["device"] = f"cuda:{visible_device(ray.get_gpu_ids(), os.environ.get('CUDA_VISIBLE_DEVICES'), self.devices[0])}"
+            info["device"] = f"cuda:{visible_device(ray_gpu_ids(), os.environ.get('CUDA_VISIBLE_DEVICES'), self.devices[0])}"
         else:
             info["device"] = "cpu cores " + ",".join(map(str, self.devices))
         return info
