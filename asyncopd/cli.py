@@ -22,8 +22,7 @@ from asyncopd.control.policies import parse_policy
 from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
 from asyncopd.trace.tables import predict_table, print_compare, summary_table
 from asyncopd.trace.schema import RunFormatError, validate_run_dir
-from calibration.profile import profile_overrides, read_profile, write_profile_dict
-from calibration.report import drift_table, extras_table, fit_table
+from calibration.profile import profile_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plan, simulate and run asynchronous on-policy distillation.")
@@ -240,6 +239,11 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
                                                                   "directory (real or simulated) instead; repeat it to "
                                                                   "add the device-sharing factors of more runs' layouts "
                                                                   "to the first run's costs"),
+              contention: bool = typer.Option(False, "--contention", help="measure every role alone and with each "
+                                              "other on one core (CONFIG's models; with --from-run, the run's) and use "
+                                              "those sharing factors instead of fitted ones"),
+              window: float = typer.Option(3.0, "--window", help="--contention: seconds per combination and round"),
+              rounds: int = typer.Option(2, "--rounds", help="--contention: rounds over all combinations"),
               check: Optional[Path] = typer.Option(None, "--check", metavar="PROFILE",
                                                    help="re-measure a few points and report drift against PROFILE"),
               budget: Optional[float] = typer.Option(None, "--budget", help="seconds of measuring "
@@ -250,73 +254,47 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
                                                             "else run.output_dir/NAME-calibration.yaml)"),
               set_: Optional[list[str]] = SetOpt, progress: bool = typer.Option(True, help="show a progress bar")) -> None:
     """Fit the simulator's cost model: profile this machine for CONFIG's models (micro-benchmarks of the
-    torch engines), or fit a recorded run (--from-run); --check PROFILE re-measures and reports drift
-    (exit 0 ok, 1 drifted, 2 bad input)."""
+    torch engines), fit a recorded run (--from-run), measure device sharing (--contention); --check PROFILE
+    re-measures and reports drift (exit 0 ok, 1 drifted, 2 bad input)."""
+    from calibration import command  # (lazy: keeps scipy and simpy out of `asyncopd --help`)
 
     def fail(msg: str) -> None:
-        err.print(f"[red]error:[/red] {msg}")
+        err.print(f"[red]error:[/red] {escape(msg)}")
         raise typer.Exit(2)
 
     if from_run and (check is not None or config is not None):
         fail("--from-run fits a run; give it without CONFIG or --check")
+    if contention and check is not None:
+        fail("--contention measures device sharing; give it without --check")
     if budget is not None and budget <= 0:
         fail(f"--budget must be > 0 seconds, got {budget:g}")
     if not 0 < threshold:
         fail(f"--threshold must be > 0 (0.25 = 25%), got {threshold:g}")
-    if from_run:
-        # (lazy: keeps scipy and simpy out of `asyncopd --help`)
-        from calibration.from_run import write_profile
-        from calibration.multi_run import fit_runs
-
-        for run in from_run:
-            if not (run / "trace.json").is_file():
-                fail(f"{run} has no trace.json; is it a run directory?")
-        cal = fit_runs(from_run, progress=progress)
-        path = write_profile(cal, out or from_run[0] / "calibration.yaml")
-        more = f" (+ sharing factors from {', '.join(map(str, from_run[1:]))})" if len(from_run) > 1 else ""
-        console.print(fit_table(f"cost model fitted to {from_run[0]}{more}", cal.stages))
-        for note in cal.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
-        console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path})")
-        return
-    if check is not None:
-        from calibration.check import check_profile  # (lazy: keeps scipy out of `asyncopd --help`)
-
-        try:
-            res = check_profile(check, config=config, overrides=set_ or [], threshold=threshold,
-                                budget_s=15.0 if budget is None else budget, progress=progress)
-        except (ConfigError, FileNotFoundError, ValueError) as e:
-            fail(str(e))
-        for note in res.notes:
-            console.print(f"note: {note}")
-        console.print(drift_table(res))
-        console.print(f"verdict: [{'green' if res.ok else 'red'}]{res.verdict}[/]")
-        raise typer.Exit(0 if res.ok else 1)
-    from calibration.profilers import profile  # (lazy: keeps numpy out of `asyncopd --help`)
-
-    cfg = _load(config or Path("configs/default.yaml"), set_)
-    path = out or Path(cfg.run.output_dir) / f"{cfg.run.name}-calibration.yaml"
-    dispatch, dispatch_src = None, "the config's sim.costs.dispatch_s"
-    if path.is_file():  # keep the dispatch latency of the profile being replaced (it may come from a run)
-        try:
-            dispatch = float(read_profile(path)["sim"]["costs"]["dispatch_s"])
-            dispatch_src = f"the profile it replaced ({path})"
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            dispatch = None
+    if window <= 0 or rounds < 1:
+        fail(f"--window must be > 0 s and --rounds >= 1, got {window:g} and {rounds}")
     try:
-        prof = profile(cfg, budget_s=60.0 if budget is None else budget, progress=progress, dispatch_s=dispatch,
-                       dispatch_source=dispatch_src)
-    except (FileNotFoundError, ValueError) as e:
+        if from_run:
+            probe = None
+            if contention:
+                cfg_file = from_run[0] / "config.yaml"
+                if not cfg_file.is_file():
+                    fail(f"{cfg_file} not found: --contention measures the run's models")
+                probe = (_load(cfg_file, set_), window, rounds)
+            code = command.from_runs(from_run, out, console, fail, progress=progress, contention=probe)
+        elif check is not None:
+            code = command.check(check, config, set_ or [], threshold, budget, console, fail, progress=progress)
+        else:
+            cfg = _load(config or Path("configs/default.yaml"), set_)
+            path = out or Path(cfg.run.output_dir) / f"{cfg.run.name}-calibration.yaml"
+            if contention:
+                code = command.contention_only(cfg, path, console, window_s=window, rounds=rounds, progress=progress)
+            else:
+                code = command.micro_benchmarks(cfg, config, path, budget, console, fail, progress=progress)
+    except typer.Exit:
+        raise
+    except (ValueError, RuntimeError) as e:  # (typer.Exit is a RuntimeError: re-raised above)
         fail(str(e))
-    path = write_profile_dict(prof, path)
-    console.print(fit_table(f"cost model profiled on this machine for {config or 'configs/default.yaml'} "
-                            f"({len(prof['points'])} points, {prof['elapsed_s']:.0f} s)", prof["fit"]))
-    if prof["extras"]:
-        console.print(extras_table(prof["extras"]))
-    for note in prof["notes"]:
-        console.print(f"note: {note}")
-    console.print(f"profile: {path}  (use: asyncopd simulate CONFIG --costs {path}; "
-                  f"later: asyncopd calibrate --check {path})")
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -60,16 +60,22 @@ def _linear(X: np.ndarray, y: np.ndarray, names: list[str], cv_name: str) -> Sta
     return StageFit(params, mape, len(y), float(np.mean(rel ** 2)) if len(y) else 0.0)
 
 
-def fit_run(run_dir: str | Path) -> RunCalibration:
+def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibration:
     """Fit every stage of ``SimCosts`` to a run directory. When workers share devices, the
     stage times are first turned into uncontended work (``calibration/contention.py``) with the
-    sharing penalties (``colocation_pairs``) that fit best."""
+    sharing penalties (``colocation_pairs``) that fit best, or with ``sharing`` when it was
+    measured (``calibrate --contention``: ``calibration/contention_probe.py``)."""
     d = Path(run_dir)
     events, samples, syncs = _read_run(d)
     cal = RunCalibration(str(d))
     crowd = _crowd(d, events, syncs)
     phi = Sharing(1.0)
-    if crowd is not None and crowd.shared:
+    if sharing is not None:
+        phi = sharing
+        cal.stages["contention"] = StageFit({"colocation_factor": sharing.default,
+                                             "colocation_pairs": {**sharing.pairs, **sharing.directed}},
+                                            float("nan"), 0)
+    elif crowd is not None and crowd.shared:
         overlap = _PairOverlap.of(crowd, events)
         phi, cal.stages["contention"] = _fit_colocation(crowd, events, samples, syncs, overlap)
         for pair, share in overlap.inseparable().items():

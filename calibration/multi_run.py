@@ -21,7 +21,7 @@ from calibration.run_data import RunCalibration, StageFit, _crowd, _PairOverlap,
 from sim.driver import simulate
 
 
-def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibration:
+def fit_runs(run_dirs: list[str | Path], *, progress: bool = False, sharing: Sharing | None = None) -> RunCalibration:
     """The first run's fit, plus a sharing factor for the pairs of roles that later runs put on
     one device and no earlier run did: ``calibrate --from-run REFERENCE --from-run NEW``, e.g.
     with a short run of a layout the planner chose (``asyncopd plan`` names such pairs).
@@ -35,8 +35,11 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibr
     drifts between the runs (see the README's calibration section) shows up in the new ``phi``,
     so run them close together. The learner is the exception: runs with the learner on
     different numbers of devices (DP=1 and DP=2) are fitted together, which measures the
-    gradient all-reduce (``calibration/data_parallel.py``)."""
-    base = fit_run(run_dirs[0])
+    gradient all-reduce (``calibration/data_parallel.py``).
+
+    ``sharing`` measured directly (``calibrate --contention``) is used as it is: no pair is
+    then fitted from any run."""
+    base = fit_run(run_dirs[0], sharing)
     own = base.stages.get("contention")
     pairs = dict(own.params.get("colocation_pairs", {})) if own else {}
     default = own.params["colocation_factor"] if own else 1.0
@@ -44,7 +47,7 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False) -> RunCalibr
         events, _samples, syncs = _read_run(d)
         crowd = _crowd(d, events, syncs)
         shown = _PairOverlap.of(crowd, events).shown() if crowd is not None and crowd.shared else {}
-        new = [p for p in shown if p not in pairs]
+        new = [] if sharing is not None else [p for p in shown if p not in pairs]
         if new:
             phi = _match_throughput(d, {**base.costs(), "colocation_factor": default}, pairs, new, progress)
             for pair in new:

@@ -52,3 +52,25 @@ def drift_table(res: Any) -> Table:
         t.add_row(s, str(d.n), f"{d.measured_s * 1e3:.3g} ms", f"{d.predicted_s * 1e3:.3g} ms",
                   f"[{flag}]{d.drift:+.0%}[/{flag}]", params or "-")
     return t
+
+
+def contention_table(res: Any) -> Table:
+    """Slowdown of each role in each combination on one core (``calibration/contention_probe.py``),
+    with the CPU share it got and its CPU inflation, and the triple's additive check."""
+    t = Table(title=f"contention on core {res.core} ({res.rounds} rounds x {res.window_s:g} s per combination; "
+                    f"alone: " + ", ".join(f"{r} {s * 1e3:.0f} ms/unit" for r, s in res.alone_s.items()) + ")",
+              title_justify="left")
+    for col in ("combination", "role", "slowdown", "CPU share", "CPU inflation", "additive rule"):
+        t.add_column(col)
+    last = "+".join(res.triple)
+    for combo, members in res.slowdown.items():
+        if "+" not in combo:
+            continue
+        for i, (role, s) in enumerate(members.items()):
+            add = ""
+            if combo == last:
+                m, a = res.triple[role]
+                add = f"{a:.2f} ({a / m - 1:+.0%})"
+            t.add_row(combo if i == 0 else "", role, f"{s:.2f}x", f"{res.cpu_share[combo][role]:.0%}",
+                      f"{res.cpu_inflation[combo][role]:.2f}x", add)
+    return t

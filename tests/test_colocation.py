@@ -53,3 +53,29 @@ def test_config_accepts_pairs_in_any_order_and_rejects_unknown_roles() -> None:
         load_config(None, ["sim.costs.colocation_pairs={'rollout+critic': 1.0}"])
     with pytest.raises(ConfigError, match="colocation_pairs"):
         load_config(None, ["sim.costs.colocation_pairs={'rollout+rollout': 11}"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(a=roles, b=roles, ab=st.floats(0, 3), ba=st.floats(0, 3), sym=st.floats(0, 3), rest=st.floats(0, 3))
+def test_a_directed_entry_wins_over_its_pair_and_only_in_its_direction(a, b, ab, ba, sym, rest) -> None:
+    s = Sharing(rest, {f"{a}|{b}": ab, pair_key(a, b): sym})
+    assert s.phi(a, b) == ab
+    assert s.phi(b, a) == (ab if a == b else sym)
+    s2 = Sharing(rest, {f"{a}|{b}": ab, f"{b}|{a}": ba})
+    assert s2.phi(b, a) == ba and s2.phi(a, b) == (ba if a == b else ab)
+    assert s2.slowdown(a, [b, b]) == pytest.approx(1 + 2 * s2.phi(a, b))
+
+
+def test_measured_pairs_need_the_pair_or_both_directions() -> None:
+    from asyncopd.config.colocation import measured_pairs
+
+    assert measured_pairs({"teacher+learner": 1, "rollout|teacher": 1}) == {"teacher+learner"}
+    assert measured_pairs({"rollout|teacher": 1, "teacher|rollout": 1, "rollout|rollout": 1}) == {
+        "rollout+teacher", "rollout+rollout"}
+
+
+def test_config_keeps_directed_entries_in_their_order() -> None:
+    cfg = load_config(None, ["sim.costs.colocation_pairs={'teacher|rollout': 1.1, 'rollout | teacher': 1.65}"])
+    assert cfg.sim.costs.colocation_pairs == {"teacher|rollout": 1.1, "rollout|teacher": 1.65}
+    with pytest.raises(ConfigError, match="colocation_pairs.*critic"):
+        load_config(None, ["sim.costs.colocation_pairs={'rollout|critic': 1.0}"])

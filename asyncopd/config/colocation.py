@@ -5,7 +5,10 @@ speed, with
 
     s = 1 + sum_{o busy on the device, o != the worker} phi(r, role(o))
 
-``phi(a, b)`` is symmetric. With one value ``phi`` for every pair this is the familiar
+``phi(a, b)`` is symmetric unless a *directed* entry ``a|b`` (what a busy ``b`` costs ``a``) is
+given: measured on one CPU core (``asyncopd calibrate --contention``), a teacher costs a rollout
+worker ``phi = 1.65`` while the rollout costs the teacher 1.10, so one value per pair cannot
+be right for both. With one value ``phi`` for every pair this is the familiar
 ``1 + phi * (k - 1)`` for ``k`` busy workers: ``phi = 1`` is fair time slicing, ``phi < 1``
 means the workers leave gaps (Ray calls, Python, data movement) that the others fill,
 ``phi > 1`` adds switching and cache costs. Pairs differ in practice: on 2 CPU cores a
@@ -13,7 +16,11 @@ teacher and a learner sharing a core fitted ``phi ~ 0.95``, a rollout worker and
 0.3-0.55, and two rollout workers decoding on one core gain nothing from each other.
 
 ``sim.costs.colocation_factor`` is the value for every pair that ``sim.costs.colocation_pairs``
-does not name; ``asyncopd calibrate --from-run`` fits the pairs a run shows. Pure Python: the
+does not name (a directed entry ``a|b`` wins over the pair's ``a+b``, which wins over the
+factor); ``asyncopd calibrate --from-run`` fits the pairs a run shows, ``asyncopd calibrate
+--contention`` measures every directed entry. The additive rule held on the triple there: a
+rollout worker sharing a core with a teacher and a learner ran 4.01x slower, against
+``1 + phi(r|t) + phi(r|l) = 4.09`` (teacher 3.01 vs 3.07, learner 3.24 vs 3.10). Pure Python: the
 simulator, the calibration and the planner all read it.
 """
 
@@ -43,6 +50,32 @@ def parse_pair(key: str) -> str:
     return pair_key(parts[0].strip(), parts[1].strip())
 
 
+def parse_entry(key: str) -> str:
+    """A ``colocation_pairs`` key: a pair ``a+b`` (canonical order) or a directed ``a|b`` (what
+    a busy ``b`` costs ``a``; order kept)."""
+    if "|" in key:
+        parts = key.split("|")
+        if len(parts) != 2:
+            raise ValueError(f"{key!r} is not a directed pair of roles like 'rollout|teacher'")
+        a, b = parts[0].strip(), parts[1].strip()
+        pair_key(a, b)  # validates both roles
+        return f"{a}|{b}"
+    return parse_pair(key)
+
+
+def measured_pairs(entries: Iterable[str]) -> set[str]:
+    """The pairs ``a+b`` that ``colocation_pairs`` keys fully determine: the pair itself, or both
+    of its directed entries."""
+    keys = set(entries)
+    out = {k for k in keys if "+" in k}
+    for k in keys:
+        if "|" in k:
+            a, b = k.split("|")
+            if f"{b}|{a}" in keys:
+                out.add(pair_key(a, b))
+    return out
+
+
 def all_pairs() -> list[str]:
     return [pair_key(a, b) for i, a in enumerate(ROLES) for b in ROLES[i:]]
 
@@ -52,8 +85,11 @@ class Sharing:
 
     def __init__(self, default: float = 1.0, pairs: Mapping[str, float] | None = None) -> None:
         self.default = float(default)
-        self.pairs = {parse_pair(k): float(v) for k, v in (pairs or {}).items()}
-        self._phi = {(a, b): self.pairs.get(pair_key(a, b), self.default) for a in ROLES for b in ROLES}
+        entries = {parse_entry(k): float(v) for k, v in (pairs or {}).items()}
+        self.pairs = {k: v for k, v in entries.items() if "|" not in k}
+        self.directed = {k: v for k, v in entries.items() if "|" in k}
+        self._phi = {(a, b): self.directed.get(f"{a}|{b}", self.pairs.get(pair_key(a, b), self.default))
+                     for a in ROLES for b in ROLES}
         self.row = {a: tuple(self._phi[(a, b)] for b in ROLES) for a in ROLES}  # phi(a, .) in ROLES order
 
     @classmethod

@@ -16,7 +16,7 @@ from asyncopd.catalog import (
     BUILTIN_MODELS, COST_MODEL_NAMES, HARDWARE, UnknownHardwareError, UnknownModelError, get_hardware, get_model,
 )
 from asyncopd.config.algorithm import AlgorithmConfig, check_backends
-from asyncopd.config.colocation import parse_pair
+from asyncopd.config.colocation import parse_entry
 from asyncopd.config.memory_shares import check_engine_args, check_shares
 from asyncopd.control.policies import Policy, policy_from
 from asyncopd.task.config import TaskConfig
@@ -309,8 +309,10 @@ class SimCosts(_Section):
                                      "busy on it, each runs at 1/(1 + factor*(k-1)) of its speed (1 = fair time "
                                      "slicing); used by both cost models, fitted by `calibrate --from-run`")
     colocation_pairs: dict[str, float] = Field(default_factory=dict, description="colocation_factor per pair of "
-                                               "roles, e.g. {'teacher+learner': 0.95, 'rollout+rollout': 1.1}; pairs "
-                                               "not named use colocation_factor (asyncopd/config/colocation.py)")
+                                               "roles, e.g. {'teacher+learner': 0.95, 'rollout+rollout': 1.1}, or "
+                                               "directed, {'rollout|teacher': 1.65} (what a busy teacher costs a "
+                                               "rollout worker; wins over the pair's value); pairs not named use "
+                                               "colocation_factor (asyncopd/config/colocation.py)")
 
     @field_validator("colocation_pairs")
     @classmethod
@@ -318,7 +320,7 @@ class SimCosts(_Section):
         out: dict[str, float] = {}
         for key, phi in v.items():
             try:
-                pair = parse_pair(str(key))
+                pair = parse_entry(str(key))
             except ValueError as e:
                 raise ValueError(f"colocation_pairs: {e}") from None
             if not 0 <= phi <= 10:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from tqdm.auto import tqdm
 
 from asyncopd.catalog.hardware import Hardware, UnknownHardwareError, get_hardware
-from asyncopd.config.colocation import Sharing, shared_pairs
+from asyncopd.config.colocation import Sharing, measured_pairs, shared_pairs
 from asyncopd.config.loader import load_config
 from asyncopd.config.placement import placement
 from asyncopd.config.schema import OPDConfig
@@ -167,7 +167,7 @@ class PlanResult:
         if c is None:
             return []
         known = self.base.sim.costs.colocation_pairs
-        return sorted(shared_pairs(placement(c.layout)) - set(known))  # a planner Layout places like a config's
+        return sorted(shared_pairs(placement(c.layout)) - measured_pairs(known))  # a planner Layout places like a config's
 
     def summary(self) -> dict[str, Any]:
         b, s = self.best, self.best_sync
