@@ -242,6 +242,9 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
               contention: bool = typer.Option(False, "--contention", help="measure every role alone and with each "
                                               "other on one core (CONFIG's models; with --from-run, the run's) and use "
                                               "those sharing factors instead of fitted ones"),
+              sharing: Optional[Path] = typer.Option(None, "--sharing", metavar="PROFILE", help="with --from-run: "
+                                                     "the sharing factors a --contention PROFILE measured, instead "
+                                                     "of fitted ones"),
               window: float = typer.Option(3.0, "--window", help="--contention: seconds per combination and round"),
               rounds: int = typer.Option(2, "--rounds", help="--contention: rounds over all combinations"),
               check: Optional[Path] = typer.Option(None, "--check", metavar="PROFILE",
@@ -266,6 +269,8 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
         fail("--from-run fits a run; give it without CONFIG or --check")
     if contention and check is not None:
         fail("--contention measures device sharing; give it without --check")
+    if sharing is not None and (not from_run or contention):
+        fail("--sharing PROFILE goes with --from-run (and instead of --contention)")
     if budget is not None and budget <= 0:
         fail(f"--budget must be > 0 seconds, got {budget:g}")
     if not 0 < threshold:
@@ -280,7 +285,8 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
                 if not cfg_file.is_file():
                     fail(f"{cfg_file} not found: --contention measures the run's models")
                 probe = (_load(cfg_file, set_), window, rounds)
-            code = command.from_runs(from_run, out, console, fail, progress=progress, contention=probe)
+            code = command.from_runs(from_run, out, console, fail, progress=progress, contention=probe,
+                                     sharing_profile=sharing)
         elif check is not None:
             code = command.check(check, config, set_ or [], threshold, budget, console, fail, progress=progress)
         else:

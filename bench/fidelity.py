@@ -28,15 +28,32 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
+from calibration.multi_run import run_scatter
 from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, host_probe, interval_coverage, mape,
                                   run_fidelity)
 
 
-def calibrate(config: str, steps: int, out: Path) -> Path:
+def calibrate(config: str, steps: int, out: Path, contention: bool, console: Console) -> Path:
+    """The calibration run and its profile; with ``contention``, the sharing factors come from
+    ``calibrate --contention`` (measured first) and the run-fitted profile is kept beside it
+    (``calibration-fitted.yaml``) for comparison."""
     from asyncopd.config import load_config
+    from asyncopd.config.colocation import Sharing
+    from asyncopd.runtime.setup import resolve_models
+    from calibration.contention_probe import measure_contention
+    from calibration.from_run import fit_run, write_profile
+    from calibration.report import contention_table
 
-    return calibrate_by_run(load_config(config, [f"run.total_steps={steps}"]), out / "calibration-run",
-                            out / "calibration.yaml")
+    cfg = load_config(config, [f"run.total_steps={steps}"])
+    sharing = None
+    if contention:
+        res = measure_contention(cfg, resolve_models(cfg, progress=False), window_s=3.0, rounds=2)
+        console.print(contention_table(res))
+        sharing = Sharing(1.0, {k: round(v, 3) for k, v in res.directed.items()})
+    path = calibrate_by_run(cfg, out / "calibration-run", out / "calibration.yaml", sharing=sharing)
+    if contention:
+        write_profile(fit_run(out / "calibration-run"), out / "calibration-fitted.yaml")
+    return path
 
 
 def main() -> None:
@@ -45,6 +62,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200, help="learner updates per measured run")
     ap.add_argument("--calib-steps", type=int, default=300, help="updates of the calibration run")
     ap.add_argument("--profile", type=Path, help="use this calibration profile instead of a calibration run")
+    ap.add_argument("--contention", action="store_true", help="sharing factors measured by calibrate --contention "
+                    "instead of fitted to the calibration run")
     ap.add_argument("--seeds", type=int, default=3, help="simulations per combination")
     ap.add_argument("--repeats", type=int, default=2, help="measured runs per combination (round robin)")
     ap.add_argument("--no-replay", action="store_true", help="skip the refitted replay simulations")
@@ -64,7 +83,7 @@ def main() -> None:
     probe = host_probe()
     if args.profile is None:
         console.print(f"calibration run: {args.calib_steps} updates of {args.config} ...")
-        args.profile = calibrate(args.config, args.calib_steps, args.out)
+        args.profile = calibrate(args.config, args.calib_steps, args.out, args.contention, console)
         probe = (probe + host_probe()) / 2  # the host's speed around the calibration run
     console.print(f"profile: {args.profile}   host probe: {probe * 1e3:.1f} ms")
     bar = tqdm(total=(1 + args.repeats) * len(combos), desc="fidelity", unit="stage")
@@ -100,10 +119,20 @@ def main() -> None:
                   f"speedup within 5%: {sum(r.ok['speedup'] for r in rows)}/{len(rows)}   "
                   f"discarded within 20%: {sum(r.ok['discarded'] for r in rows)}/{len(rows)}")
     console.print(f"90% prediction intervals cover {interval_coverage(rows):.0%} of the measured runs (target >= 80%)")
+    scatter = run_scatter(sorted(args.out.glob("*/real*")))
+    if scatter is not None:
+        console.print(f"run-to-run scatter of the measured runs (pooled over repeats of each combination): "
+                      f"run_cv {scatter.params['run_cv']:.1%} (the profile's: {run_cv_of(args.profile):.1%})")
     console.print(f"replay MAPE (costs refitted to each measured run: the simulator's structural error): "
                   f"{mape(rows, 'replay_error'):.1%}")
     console.print(f"results: {args.out}/fidelity.md, fidelity.json, predictions.json; "
                   f"per-combination reports in {args.out}/<i>/compare/report.md   ({time.perf_counter() - t0:.0f} s)")
+
+
+def run_cv_of(profile: Path) -> float:
+    from calibration.profile import profile_costs
+
+    return float(profile_costs(profile).run_cv)
 
 
 def _mark(text: str, ok: bool) -> str:

@@ -37,26 +37,41 @@ def contention_sharing(cfg: OPDConfig, console: Any, *, window_s: float, rounds:
     return Sharing(1.0, {k: round(v, 3) for k, v in res.directed.items()}), res
 
 
+def measured_sharing(profile: Path):
+    """The sharing factors a ``calibrate --contention`` profile measured, as a ``Sharing``."""
+    from asyncopd.config.colocation import Sharing
+
+    data = read_profile(profile)
+    pairs = ((data.get("sim") or {}).get("costs") or {}).get("colocation_pairs")
+    if data.get("contention") is None or not isinstance(pairs, dict) or not pairs:
+        raise ValueError(f"{profile}: no measured sharing factors (write one with asyncopd calibrate --contention)")
+    return Sharing(1.0, pairs)
+
+
 def from_runs(runs: list[Path], out: Optional[Path], console: Any, fail: Callable[[str], None], *, progress: bool,
-              contention: Optional[tuple[OPDConfig, float, int]] = None) -> int:
+              contention: Optional[tuple[OPDConfig, float, int]] = None, sharing_profile: Optional[Path] = None) -> int:
     from calibration.from_run import write_profile
     from calibration.multi_run import fit_runs
 
     for run in runs:
         if not (run / "trace.json").is_file():
             fail(f"{run} has no trace.json; is it a run directory?")
-    sharing, measured = None, None
-    if contention is not None:
+    sharing, block, source = None, None, ""
+    if sharing_profile is not None:
+        sharing, block, source = measured_sharing(sharing_profile), read_profile(sharing_profile)["contention"], \
+            f", read from {sharing_profile}"
+    elif contention is not None:
         cfg, window_s, rounds = contention
-        sharing, measured = contention_sharing(cfg, console, window_s=window_s, rounds=rounds, progress=progress)
+        sharing, res = contention_sharing(cfg, console, window_s=window_s, rounds=rounds, progress=progress)
+        block = res.as_dict()
     cal = fit_runs(runs, progress=progress, sharing=sharing)
-    if measured is not None:
-        cal.notes.append(f"sharing factors measured on core {measured.core} by calibrate --contention "
-                         f"({measured.rounds} rounds of {measured.window_s:g} s windows), not fitted")
+    if block is not None:
+        cal.notes.append(f"sharing factors measured on core {block.get('core')} by calibrate --contention "
+                         f"({block.get('rounds')} rounds of {block.get('window_s')} s windows{source}), not fitted")
     path = write_profile(cal, out or runs[0] / "calibration.yaml")
-    if measured is not None:
+    if block is not None:
         data = read_profile(path)
-        data["contention"] = measured.as_dict()
+        data["contention"] = block
         write_profile_dict(data, path)
     more = f" (+ sharing factors from {', '.join(map(str, runs[1:]))})" if len(runs) > 1 else ""
     console.print(fit_table(f"cost model fitted to {runs[0]}{more}", cal.stages))
@@ -126,4 +141,4 @@ def micro_benchmarks(cfg: OPDConfig, config: Optional[Path], path: Path, budget:
     return 0
 
 
-__all__ = ["check", "contention_only", "contention_sharing", "from_runs", "micro_benchmarks"]
+__all__ = ["check", "contention_only", "contention_sharing", "from_runs", "measured_sharing", "micro_benchmarks"]

@@ -230,6 +230,7 @@ def measure_contention(cfg: Any, models: Any, *, core: Optional[int] = None, win
             procs[w] = ctx.Process(target=_serve, args=(child, cfg, models, _role(w), core, cfg.run.seed + i),
                                    daemon=True)
             procs[w].start()
+            child.close()  # else a child that dies leaves its end open here and recv never sees EOF
             conns[w] = parent
         for w in names:  # they build concurrently and report here
             status, info = _recv(conns[w], w)

@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from asyncopd.config import OPDConfig, load_config
+from asyncopd.config.colocation import Sharing
 from asyncopd.runtime.driver import train
 from asyncopd.trace.compare import compare_runs, load_run
 from calibration.from_run import fit_run, write_profile
@@ -63,9 +64,11 @@ COMBOS: dict[str, list[str]] = {
     "fully_async(eta=2), all roles on one core": ["pipeline.policy=fully_async(eta=2)", *SHARED_ONE_CORE],
     "fully_async(eta=2), learner on both cores (DP=2)": ["pipeline.policy=fully_async(eta=2)",
                                                          "layout.learner.devices=[0,1]"],
+    "fully_async(eta=2), two rollout workers on core 0": ["pipeline.policy=fully_async(eta=2)",
+                                                          "layout.rollout.workers=2"],
 }
 LAYOUT_NOTE = ("default layout: rollout on core 0, teacher and learner sharing core 1; "
-               "the last three rows are layouts a default-layout calibration has not seen")
+               "the last four rows are layouts a default-layout calibration has not seen")
 BASELINE = "sync"
 
 
@@ -200,11 +203,13 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
     return float(np.mean(errors)), float(a.mean() - b.mean()), float(stats.ks_2samp(a, b).statistic)
 
 
-def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: bool = False) -> Path:
+def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: bool = False,
+                     sharing: Optional[Sharing] = None) -> Path:
     """Train ``cfg`` into ``run_dir`` (no held-out evaluation) and write the profile that
-    ``asyncopd calibrate --from-run`` fits to it (the demo, this benchmark and the GPU check)."""
+    ``asyncopd calibrate --from-run`` fits to it (the demo, this benchmark and the GPU check);
+    with ``sharing`` measured by ``calibrate --contention``, as ``--from-run --contention`` does."""
     train(cfg, run_dir, progress=progress, evaluate=False)
-    return write_profile(fit_run(run_dir), profile)
+    return write_profile(fit_run(run_dir, sharing), profile)
 
 
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:

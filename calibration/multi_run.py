@@ -1,7 +1,8 @@
 """Fit the simulator's cost model to several recorded runs: the first run's fit
 (``calibration.from_run.fit_run``) plus a device-sharing factor for each pair of roles only a
 later run puts on one device, found by simulating that run (``fit_runs``;
-``asyncopd calibrate --from-run REFERENCE --from-run NEW``).
+``asyncopd calibrate --from-run REFERENCE --from-run NEW``), and the run-to-run scatter
+``run_cv`` when some of the runs repeat one config (``run_scatter``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False, sharing: Sha
             for pair in new:
                 pairs[pair], base.pair_sources[pair] = phi, str(d)
     _fit_learner_across(base, [Path(d) for d in run_dirs], Sharing(default, pairs))
+    scatter = run_scatter([Path(d) for d in run_dirs])
+    if scatter is not None:
+        base.stages["run_cv"] = scatter
     if len(run_dirs) > 1:
         for pair in pairs:
             base.pair_sources.setdefault(pair, base.run_dir)
@@ -60,6 +64,38 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False, sharing: Sha
                                              own.mape if own else float("nan"), own.n if own else 0)
         base.extra_runs = [str(d) for d in run_dirs[1:]]
     return base
+
+
+def run_scatter(run_dirs: list[Path]) -> StageFit | None:
+    """``sim.costs.run_cv`` from repeated runs: runs whose ``config.yaml`` is the same (apart
+    from ``run.name`` and ``run.output_dir``) differ only by the host, so with ``g`` groups of
+    ``n_j`` such runs and log samples/s ``y_jk``, the pooled variance
+
+        s^2 = sum_j sum_k (y_jk - mean_j)^2 / sum_j (n_j - 1)
+
+    gives ``run_cv = sqrt(exp(s^2) - 1)`` (the coefficient of variation of a lognormal
+    run factor, as ``sim/intervals.py`` uses it). None without two runs of one config."""
+    import math
+
+    import yaml
+
+    groups: dict[str, list[float]] = {}
+    for d in run_dirs:
+        try:
+            cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
+            rate = float(json.loads((d / "summary.json").read_text())["samples_per_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for key in ("name", "output_dir"):
+            (cfg.get("run") or {}).pop(key, None)
+        if rate > 0:
+            groups.setdefault(json.dumps(cfg, sort_keys=True, default=str), []).append(math.log(rate))
+    ss = sum(sum((y - sum(ys) / len(ys)) ** 2 for y in ys) for ys in groups.values())
+    dof = sum(len(ys) - 1 for ys in groups.values())
+    if dof < 1:
+        return None
+    cv = math.sqrt(math.expm1(ss / dof))
+    return StageFit({"run_cv": round(cv, 4)}, float("nan"), dof + sum(1 for ys in groups.values() if len(ys) > 1))
 
 
 def _fit_learner_across(base: RunCalibration, run_dirs: list[Path], phi: Sharing) -> None:
@@ -106,4 +142,4 @@ def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, flo
     return float(PHI_GRID[min((lo, hi), key=lambda i: abs(at[i] - measured))])
 
 
-__all__ = ["fit_runs"]
+__all__ = ["fit_runs", "run_scatter"]

@@ -5,9 +5,11 @@ learner on the same CPU core or GPU). While others are busy on its device, a wor
 ``r`` progresses at ``1 / s`` of its own speed, ``s = 1 + sum_o phi(r, role(o))`` over the
 other busy workers ``o`` (``1 + phi * (k - 1)`` when every pair has the same ``phi``).
 ``phi = 1`` is fair time slicing; ``phi > 1`` adds switching and cache costs, ``phi < 1``
-means the workers leave gaps the others fill. ``phi`` per pair of roles is
-``sim.costs.colocation_pairs`` (default ``colocation_factor``; ``asyncopd/config/colocation.py``),
-fitted by ``asyncopd calibrate --from-run`` (``calibration/contention.py``).
+means the workers leave gaps the others fill. ``phi`` per pair of roles, or per direction
+(``a|b``: what a busy ``b`` costs ``a``), is ``sim.costs.colocation_pairs`` (default
+``colocation_factor``; ``asyncopd/config/colocation.py``), fitted by ``asyncopd calibrate
+--from-run`` (``calibration/contention.py``) or measured by ``asyncopd calibrate --contention``
+(``calibration/contention_probe.py``).
 
 A worker spread over several devices (tensor parallelism, or a multi-threaded CPU worker)
 advances only while *all* of its devices run it: its ranks or threads meet at every

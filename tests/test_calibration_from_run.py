@@ -202,3 +202,30 @@ def test_the_learner_fit_recovers_all_four_terms_from_three_device_counts() -> N
     for k, v in want.items():
         assert fit.params[k] == pytest.approx(v, rel=1e-6), k
     assert fit.params["learner_cv"] == 0.0
+
+
+def test_run_scatter_is_the_pooled_log_variance_of_repeated_configs(tmp_path) -> None:
+    """run_cv from repeats (calibration.multi_run.run_scatter) against the closed form: two
+    groups of repeated configs (names differ, which does not count), one single run (no dof)."""
+    import json
+    import math
+
+    import yaml
+
+    from calibration.multi_run import run_scatter
+
+    def run(name: str, policy: str, rate: float):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({"run": {"name": name, "output_dir": "x"},
+                                                        "pipeline": {"policy": policy}}))
+        (d / "summary.json").write_text(json.dumps({"samples_per_s": rate}))
+        return d
+
+    dirs = [run("a1", "sync", 100.0), run("a2", "sync", 120.0), run("a3", "sync", 90.0),
+            run("b1", "step_off(1)", 150.0), run("b2", "step_off(1)", 140.0), run("c", "fully_async(eta=2)", 10.0)]
+    ya, yb = [math.log(x) for x in (100, 120, 90)], [math.log(x) for x in (150, 140)]
+    ss = sum((y - sum(ya) / 3) ** 2 for y in ya) + sum((y - sum(yb) / 2) ** 2 for y in yb)
+    fit = run_scatter(dirs)
+    assert fit is not None and fit.params["run_cv"] == pytest.approx(math.sqrt(math.expm1(ss / 3)), abs=1e-4)
+    assert run_scatter(dirs[3:4] + dirs[5:]) is None  # no config repeated

@@ -14,6 +14,7 @@ from asyncopd.config import load_config
 from asyncopd.config.colocation import ROLES, Sharing
 from calibration.contention_probe import Measured, combos, summarise
 from calibration.profile import profile_overrides
+from sim.driver import simulate
 
 
 def _measured(alone: dict[str, float], slow: dict[tuple[str, ...], dict[str, float]], rounds: int = 2) -> Measured:
@@ -73,6 +74,18 @@ def test_calibrate_contention_measures_sharing_on_one_core(tmp_path: Path) -> No
     cfg = load_config("configs/default.yaml", profile_overrides(out))
     share = Sharing.of(cfg.sim.costs)
     assert share.phi("rollout", "teacher") == pytest.approx(pairs["rollout|teacher"])
+
+    # a run's fit under the measured factors (--sharing PROFILE): none is fitted, all are kept
+    sim_run = tmp_path / "sim"
+    simulate(load_config("configs/default.yaml", ["run.total_steps=30"]), sim_run, progress=False)
+    r = CliRunner().invoke(app, ["calibrate", "--from-run", str(sim_run), "--sharing", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    fitted = yaml.safe_load((sim_run / "calibration.yaml").read_text())
+    assert fitted["fit"]["contention"]["params"]["colocation_pairs"] == pairs
+    assert fitted["sim"]["costs"]["colocation_pairs"] == pairs and fitted["contention"]["core"] == data["contention"]["core"]
+    r = CliRunner().invoke(app, ["calibrate", "--from-run", str(sim_run), "--sharing",
+                                 str(sim_run / "config.yaml"), "--no-progress"])
+    assert r.exit_code == 2 and "no measured sharing factors" in r.output
 
 
 def test_contention_refuses_gpu_configs_and_bad_windows(tmp_path: Path) -> None:

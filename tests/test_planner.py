@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -196,8 +197,23 @@ def test_plan_gpu_node_with_successive_halving(tmp_path) -> None:
     rows = list(csv.DictReader(paths["csv"].open()))
     assert rows[0]["rank"] == "1" and len(rows) == 48
     for col in ("samples_per_s", "speedup_vs_best_sync", "staleness_mean", "staleness_p95", "util_rollout",
-                "util_teacher", "util_learner", "device_hours_per_1k_steps", "bottleneck", "status"):
+                "util_teacher", "util_learner", "device_hours_per_1k_steps", "bottleneck", "status",
+                "samples_per_s_low", "samples_per_s_high", "interval_seeds"):
         assert col in rows[0]
+    # prediction intervals: 3 seeds for the 3 best and the best sync, the run factor alone for the rest
+    seeded = {c.key for c in [*res.ranked()[:3], base]}
+    assert res.counts["interval_simulations"] == 2 * len(seeded)
+    for cand in res.candidates:
+        if cand.steps != 4 or cand.error:
+            assert cand.interval is None
+            continue
+        iv = cand.interval
+        assert iv.seeds == (3 if cand.key in seeded else 1)
+        assert iv.low < cand.result["samples_per_s"] < iv.high
+        if iv.seeds == 1:  # the run factor alone: exp(+-z * sigma) around the point, z at 90%
+            sigma = math.sqrt(math.log1p(cfg.sim.costs.run_cv ** 2))
+            assert iv.high / iv.point == pytest.approx(math.exp(1.6448536 * sigma), rel=1e-6)
+    assert res.best.interval.seeds == 3 and rows[0]["interval_seeds"] == "3"
     written = load_config(paths["config"])
     assert written.layout.model_dump() == OPDConfig.model_validate({"layout": best.layout.section(), "cluster": {
         "num_devices": 8}}).layout.model_dump()

@@ -73,6 +73,11 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
              if e.get("ph") == "X" and e["name"] in ("score", "train")]
     assert {e["name"] for e in spans} == {"score", "train"}
     assert all(0 < e["args"]["cpu_s"] <= e["dur"] * 1e-6 + 0.01 for e in spans)
+    # ... and the run says what CPU went to work no layout places (the driver, Ray's processes)
+    cpu = json.loads((tmp_path / "real" / "summary.json").read_text())["unplaced_cpu"]
+    assert cpu["wall_s"] > 0 and cpu["driver_s"] > 0 and cpu["ray_system_s"] >= 0
+    assert cpu["actors_s"] >= sum(e["args"]["cpu_s"] for e in spans) * 0.9  # the spans' work ran in the actors
+    assert cpu["driver_share"] == pytest.approx(cpu["driver_s"] / cpu["wall_s"], abs=1e-3)
     report = compare_runs(tmp_path / "real", tmp_path / "sim", tmp_path / "cmp")
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
     assert report["utilisation_error"] and all(abs(v) <= 1 for v in report["utilisation_error"].values())

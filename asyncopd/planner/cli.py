@@ -49,6 +49,10 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                                          "share of the best throughput"),
          jobs: int = typer.Option(2, "--jobs", "-j", help="simulations in parallel (processes)"),
          seed: Optional[int] = typer.Option(None, help="simulation seed (default: run.seed)"),
+         interval_seeds: int = typer.Option(3, "--interval-seeds", help="seeds simulated for the prediction "
+                                            "intervals of the 3 best and the best sync candidate (1: run-to-run "
+                                            "scatter only)"),
+         level: float = typer.Option(0.9, "--level", help="prediction interval level"),
          top: int = typer.Option(10, "--top", help="rows of the ranked table printed"),
          set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a config field: "
                                                   "--set learner.batch_size=512"),
@@ -73,7 +77,7 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
         opts = PlanOptions(max_mean_staleness=max_mean_staleness, max_staleness=max_staleness,
                            memory_headroom=memory_headroom, budget_layouts=budget_layouts, steps=steps,
                            screen_steps=screen_steps, finalists=finalists, policies=policy or None, jobs=jobs,
-                           seed=seed, tolerance=tolerance)
+                           seed=seed, tolerance=tolerance, interval_seeds=interval_seeds, level=level)
         opts.check()
         if verify < 0 or verify_steps < 1 or verify_repeats < 1:
             raise ValueError(f"--verify must be >= 0 and --verify-steps, --verify-repeats >= 1 "
@@ -108,6 +112,9 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                   f"({r['samples_per_s']:.4g} samples/s)"
                   + (f", {sp:.2f}x the best sync layout ({base.layout.describe()})" if sp and base else "")
                   + f", staleness mean {r['staleness_mean']:.2f} / p95 {r['staleness_p95']}")
+    if best.interval is not None:
+        console.print(f"a real run's samples/s: {best.interval.describe('.4g')}, with run-to-run scatter "
+                      f"{cfg.sim.costs.run_cv:.0%} (sim.costs.run_cv)")
     if verify:
         paths = _verify(res, out_dir, verify, verify_steps, verify_repeats, progress, plots, costs)
     console.print(f"config: {paths['config']}  (asyncopd train {paths['config']})")

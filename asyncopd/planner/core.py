@@ -29,6 +29,7 @@ from asyncopd.config.schema import OPDConfig
 from asyncopd.planner.bounds import layout_bound
 from asyncopd.planner.candidates import candidate_config
 from asyncopd.planner.memory import check_memory
+from asyncopd.planner.intervals import add_intervals
 from asyncopd.planner.search import (
     Candidate,
     Evaluator,
@@ -86,6 +87,9 @@ class PlanOptions:
     jobs: int = 2
     seed: Optional[int] = None
     tolerance: float = 0.01
+    interval_seeds: int = 3  # seeds behind the prediction intervals of the top candidates (planner/intervals.py)
+    interval_top: int = 3
+    level: float = 0.9
 
     def check(self) -> None:
         """Raise ValueError naming the option when one is out of range."""
@@ -95,7 +99,9 @@ class PlanOptions:
             raise ValueError(f"--max-mean-staleness must be >= 0, got {self.max_mean_staleness}")
         if self.max_staleness is not None and self.max_staleness < 0:
             raise ValueError(f"--max-staleness must be >= 0, got {self.max_staleness}")
-        for name in ("budget_layouts", "steps", "screen_steps", "finalists", "jobs"):
+        if not 0.5 <= self.level < 1:
+            raise ValueError(f"--level must be in [0.5, 1), got {self.level}")
+        for name in ("budget_layouts", "steps", "screen_steps", "finalists", "jobs", "interval_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.tolerance < 1:
@@ -180,12 +186,18 @@ class PlanResult:
                             "max_staleness": self.options.max_staleness,
                             "memory_headroom": self.options.memory_headroom},
             "best": None if b is None else {"layout": b.layout.describe(), "policy": b.policy, **(b.result or {}),
-                                            "speedup_vs_best_sync": self.speedup(b)},
+                                            "speedup_vs_best_sync": self.speedup(b),
+                                            "samples_per_s_interval": _interval(b)},
             "best_sync": None if s is None else {"layout": s.layout.describe(), **(s.result or {})},
             "unmeasured_pairs": self.unmeasured_pairs(),
             "verify": [t.as_dict() for t in self.verified.values()],
             "colocation_factor": self.base.sim.costs.colocation_factor,
         }
+
+
+def _interval(c: Candidate) -> Optional[dict[str, float]]:
+    iv = c.interval
+    return None if iv is None else {"low": iv.low, "high": iv.high, "level": iv.level, "seeds": iv.seeds}
 
 
 def _best_by_bound(cands: list[Candidate], n: int) -> list[Candidate]:
@@ -269,6 +281,11 @@ def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progr
                 res.mode, res.rounds = successive_halving(cands, ev, settings, on_round)
             res.counts["simulations"] = ev.simulations
             res.counts["sim_cpu_s"] = round(ev.cpu_s, 2)
+            res.candidates = cands
+            on_round(o.steps, min(o.interval_top + 1, len(cands)) * (o.interval_seeds - 1))
+            res.counts["interval_simulations"] = add_intervals(res, base_tree, seed, seeds=o.interval_seeds,
+                                                               top=o.interval_top, level=o.level,
+                                                               on_done=lambda: bar.update(1))
     res.candidates = cands
     res.counts["violations"] = sum(1 for c in cands if c.steps == o.steps and violation(
         c, o.max_mean_staleness, o.max_staleness))

@@ -17,6 +17,9 @@ Columns of ``plan.csv`` (one row per simulated candidate; ranked ones first):
   group (``bounds``); ``kv_slots``: sequences per rollout worker after the memory cap;
   ``memory_peak``: the fullest device's share of its usable memory;
 - ``steps_simulated`` and ``status`` (``final``, a broken constraint, ``screened out at N steps``);
+- ``samples_per_s_low`` / ``samples_per_s_high`` / ``interval_seeds``: the prediction interval
+  (``--level``, default 90%) of a real run's samples/s (``intervals.py``): seeds' spread and
+  ``sim.costs.run_cv`` for the top candidates, the run-to-run scatter only (1 seed) for the rest;
 - ``measured_tokens_per_s`` / ``measured_samples_per_s`` / ``measured_runs``: with ``--verify``,
   the mean over the contender's real runs on this machine (``verify.py``), else empty.
 
@@ -54,6 +57,9 @@ def _row(res: PlanResult, c: Candidate, rank: Optional[int]) -> dict[str, Any]:
         "device_hours_per_1k_steps": None if per_step is None else lay.devices_used * per_step * 1000 / 3600,
         "bound_samples_per_s": c.bound_value, "bottleneck": c.bound.bottleneck, "kv_slots": c.slots,
         "memory_peak": c.mem.peak_fraction, "rollout_memory_share": c.mem.rollout_share,
+        "samples_per_s_low": None if c.interval is None else c.interval.low,
+        "samples_per_s_high": None if c.interval is None else c.interval.high,
+        "interval_seeds": None if c.interval is None else c.interval.seeds,
         "evicted": r.get("evicted"), "steps_simulated": c.steps, "status": c.status, "pareto": False,
         **_measured(res, c),
     }

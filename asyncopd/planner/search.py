@@ -52,6 +52,7 @@ class Candidate:
     steps: int = 0  # learner steps of that simulation
     history: list[tuple[int, float]] = field(default_factory=list)  # (steps, tokens/s)
     status: str = ""
+    interval: Any = None  # sim.intervals.Interval of samples/s at the final length (planner/intervals.py)
 
     @property
     def is_sync(self) -> bool:

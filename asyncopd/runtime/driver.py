@@ -26,6 +26,7 @@ from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages
 from asyncopd.control.controller import Controller
 from asyncopd.runtime import checkpoints
+from asyncopd.runtime.cpu_accounting import CpuAccount
 from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_actors, start_ray
 from asyncopd.runtime.sync_orchestration import WeightSyncs
 from asyncopd.task import BuiltinTask, CharCodec
@@ -153,6 +154,7 @@ class RayDriver:
             self._bar = tqdm(total=self.cfg.run.total_steps, initial=self.ctrl.version, desc="train", unit="step",
                              disable=not self.progress)
             self.t0 = time.time() - self.recorder.t_origin  # (a resumed run's clock goes on)
+            cpu = CpuAccount()
             try:
                 t_start = self.recorder.t_origin  # (0 unless resumed)
                 self._send(messages.RunStarted(t_start))
@@ -164,6 +166,7 @@ class RayDriver:
                         stop_sent = True
                         continue
                     self._wait_one()
+                cpu.write(self.run_dir / "summary.json")
             except BaseException as exc:
                 if not self.ctrl.done:  # crash: keep what was recorded, mark the run failed
                     self.recorder.on_stop({"ok": False, "reason": f"driver crashed: {exc!r}", "t_end": self._now(),
