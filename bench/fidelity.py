@@ -33,7 +33,7 @@ from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, host_pr
                                   run_fidelity)
 
 
-def calibrate(config: str, steps: int, out: Path, contention: bool, console: Console) -> Path:
+def calibrate(config: str, steps: int, out: Path, contention: bool, console: Console, runs: int = 1) -> Path:
     """The calibration run and its profile; with ``contention``, the sharing factors come from
     ``calibrate --contention`` (measured first) and the run-fitted profile is kept beside it
     (``calibration-fitted.yaml``) for comparison."""
@@ -50,7 +50,7 @@ def calibrate(config: str, steps: int, out: Path, contention: bool, console: Con
         res = measure_contention(cfg, resolve_models(cfg, progress=False), window_s=3.0, rounds=2)
         console.print(contention_table(res))
         sharing = Sharing(1.0, {k: round(v, 3) for k, v in res.directed.items()})
-    path = calibrate_by_run(cfg, out / "calibration-run", out / "calibration.yaml", sharing=sharing)
+    path = calibrate_by_run(cfg, out / "calibration-run", out / "calibration.yaml", sharing=sharing, repeats=runs)
     if contention:
         write_profile(fit_run(out / "calibration-run"), out / "calibration-fitted.yaml")
     return path
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--steps", type=int, default=200, help="learner updates per measured run")
     ap.add_argument("--calib-steps", type=int, default=300, help="updates of the calibration run")
+    ap.add_argument("--calib-runs", type=int, default=2, help="calibration runs, fits averaged (the host's "
+                    "run-to-run scatter, about 12%% here, shrinks by their square root)")
     ap.add_argument("--profile", type=Path, help="use this calibration profile instead of a calibration run")
     ap.add_argument("--contention", action="store_true", help="sharing factors measured by calibrate --contention "
                     "instead of fitted to the calibration run")
@@ -83,7 +85,7 @@ def main() -> None:
     probe = host_probe()
     if args.profile is None:
         console.print(f"calibration run: {args.calib_steps} updates of {args.config} ...")
-        args.profile = calibrate(args.config, args.calib_steps, args.out, args.contention, console)
+        args.profile = calibrate(args.config, args.calib_steps, args.out, args.contention, console, args.calib_runs)
         probe = (probe + host_probe()) / 2  # the host's speed around the calibration run
     console.print(f"profile: {args.profile}   host probe: {probe * 1e3:.1f} ms")
     bar = tqdm(total=(1 + args.repeats) * len(combos), desc="fidelity", unit="stage")

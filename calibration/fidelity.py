@@ -204,12 +204,20 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
 
 
 def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: bool = False,
-                     sharing: Optional[Sharing] = None) -> Path:
+                     sharing: Optional[Sharing] = None, repeats: int = 1) -> Path:
     """Train ``cfg`` into ``run_dir`` (no held-out evaluation) and write the profile that
     ``asyncopd calibrate --from-run`` fits to it (the demo, this benchmark and the GPU check);
-    with ``sharing`` measured by ``calibrate --contention``, as ``--from-run --contention`` does."""
-    train(cfg, run_dir, progress=progress, evaluate=False)
-    return write_profile(fit_run(run_dir, sharing), profile)
+    with ``sharing`` measured by ``calibrate --contention``, as ``--from-run --contention`` does.
+    ``repeats > 1`` trains the config again into ``run_dir-2``, ... and averages the fits
+    (``calibration.multi_run.fit_runs``), which also measures ``run_cv``."""
+    from calibration.multi_run import fit_runs
+
+    dirs = [run_dir] + [run_dir.with_name(f"{run_dir.name}-{k}") for k in range(2, repeats + 1)]
+    for d in dirs:
+        train(cfg, d, progress=progress, evaluate=False)
+    if len(dirs) == 1:
+        return write_profile(fit_run(run_dir, sharing), profile)
+    return write_profile(fit_runs(dirs, sharing=sharing), profile)
 
 
 def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:

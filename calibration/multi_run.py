@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from asyncopd.config import load_config
@@ -39,12 +40,21 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False, sharing: Sha
     gradient all-reduce (``calibration/data_parallel.py``).
 
     ``sharing`` measured directly (``calibrate --contention``) is used as it is: no pair is
-    then fitted from any run."""
+    then fitted from any run.
+
+    Runs that repeat the first run's config (``same_config``) are not another layout but
+    another draw of the host: their stage fits are averaged into the first's (``average_fits``),
+    which shrinks the calibration's share of the host's run-to-run scatter by sqrt(repeats)."""
     base = fit_run(run_dirs[0], sharing)
+    repeats = [Path(d) for d in run_dirs[1:] if same_config(Path(run_dirs[0]), Path(d))]
     own = base.stages.get("contention")
+    if repeats:  # under the first run's sharing factors, so that the costs average like for like
+        held = sharing or (Sharing(own.params["colocation_factor"], own.params.get("colocation_pairs"))
+                           if own else None)
+        average_fits(base, [fit_run(d, held) for d in repeats])
     pairs = dict(own.params.get("colocation_pairs", {})) if own else {}
     default = own.params["colocation_factor"] if own else 1.0
-    for d in map(Path, run_dirs[1:]):
+    for d in (Path(x) for x in run_dirs[1:] if Path(x) not in repeats):
         events, _samples, syncs = _read_run(d)
         crowd = _crowd(d, events, syncs)
         shown = _PairOverlap.of(crowd, events).shown() if crowd is not None and crowd.shared else {}
@@ -62,8 +72,43 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False, sharing: Sha
             base.pair_sources.setdefault(pair, base.run_dir)
         base.stages["contention"] = StageFit({"colocation_factor": default, "colocation_pairs": pairs},
                                              own.mape if own else float("nan"), own.n if own else 0)
-        base.extra_runs = [str(d) for d in run_dirs[1:]]
+        base.extra_runs = [str(d) for d in run_dirs[1:] if Path(d) not in repeats]
     return base
+
+
+def _config_key(run_dir: Path) -> str | None:
+    """A run's ``config.yaml`` without ``run.name`` / ``run.output_dir``, as a comparable string."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        return None
+    for key in ("name", "output_dir"):
+        (cfg.get("run") or {}).pop(key, None)
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def same_config(a: Path, b: Path) -> bool:
+    ka = _config_key(a)
+    return ka is not None and ka == _config_key(b)
+
+
+def average_fits(base: RunCalibration, others: list[RunCalibration]) -> None:
+    """Replace every numeric parameter of ``base``'s stages by its mean over ``base`` and the
+    ``others`` that fitted the same stage (mappings such as ``colocation_pairs`` keep
+    ``base``'s); a stage's MAPE and n become the mean and the sum."""
+    for name, fit in base.stages.items():
+        fits = [fit] + [o.stages[name] for o in others if name in o.stages]
+        if len(fits) < 2:
+            continue
+        for k, v in fit.params.items():
+            if isinstance(v, (int, float)) and all(isinstance(f.params.get(k), (int, float)) for f in fits):
+                fit.params[k] = float(np.mean([f.params[k] for f in fits]))
+        fit.mape = float(np.nanmean([f.mape for f in fits])) if any(f.mape == f.mape for f in fits) else float("nan")
+        fit.n = sum(f.n for f in fits)
+    base.notes.append(f"costs averaged over {len(others) + 1} runs of one config (the first and "
+                      + ", ".join(o.run_dir for o in others) + ")")
 
 
 def run_scatter(run_dirs: list[Path]) -> StageFit | None:
@@ -77,19 +122,15 @@ def run_scatter(run_dirs: list[Path]) -> StageFit | None:
     run factor, as ``sim/intervals.py`` uses it). None without two runs of one config."""
     import math
 
-    import yaml
-
     groups: dict[str, list[float]] = {}
     for d in run_dirs:
+        key = _config_key(d)
         try:
-            cfg = yaml.safe_load((d / "config.yaml").read_text()) or {}
             rate = float(json.loads((d / "summary.json").read_text())["samples_per_s"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        for key in ("name", "output_dir"):
-            (cfg.get("run") or {}).pop(key, None)
-        if rate > 0:
-            groups.setdefault(json.dumps(cfg, sort_keys=True, default=str), []).append(math.log(rate))
+        if key is not None and rate > 0:
+            groups.setdefault(key, []).append(math.log(rate))
     ss = sum(sum((y - sum(ys) / len(ys)) ** 2 for y in ys) for ys in groups.values())
     dof = sum(len(ys) - 1 for ys in groups.values())
     if dof < 1:
@@ -142,4 +183,4 @@ def _match_throughput(run_dir: Path, costs: dict[str, Any], known: dict[str, flo
     return float(PHI_GRID[min((lo, hi), key=lambda i: abs(at[i] - measured))])
 
 
-__all__ = ["fit_runs", "run_scatter"]
+__all__ = ["average_fits", "fit_runs", "run_scatter", "same_config"]

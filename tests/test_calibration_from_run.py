@@ -229,3 +229,27 @@ def test_run_scatter_is_the_pooled_log_variance_of_repeated_configs(tmp_path) ->
     fit = run_scatter(dirs)
     assert fit is not None and fit.params["run_cv"] == pytest.approx(math.sqrt(math.expm1(ss / 3)), abs=1e-4)
     assert run_scatter(dirs[3:4] + dirs[5:]) is None  # no config repeated
+
+
+def test_repeats_of_one_config_average_their_costs_and_measure_run_cv(tmp_path) -> None:
+    """``calibrate --from-run A --from-run A2`` where A2 repeats A's config: not another layout
+    but another draw of the host, so the stage costs are the mean of the two fits (fitted under
+    A's sharing factors) and the pair's scatter gives run_cv. A2 here is a run whose learner was
+    twice as slow (a slow spell of the host), recorded under A's config."""
+    import shutil
+
+    from calibration.multi_run import fit_runs
+
+    simulate(load_config(None, ["run.total_steps=40"]), tmp_path / "a", progress=False)
+    c = load_config(None).sim.costs
+    slow = load_config(None, ["run.total_steps=40", f"sim.costs.learner_fixed_s={2 * c.learner_fixed_s}",
+                              f"sim.costs.learner_per_token_s={2 * c.learner_per_token_s}"])
+    simulate(slow, tmp_path / "a2", progress=False)
+    shutil.copy(tmp_path / "a" / "config.yaml", tmp_path / "a2" / "config.yaml")
+    a, a2 = fit_run(tmp_path / "a"), fit_run(tmp_path / "a2")
+    both = fit_runs([tmp_path / "a", tmp_path / "a2"])
+    for k in ("learner_fixed_s", "learner_per_token_s", "teacher_fixed_s", "decode_step_s"):
+        assert both.costs()[k] == pytest.approx((a.costs()[k] + a2.costs()[k]) / 2, rel=0.05), k
+    assert both.costs()["learner_per_token_s"] > a.costs()["learner_per_token_s"] * 1.2
+    assert "run_cv" in both.stages and both.costs()["run_cv"] > 0
+    assert both.extra_runs == [] and any("averaged over 2 runs" in n for n in both.notes)
