@@ -318,6 +318,8 @@ def validate(run_dir: Path) -> None:
 def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
          calibration_steps: int = typer.Option(150, help="updates of the short real run the simulator is calibrated "
                                                "on first (0: predict with the config's costs)"),
+         calibration_runs: int = typer.Option(2, min=1, help="short runs, fits averaged (halves the host's "
+                                              "run-to-run scatter in the calibration)"),
          progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """calibrate → simulate → train → compare on CONFIG: the simulator, calibrated on this machine
     by a short real run, predicts the full run before it runs; the demo prints its error."""
@@ -334,9 +336,11 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
     started_ray = start_ray(cfg)  # (one Ray for both real runs)
     try:
         if calibration_steps > 0:
-            console.rule(f"1/4 calibrate: a {calibration_steps}-update real run, then calibrate --from-run")
+            console.rule(f"1/4 calibrate: {calibration_runs} x {calibration_steps}-update real runs, then "
+                         f"calibrate --from-run")
             short = cfg.model_copy(update={"run": cfg.run.model_copy(update={"total_steps": calibration_steps})})
-            profile = calibrate_by_run(short, root / "calibration", root / "calibration.yaml", progress=progress)
+            profile = calibrate_by_run(short, root / "calibration", root / "calibration.yaml", progress=progress,
+                                       repeats=calibration_runs)
             cfg = _load(config, set_, costs=profile)
             console.print(f"profile: {profile}")
         console.rule(f"2/4 predict: simulate the full run ({cfg.policy().describe()})")
@@ -366,7 +370,7 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
                   f"demo wall time: {time.perf_counter() - t0:.0f} s")
     (root / "prediction_error.json").write_text(json.dumps({
         "predicted_samples_per_s": sim_summary["samples_per_s"], "measured_samples_per_s": real_summary["samples_per_s"],
-        "error": error, "calibration_steps": calibration_steps}, indent=2))
+        "error": error, "calibration_steps": calibration_steps, "calibration_runs": calibration_runs}, indent=2))
 
 
 from asyncopd.planner.cli import plan as _plan  # noqa: E402

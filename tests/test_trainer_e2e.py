@@ -151,6 +151,8 @@ def test_the_demo_calibrates_first_and_prints_its_prediction_error(ray_session, 
     assert "prediction error" in result.output
     (root,) = list(tmp_path.glob("default-demo-*"))
     assert (root / "calibration.yaml").is_file() and (root / "calibration" / "trace.json").is_file()
+    assert (root / "calibration-2" / "trace.json").is_file()  # two short runs, fits averaged
+    assert "averaged over 2 runs" in (root / "calibration.yaml").read_text()
     err = json.loads((root / "prediction_error.json").read_text())
-    assert err["calibration_steps"] == 4 and math.isfinite(err["error"])
+    assert err["calibration_steps"] == 4 and err["calibration_runs"] == 2 and math.isfinite(err["error"])
     assert err["predicted_samples_per_s"] == json.loads((root / "sim" / "summary.json").read_text())["samples_per_s"]
