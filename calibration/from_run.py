@@ -29,6 +29,8 @@ The fit error of each stage is reported as MAPE over its observations.
 
 from __future__ import annotations
 
+import json
+
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +106,26 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
     rollout = _fit_rollout(_rollout_data(samples, syncs), crowd, phi)
     if rollout is not None:
         cal.stages["rollout"] = rollout
+    driver = _driver_costs(d)
+    if driver is not None:
+        cal.stages["driver"] = driver
     return cal
+
+
+def _driver_costs(run_dir: Path) -> StageFit | None:
+    """The driver's main-thread seconds per answer, by kind, as the trainer measured them
+    (``summary.json`` ``unplaced_cpu.driver_event_s``; ``asyncopd/runtime/cpu_accounting.py``):
+    what the simulator's driver queue charges. None for simulated or older runs."""
+    try:
+        cpu = json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
+    except (OSError, ValueError):
+        return None
+    from asyncopd.config.schema import DRIVER_EVENT_KINDS
+
+    per = {k: float(v) for k, v in (cpu.get("driver_event_s") or {}).items() if k in DRIVER_EVENT_KINDS}
+    if not per:
+        return None
+    return StageFit({"driver_event_s": per}, float("nan"), int(sum((cpu.get("driver_events") or {}).values())))
 
 
 def _work(crowd: DeviceCrowd | None, worker: str, t0: float, t1: float, phi: Sharing) -> float:

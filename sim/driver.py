@@ -10,8 +10,9 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections import Counter
+from collections import Counter, deque
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from tqdm.auto import tqdm
 from asyncopd.config.colocation import Sharing
 from asyncopd.config.schema import OPDConfig
 from asyncopd.control.messages import (
-    AbortGeneration, Action, Event, Generate, PromptsAvailable, RunStarted, Score, ScoringFinished, Stop,
-    StopRequested, SyncWeights, Train, TrainStepFinished,
+    AbortGeneration, Action, Event, Generate, GenerationAborted, GenerationFinished, PromptsAvailable, RunStarted,
+    Score, ScoringFinished, Stop, StopRequested, SyncWeights, Train, TrainStepFinished, WeightSyncFinished,
 )
 from asyncopd.trace.setup import start_run
 from sim.costs import make_cost_model
@@ -54,6 +55,8 @@ class SimDriver:
         self.rollout = {n: SimRolloutWorker(self, n, s, mode) for n, s in lanes.items() if n.startswith("rollout")}
         self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
         self.finished = self.env.event()
+        self._event_s = dict(cfg.sim.costs.driver_event_s) if cfg.sim.cost_model == "parametric" else {}
+        self._inbox: deque[Event] = deque()
         self._bar = tqdm(total=cfg.run.total_steps, desc="simulate", unit="step", disable=not progress, leave=False)
 
     def _slots_per_worker(self) -> int:
@@ -87,10 +90,34 @@ class SimDriver:
         return summary
 
     def send(self, event: Event) -> None:
+        """Hand ``event`` to the controller: at once, or, with ``sim.costs.driver_event_s`` > 0,
+        through the driver's queue (``_serve``)."""
+        if self._event_s:
+            self._inbox.append(event)
+            if len(self._inbox) == 1:
+                self.env.process(self._serve())
+            return
+        self._handle(event)
+
+    def _handle(self, event: Event) -> None:
         if isinstance(event, TrainStepFinished):
             self._bar.update(1)
         for action in self.ctrl.handle(event):
             self._dispatch(action)
+
+    def _serve(self):
+        """The driver as one server: the real driver handles its workers' answers one at a time
+        on its main thread, each taking ``driver_event_s[kind]`` (measured per kind by a run's
+        ``unplaced_cpu``: a finished sample, a scored batch, an update, a sync), while workers
+        waiting on the answer idle. An event is handled when the driver gets to it, as the real
+        driver stamps it on receipt."""
+        while self._inbox:
+            event = self._inbox[0]
+            cost = self._event_s.get(_KIND.get(type(event), ""), 0.0)
+            if cost > 0:
+                yield self.env.timeout(cost)
+            self._handle(replace(event, t=self.env.now))
+            self._inbox.popleft()
 
     # ------------------------------------------------------------- actions
     def _dispatch(self, a: Action) -> None:
@@ -131,6 +158,10 @@ class SimDriver:
             self.send(make_event(start))
 
         self.env.process(body())
+
+
+_KIND = {GenerationFinished: "generate", GenerationAborted: "generate", ScoringFinished: "score",
+         TrainStepFinished: "train", WeightSyncFinished: "sync"}
 
 
 @contextmanager

@@ -78,6 +78,12 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     assert cpu["wall_s"] > 0 and cpu["driver_s"] > 0 and cpu["ray_system_s"] >= 0
     assert cpu["actors_s"] >= sum(e["args"]["cpu_s"] for e in spans) * 0.9  # the spans' work ran in the actors
     assert cpu["driver_share"] == pytest.approx(cpu["driver_s"] / cpu["wall_s"], abs=1e-3)
+    assert 0 < cpu["driver_main_s"] <= cpu["driver_s"] + 0.05
+    assert {"generate", "score", "train"} <= set(cpu["driver_event_s"]) and all(
+        0 < v < 0.5 for v in cpu["driver_event_s"].values())
+    from calibration.from_run import fit_run  # the simulator's driver queue takes them from the run
+
+    assert fit_run(tmp_path / "real").costs()["driver_event_s"] == cpu["driver_event_s"]
     report = compare_runs(tmp_path / "real", tmp_path / "sim", tmp_path / "cmp")
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
     assert report["utilisation_error"] and all(abs(v) <= 1 for v in report["utilisation_error"].values())

@@ -17,6 +17,8 @@ from asyncopd.catalog import (
 )
 from asyncopd.config.algorithm import AlgorithmConfig, check_backends
 from asyncopd.config.colocation import parse_entry
+
+DRIVER_EVENT_KINDS = ("generate", "score", "train", "sync")
 from asyncopd.config.memory_shares import check_engine_args, check_shares
 from asyncopd.control.policies import Policy, policy_from
 from asyncopd.task.config import TaskConfig
@@ -296,6 +298,22 @@ class SimCosts(_Section):
                                          "gradient bytes; None or 0: the student's parameters x bytes of models.dtype")
     dispatch_s: float = Field(0.006, ge=0, description="latency from an action to its worker starting it "
                                                         "(Ray call + payload transfer)")
+    driver_event_s: dict[str, float] = Field(default_factory=dict, description="the driver's time per event it "
+                                             "handles, by kind: generate (per sample), score (per batch), train (per "
+                                             "update), sync; with any set, events queue at the driver and are handled "
+                                             "one at a time (sim/driver.py; empty = instantly). calibrate --from-run "
+                                             "takes them from the run's measured main-thread time (unplaced_cpu)")
+
+    @field_validator("driver_event_s")
+    @classmethod
+    def _driver_kinds(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, sec in v.items():
+            if key not in DRIVER_EVENT_KINDS:
+                raise ValueError(f"driver_event_s: unknown event kind {key!r} (expected one of "
+                                 f"{', '.join(DRIVER_EVENT_KINDS)})")
+            if not 0 <= sec <= 1:
+                raise ValueError(f"driver_event_s[{key!r}] must be within [0, 1] s, got {sec}")
+        return {k: float(x) for k, x in v.items()}
     decode_cv: float = Field(0.0, ge=0, le=5, description="run-to-run scatter of decode times (coefficient of "
                              "variation of a lognormal factor per decode segment; 0 = deterministic)")
     teacher_cv: float = Field(0.0, ge=0, le=5, description="scatter of teacher batch times (see decode_cv)")

@@ -6,9 +6,16 @@ recorder, the Ray calls it makes) and Ray's system processes (GCS server, raylet
 run the tool records, from ``/proc`` through psutil,
 
     driver_s      CPU seconds of the driver process (all its threads)
+    driver_main_s ... of its main thread alone: the controller, the recorder and the Ray calls
+                  it makes, one event at a time (the rest is Ray's threads in the driver)
     ray_system_s  CPU seconds of the driver's descendant processes that are not actor workers
     actors_s      CPU seconds of the actor worker processes (``ray::...``): the placed work,
                   including what runs outside their recorded spans (Ray's threads in the actor)
+
+``driver_event_s`` the main thread's seconds per answer it handled, by kind (``generate``: per
+                  finished sample of a wave; ``score``: per scored batch; ``train``: per update;
+                  ``sync``: per weight sync), including the actions each caused and the next
+                  wave it started: what the simulator's driver queue charges (``sim/driver.py``)
 
 and their shares of one core over the run's wall time, into ``summary.json``
 (``unplaced_cpu``). The shares tell how much of a core the simulator's devices never see; a
@@ -19,8 +26,11 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+KINDS = {"gen": "generate", "score": "score", "train": "train", "sync": "sync"}
 
 
 def _cpu(p: Any) -> float:
@@ -43,7 +53,22 @@ class CpuAccount:
 
         self._me = psutil.Process()
         self._t0 = time.time()
+        self._main0 = time.thread_time()  # (constructed and finished on the driver's main thread)
         self._before = self._snapshot()
+        self._kinds: dict[str, list[float]] = {}  # kind -> [main-thread seconds, answers]
+
+    @contextmanager
+    def handling(self, kind: str, count: int = 1) -> Iterator[None]:
+        """Time the main thread's handling of ``count`` answers of ``kind`` (``gen`` is counted
+        per sample as ``generate``)."""
+        c0 = time.thread_time()
+        try:
+            yield
+        finally:
+            acc = self._kinds.setdefault(KINDS.get(kind, kind), [0.0, 0])  # (other answers, e.g. a sync's
+            # serving side, are kept under their own name and not given to the simulator)
+            acc[0] += time.thread_time() - c0
+            acc[1] += max(1, count)
 
     def _snapshot(self) -> dict[int, tuple[str, float]]:
         out = {self._me.pid: ("driver", _cpu(self._me))}
@@ -60,9 +85,13 @@ class CpuAccount:
         totals = {"driver": 0.0, "ray_system": 0.0, "actors": 0.0}
         for pid, (kind, cpu) in after.items():
             totals[kind] += cpu - self._before.get(pid, (kind, 0.0))[1]
+        totals["driver_main"] = time.thread_time() - self._main0
         out = {f"{k}_s": round(v, 3) for k, v in totals.items()}
         out.update({f"{k}_share": round(v / wall, 4) if wall > 0 else 0.0 for k, v in totals.items()},
                    wall_s=round(wall, 3))
+        out["driver_event_s"] = {k: round(sec / n, 7) for k, (sec, n) in self._kinds.items()
+                                 if n and k in KINDS.values()}
+        out["driver_events"] = {k: n for k, (_sec, n) in self._kinds.items()}
         return out
 
     def write(self, summary: Path) -> None:

@@ -154,7 +154,7 @@ class RayDriver:
             self._bar = tqdm(total=self.cfg.run.total_steps, initial=self.ctrl.version, desc="train", unit="step",
                              disable=not self.progress)
             self.t0 = time.time() - self.recorder.t_origin  # (a resumed run's clock goes on)
-            cpu = CpuAccount()
+            self._cpu = cpu = CpuAccount()
             try:
                 t_start = self.recorder.t_origin  # (0 unless resumed)
                 self._send(messages.RunStarted(t_start))
@@ -207,7 +207,7 @@ class RayDriver:
                 raise
             self._send(messages.WorkerFailed(self._now(), p.worker, str(e).splitlines()[0]))
             return
-        with self._waves_after_dispatch():
+        with self._cpu.handling(p.kind, len(value) if p.kind == "gen" else 1), self._waves_after_dispatch():
             getattr(self, f"_on_{p.kind}")(p, value)
 
     def _send(self, event: messages.Event) -> None:
