@@ -26,9 +26,9 @@ from calibration.report import contention_table, drift_table, extras_table, fit_
 def contention_sharing(cfg: OPDConfig, console: Any, *, window_s: float, rounds: int, progress: bool):
     """Measure every combination on one core, print the table; the directed ``Sharing`` and
     the result (``calibration/contention_probe.py``)."""
-    from asyncopd.config.colocation import Sharing
-    from asyncopd.runtime.setup import resolve_models
-    from calibration.contention_probe import check_probe_config, measure_contention
+    from asyncopd.config.colocation import Sharing  # (lazy: heavy, per mode)
+    from asyncopd.runtime.setup import resolve_models  # (lazy: heavy, per mode)
+    from calibration.contention_probe import check_probe_config, measure_contention  # (lazy: heavy, per mode)
 
     check_probe_config(cfg)
     res = measure_contention(cfg, resolve_models(cfg, progress=progress), window_s=window_s, rounds=rounds,
@@ -39,7 +39,7 @@ def contention_sharing(cfg: OPDConfig, console: Any, *, window_s: float, rounds:
 
 def measured_sharing(profile: Path):
     """The sharing factors a ``calibrate --contention`` profile measured, as a ``Sharing``."""
-    from asyncopd.config.colocation import Sharing
+    from asyncopd.config.colocation import Sharing  # (lazy: heavy, per mode)
 
     data = read_profile(profile)
     pairs = ((data.get("sim") or {}).get("costs") or {}).get("colocation_pairs")
@@ -50,8 +50,8 @@ def measured_sharing(profile: Path):
 
 def from_runs(runs: list[Path], out: Optional[Path], console: Any, fail: Callable[[str], None], *, progress: bool,
               contention: Optional[tuple[OPDConfig, float, int]] = None, sharing_profile: Optional[Path] = None) -> int:
-    from calibration.from_run import write_profile
-    from calibration.multi_run import fit_runs
+    from calibration.from_run import write_profile  # (lazy: heavy, per mode)
+    from calibration.multi_run import fit_runs  # (lazy: heavy, per mode)
 
     for run in runs:
         if not (run / "trace.json").is_file():
@@ -84,7 +84,7 @@ def from_runs(runs: list[Path], out: Optional[Path], console: Any, fail: Callabl
 def contention_only(cfg: OPDConfig, path: Path, console: Any, *, window_s: float, rounds: int, progress: bool) -> int:
     """A profile holding only the measured sharing factors (``simulate --costs`` applies them
     key by key over the config's)."""
-    from calibration.profile import hardware
+    from calibration.profile import hardware  # (lazy: heavy, per mode)
 
     sharing, res = contention_sharing(cfg, console, window_s=window_s, rounds=rounds, progress=progress)
     config = cfg.model_dump(mode="json")
@@ -99,7 +99,7 @@ def contention_only(cfg: OPDConfig, path: Path, console: Any, *, window_s: float
 
 def check(profile: Path, config: Optional[Path], overrides: list[str], threshold: float, budget: Optional[float],
           console: Any, fail: Callable[[str], None], *, progress: bool) -> int:
-    from calibration.check import check_profile
+    from calibration.check import check_profile  # (lazy: heavy, per mode)
 
     try:
         res = check_profile(profile, config=config, overrides=overrides, threshold=threshold,
@@ -115,7 +115,7 @@ def check(profile: Path, config: Optional[Path], overrides: list[str], threshold
 
 def micro_benchmarks(cfg: OPDConfig, config: Optional[Path], path: Path, budget: Optional[float], console: Any,
                      fail: Callable[[str], None], *, progress: bool) -> int:
-    from calibration.profilers import profile
+    from calibration.profilers import profile  # (lazy: heavy, per mode)
 
     dispatch, dispatch_src = None, "the config's sim.costs.dispatch_s"
     if path.is_file():  # keep the dispatch latency of the profile being replaced (it may come from a run)

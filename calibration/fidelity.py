@@ -46,6 +46,7 @@ from asyncopd.config.colocation import Sharing
 from asyncopd.runtime.driver import train
 from asyncopd.trace.compare import compare_runs, load_run
 from calibration.from_run import fit_run, write_profile
+from calibration.multi_run import fit_runs
 from calibration.profile import profile_overrides
 from sim.driver import simulate
 from sim.intervals import throughput_interval
@@ -210,8 +211,6 @@ def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: 
     with ``sharing`` measured by ``calibrate --contention``, as ``--from-run --contention`` does.
     ``repeats > 1`` trains the config again into ``run_dir-2``, ... and averages the fits
     (``calibration.multi_run.fit_runs``), which also measures ``run_cv``."""
-    from calibration.multi_run import fit_runs
-
     dirs = [run_dir] + [run_dir.with_name(f"{run_dir.name}-{k}") for k in range(2, repeats + 1)]
     for d in dirs:
         train(cfg, d, progress=progress, evaluate=False)

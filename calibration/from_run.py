@@ -41,7 +41,7 @@ from scipy.optimize import nnls
 
 from asyncopd.config import load_config
 from asyncopd.config.colocation import Sharing
-from asyncopd.config.schema import SimCosts
+from asyncopd.config.schema import DRIVER_EVENT_KINDS, SimCosts
 from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.data_parallel import LearnerSteps, fit_learner
@@ -120,8 +120,6 @@ def _driver_costs(run_dir: Path) -> StageFit | None:
         cpu = json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
     except (OSError, ValueError):
         return None
-    from asyncopd.config.schema import DRIVER_EVENT_KINDS
-
     per = {k: float(v) for k, v in (cpu.get("driver_event_s") or {}).items() if k in DRIVER_EVENT_KINDS}
     if not per:
         return None

@@ -26,7 +26,8 @@ def test_calibrate_simulate_train_compare(tmp_path) -> None:
     assert {"learner", "teacher", "rollout", "sync", "dispatch", "contention"} <= set(cal.stages)
     costs = cal.costs()
     pairs = costs.pop("colocation_pairs", {})
-    assert all(_finite(v) and v >= 0 for v in [*costs.values(), *pairs.values()])
+    driver = costs.pop("driver_event_s", {})  # (the driver's seconds per answer, by kind)
+    assert all(_finite(v) and v >= 0 for v in [*costs.values(), *pairs.values(), *driver.values()])
     profile = write_profile(cal, tmp_path / "calibration.yaml")
     combos = {"sync": COMBOS["sync"], "fully_async(eta=2)": COMBOS["fully_async(eta=2)"]}
     rows = run_fidelity("configs/default.yaml", profile, combos, tmp_path / "fid", steps=6, seeds=[0, 1], plots=True)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 # What the GPU machine has (issue 14), the standard library, this repository; tokenizers and
 # safetensors come with transformers, jsonschema with ray.
 ALLOWED = {"torch", "transformers", "ray", "simpy", "pydantic", "numpy", "scipy", "pandas", "matplotlib", "seaborn",
-           "yaml", "typer", "rich", "tqdm", "tokenizers", "safetensors", "jsonschema",
+           "yaml", "typer", "rich", "tqdm", "tokenizers", "safetensors", "jsonschema", "psutil",
            "asyncopd", "sim", "calibration", "bench", "gpu_phases", "host_load"}
 
 @pytest.fixture(scope="module")
