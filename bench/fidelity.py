@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from calibration.multi_run import run_scatter
 from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, host_probe, interval_coverage, mape,
                                   run_fidelity)
+from calibration.multi_run import run_scatter
 
 
 def calibrate(config: str, steps: int, out: Path, contention: bool, console: Console, runs: int = 1) -> Path:
@@ -38,18 +38,13 @@ def calibrate(config: str, steps: int, out: Path, contention: bool, console: Con
     ``calibrate --contention`` (measured first) and the run-fitted profile is kept beside it
     (``calibration-fitted.yaml``) for comparison."""
     from asyncopd.config import load_config
-    from asyncopd.config.colocation import Sharing
-    from asyncopd.runtime.setup import resolve_models
-    from calibration.contention_probe import measure_contention
+    from calibration.command import contention_sharing
     from calibration.from_run import fit_run, write_profile
-    from calibration.report import contention_table
 
     cfg = load_config(config, [f"run.total_steps={steps}"])
     sharing = None
     if contention:
-        res = measure_contention(cfg, resolve_models(cfg, progress=False), window_s=3.0, rounds=2)
-        console.print(contention_table(res))
-        sharing = Sharing(1.0, {k: round(v, 3) for k, v in res.directed.items()})
+        sharing, _ = contention_sharing(cfg, console, window_s=3.0, rounds=2, progress=True)
     path = calibrate_by_run(cfg, out / "calibration-run", out / "calibration.yaml", sharing=sharing, repeats=runs)
     if contention:
         write_profile(fit_run(out / "calibration-run"), out / "calibration-fitted.yaml")

@@ -10,7 +10,8 @@ role's real work on the config's mean lengths:
 - learner: one ``train_step`` on ``learner.batch_size`` scored rollouts.
 
 Every *combination* (each role alone; each pair, including two workers of one role; the triple)
-runs for ``window_s`` seconds (at least ``2 * members`` units of its slowest member alone) with every member looping over its units from one start time.
+runs for ``window_s`` seconds (at least ``2 * members`` units of its slowest member alone), with
+every member looping over its units from one start time.
 Units that start and end inside the window ran with the whole combination busy; their mean wall
 time over the same role's mean alone, measured in the same round, is the slowdown
 

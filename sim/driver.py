@@ -90,8 +90,8 @@ class SimDriver:
         return summary
 
     def send(self, event: Event) -> None:
-        """Hand ``event`` to the controller: at once, or, with ``sim.costs.driver_event_s`` > 0,
-        through the driver's queue (``_serve``)."""
+        """Hand ``event`` to the controller: at once, or, when ``sim.costs.driver_event_s`` names
+        any kind, through the driver's queue (``_serve``)."""
         if self._event_s:
             self._inbox.append(event)
             if len(self._inbox) == 1:

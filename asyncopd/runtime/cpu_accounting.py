@@ -60,13 +60,13 @@ class CpuAccount:
     @contextmanager
     def handling(self, kind: str, count: int = 1) -> Iterator[None]:
         """Time the main thread's handling of ``count`` answers of ``kind`` (``gen`` is counted
-        per sample as ``generate``)."""
+        per sample as ``generate``; kinds outside ``KINDS``, e.g. a sync's serving side, are
+        counted under their own name and not given to the simulator)."""
         c0 = time.thread_time()
         try:
             yield
         finally:
-            acc = self._kinds.setdefault(KINDS.get(kind, kind), [0.0, 0])  # (other answers, e.g. a sync's
-            # serving side, are kept under their own name and not given to the simulator)
+            acc = self._kinds.setdefault(KINDS.get(kind, kind), [0.0, 0])
             acc[0] += time.thread_time() - c0
             acc[1] += max(1, count)
 
