@@ -81,7 +81,7 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
     """Simulate CONFIG with the SimPy driver; write a run directory; print a prediction interval
     of a real run's samples/s (the seeds' spread and sim.costs.run_cv: sim/intervals.py)."""
     from sim.driver import simulate as run_sim  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
-    from sim.intervals import throughput_interval  # (lazy: scipy)
+    from sim.intervals import costs_interval, scatter_note  # (lazy: scipy)
 
     cfg = _load(config, set_, costs)
     run_dir = _run_dir(cfg, "sim", out)
@@ -89,12 +89,11 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
     summary = run_sim(cfg, run_dir, seed=first, progress=progress)
     rates = [summary["samples_per_s"]] + [run_sim(cfg, None, seed=first + i, progress=False)["samples_per_s"]
                                           for i in range(1, seeds)]
-    interval = throughput_interval(rates, cfg.sim.costs.run_cv, level)
+    interval = costs_interval(rates, cfg.sim.costs, level)
     path = run_dir / "summary.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_interval": asdict(interval)}, indent=2))
     console.print(summary_table(f"simulated: {run_dir}", summary))
-    console.print(f"a real run's samples/s: {interval.describe()}, with run-to-run scatter "
-                  f"sim.costs.run_cv={cfg.sim.costs.run_cv:g}")
+    console.print(f"a real run's samples/s: {interval.describe()}, with {scatter_note(cfg.sim.costs)}")
     _plots(run_dir, plots)
 
 
@@ -107,7 +106,7 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
     """Predict the speedup of each --policy over the first one, with a 95% interval over seeds."""
     from tqdm.auto import tqdm
 
-    from sim.intervals import throughput_interval  # (lazy: scipy)
+    from sim.intervals import costs_interval  # (lazy: scipy)
     from sim.predict import predict as run_predict  # (lazy: keeps simpy and numpy out of `asyncopd --help`)
 
     cfg = _load(config, set_, costs)
@@ -123,7 +122,7 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
     seed_list = [cfg.run.seed + i for i in range(seeds)]
     with tqdm(total=len(policy) * seeds, desc="simulate", unit="run", disable=not progress, leave=False) as bar:
         preds, speedups = run_predict(cfg, policy, seed_list, on_progress=lambda: bar.update(1))
-    intervals = {p.policy: throughput_interval(p.throughput, cfg.sim.costs.run_cv, 0.9) for p in preds}
+    intervals = {p.policy: costs_interval(p.throughput, cfg.sim.costs, 0.9) for p in preds}
     console.print(predict_table(f"{config}: {cfg.run.total_steps} steps x {cfg.learner.batch_size} samples, "
                                 f"{seeds} seeds", preds, speedups, intervals))
 

@@ -16,7 +16,7 @@ For each layout/policy *combination* (a list of config overrides on one base con
        discarded         samples evicted or aborted per run (mean over seeds / runs), and
                          (pred - meas) / meas when the run discarded any
        interval          the 90% prediction interval of a run's samples/s from the seeds and
-                         ``sim.costs.run_cv`` (``sim/intervals.py``); coverage = share of the
+                         ``sim.costs.run_cv`` and ``calibration_runs`` (``sim/intervals.py``); coverage = share of the
                          measured runs inside their combination's interval
        speedup           over the ``sync`` combination: predicted  pred_c / pred_sync; measured
                          mean_r (meas_c,r / meas_sync,r) over the rounds r, each of which runs
@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from asyncopd.config import OPDConfig, load_config
+from asyncopd.config.schema import SimCosts
 from asyncopd.config.colocation import Sharing
 from asyncopd.runtime.driver import train
 from asyncopd.trace.compare import compare_runs, load_run
@@ -49,7 +50,7 @@ from calibration.from_run import fit_run, write_profile
 from calibration.multi_run import fit_runs
 from calibration.profile import profile_overrides
 from sim.driver import simulate
-from sim.intervals import throughput_interval
+from sim.intervals import costs_interval
 
 SHARED_ONE_CORE = ["layout.teacher.devices=[0]", "layout.learner.devices=[0]"]
 COMBOS: dict[str, list[str]] = {
@@ -225,7 +226,7 @@ def measure(cfg: OPDConfig, out: Path) -> dict[str, Any]:
 
 
 def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = True,
-          run_cv: float = 0.1) -> FidelityRow:
+          costs: SimCosts | None = None) -> FidelityRow:
     """Errors of ``pred`` against the measured runs (mean samples/s, pooled staleness); the
     ``asyncopd compare`` report is of the first measured run against the first simulated seed."""
     from scipy import stats
@@ -235,7 +236,7 @@ def score(pred: Prediction, real_dirs: list[Path], out: Path, *, plots: bool = T
     thr = float(np.mean([m["summary"]["samples_per_s"] for m in measured]))
     stale = np.concatenate([m["staleness"] for m in measured])
     ks = float(stats.ks_2samp(pooled_staleness(pred), stale).statistic)
-    iv = throughput_interval(pred.per_seed, run_cv, 0.9)
+    iv = costs_interval(pred.per_seed, costs or SimCosts(), 0.9)
     rates = [float(m["summary"]["samples_per_s"]) for m in measured]
     return FidelityRow(pred.name, pred.samples_per_s, thr, (pred.samples_per_s - thr) / thr, pred.staleness_mean,
                        float(stale.mean()), pred.staleness_mean - float(stale.mean()), ks, report["out_dir"],
@@ -285,7 +286,7 @@ def run_fidelity(base: str | Path | None, profile: str | Path, combos: dict[str,
              for i, name in enumerate(cfgs)}
     for i, name in enumerate(cfgs):
         reals = [_real_dir(out, i, r) for r in range(repeats)]
-        row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots, run_cv=cfgs[name].sim.costs.run_cv)
+        row = score(preds[name], reals, out / f"{i}" / "compare", plots=plots, costs=cfgs[name].sim.costs)
         row.host_speed = float(np.mean(speeds[name])) if speeds[name] else math.nan
         if with_replay:
             row.replay_error, row.replay_staleness_error, row.replay_ks = replay(name, combos[name], reals, out / f"{i}",

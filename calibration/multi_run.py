@@ -65,7 +65,8 @@ def fit_runs(run_dirs: list[str | Path], *, progress: bool = False, sharing: Sha
                 pairs[pair], base.pair_sources[pair] = phi, str(d)
     _fit_learner_across(base, [Path(d) for d in run_dirs], Sharing(default, pairs))
     scatter = run_scatter([Path(d) for d in run_dirs])
-    if scatter is not None:
+    if scatter is not None:  # (and how many runs the costs' level was averaged over: sim/intervals.py)
+        scatter.params["calibration_runs"] = 1 + len(repeats)
         base.stages["run_cv"] = scatter
     if len(run_dirs) > 1:
         for pair in pairs:

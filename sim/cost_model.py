@@ -16,6 +16,7 @@ A cost model says how long each stage of the pipeline takes on a layout:
   rollout prefill, one teacher scoring batch, one learner update;
 - ``sync()``: a weight sync, as the part that overlaps rollout and the part that pauses it;
 - ``dispatch()``: the latency between an action and its worker starting it (an RPC);
+- ``delivery()``: the latency between a rollout worker finishing and the driver holding the result;
 - ``for_layout(shape)``: the model for another layout (tensor-parallel degrees, learner
   devices, cluster size); ``layout_sensitive`` says whether tensor-parallel degrees change the
   costs (the planner searches them only then; the learner's device count may matter either way);
@@ -159,6 +160,15 @@ class CostModel(ABC):
 
     @abstractmethod
     def dispatch(self) -> float: ...
+
+    def rollout_dispatch(self) -> float:
+        """The dispatch latency of a rollout wave (the base: ``dispatch()``)."""
+        return self.dispatch()
+
+    def delivery(self) -> float:
+        """The return path of a rollout result: from a worker finishing a wave (continuous
+        batching: a sample) to the driver holding it (the base: instant)."""
+        return 0.0
 
     def for_layout(self, shape: LayoutShape) -> "CostModel":
         """This model on a layout of ``shape`` (the base: unchanged)."""

@@ -70,6 +70,15 @@ class JitteredCosts(CostModel):
     def dispatch(self) -> float:
         return self.base.dispatch() * self._factor("dispatch")
 
+    def rollout_dispatch(self) -> float:
+        return self.base.rollout_dispatch() * self._factor("dispatch")
+
+    def delivery(self) -> float:
+        """The return path scatters as dispatch does (both are one Ray call); no draw when the
+        base has none, so a model without a return latency keeps its random stream."""
+        d = self.base.delivery()
+        return d * self._factor("dispatch") if d > 0 else 0.0
+
     def for_layout(self, shape: LayoutShape) -> "JitteredCosts":
         return JitteredCosts(self.base.for_layout(shape), self._sigma, self._rng)
 

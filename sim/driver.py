@@ -56,7 +56,7 @@ class SimDriver:
         self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
         self.finished = self.env.event()
         self._event_s = dict(cfg.sim.costs.driver_event_s) if cfg.sim.cost_model == "parametric" else {}
-        self._inbox: deque[Event] = deque()
+        self._inbox: deque[tuple[Event, ...]] = deque()  # answers waiting for the driver
         self._bar = tqdm(total=cfg.run.total_steps, desc="simulate", unit="step", disable=not progress, leave=False)
 
     def _slots_per_worker(self) -> int:
@@ -89,15 +89,17 @@ class SimDriver:
             (self.recorder.dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
-    def send(self, event: Event) -> None:
-        """Hand ``event`` to the controller: at once, or, when ``sim.costs.driver_event_s`` names
-        any kind, through the driver's queue (``_serve``)."""
+    def send(self, *events: Event) -> None:
+        """Hand one worker answer (``events``: a wave's results come as one) to the controller:
+        at once, or, when ``sim.costs.driver_event_s`` names any kind, through the driver's
+        queue (``_serve``)."""
         if self._event_s:
-            self._inbox.append(event)
+            self._inbox.append(events)
             if len(self._inbox) == 1:
                 self.env.process(self._serve())
             return
-        self._handle(event)
+        for event in events:
+            self._handle(event)
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, TrainStepFinished):
@@ -106,17 +108,21 @@ class SimDriver:
             self._dispatch(action)
 
     def _serve(self):
-        """The driver as one server: the real driver handles its workers' answers one at a time
-        on its main thread, each taking ``driver_event_s[kind]`` (measured per kind by a run's
-        ``unplaced_cpu``: a finished sample, a scored batch, an update, a sync), while workers
-        waiting on the answer idle. An event is handled when the driver gets to it, as the real
-        driver stamps it on receipt."""
+        """The driver as one server, as the real one: it takes the next answer when free,
+        stamps its events with that moment (its receipt), hands them to the controller, and is
+        busy for ``driver_event_s[kind]`` per event (measured per kind by a run's
+        ``unplaced_cpu``: a finished sample, a scored batch, an update, a sync) before it takes
+        the next answer. The actions leave at the stamp: the measured dispatch latencies
+        (``dispatch_s``, ``rollout_dispatch_s``) run from the stamp, so they already hold the
+        driver's handling after it."""
         while self._inbox:
-            event = self._inbox[0]
-            cost = self._event_s.get(_KIND.get(type(event), ""), 0.0)
+            events = self._inbox[0]
+            now = self.env.now
+            for event in events:
+                self._handle(replace(event, t=now))
+            cost = sum(self._event_s.get(_KIND.get(type(e), ""), 0.0) for e in events)
             if cost > 0:
                 yield self.env.timeout(cost)
-            self._handle(replace(event, t=self.env.now))
             self._inbox.popleft()
 
     # ------------------------------------------------------------- actions

@@ -5,10 +5,13 @@ A measured run's rate is modelled as ``X = S * F``: ``S`` the simulated samples/
 seed (the workload's randomness: prompts, lengths, per-stage noise), ``F`` an independent
 whole-run factor for what no simulation sees (the host's drift between runs, OS scheduling),
 ``log F ~ Normal(0, sigma^2)`` with ``sigma^2 = log(1 + run_cv^2)`` (``sim.costs.run_cv``: the
-coefficient of variation of repeated runs of one config). On the log scale, with the seeds'
-log-rates ``y_1..y_n`` (mean ``m``, sd ``s``), a new run's ``log X`` has the prediction interval
+coefficient of variation of repeated runs of one config). The costs themselves were fitted to
+``k`` such runs (``sim.costs.calibration_runs``), so their level is off by the mean of ``k``
+run factors, another ``sigma^2 / k`` of variance: calibrated on one run, a prediction inherits
+that run's luck as well as facing the new run's. On the log scale, with the seeds' log-rates
+``y_1..y_n`` (mean ``m``, sd ``s``), a new run's ``log X`` has the prediction interval
 
-    m  ±  sqrt( t_{(1+q)/2, n-1}^2 * s^2 (1 + 1/n)  +  z_{(1+q)/2}^2 * sigma^2 )
+    m  ±  sqrt( t_{(1+q)/2, n-1}^2 * s^2 (1 + 1/n)  +  z_{(1+q)/2}^2 * sigma^2 (1 + 1/k) )
 
 (each part at its own quantile: Student t for the seeds' estimated spread, normal for the
 known run factor; with one seed only the run factor's part).
@@ -41,8 +44,10 @@ class Interval:
                f"{'s' if self.seeds != 1 else ''})"
 
 
-def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.9) -> Interval:
-    """The level-``level`` prediction interval of a run's samples/s (module docstring)."""
+def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.9, *,
+                        calibration_runs: float = math.inf) -> Interval:
+    """The level-``level`` prediction interval of a run's samples/s (module docstring);
+    ``calibration_runs`` = ``k`` (infinite: costs known exactly, the run factor alone)."""
     from scipy import stats
 
     ys = [math.log(r) for r in rates if r > 0]
@@ -50,12 +55,28 @@ def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.
         raise ValueError("no positive simulated rate to build an interval from")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    sigma2 = math.log1p(run_cv ** 2)
+    if calibration_runs < 1:
+        raise ValueError(f"calibration_runs must be at least 1, got {calibration_runs}")
+    sigma2 = math.log1p(run_cv ** 2) * (1 + 1 / calibration_runs)
     m, n = statistics.fmean(ys), len(ys)
     q = (1 + level) / 2
     seeds_part = stats.t.ppf(q, n - 1) ** 2 * statistics.variance(ys) * (1 + 1 / n) if n >= 2 else 0.0
     half = math.sqrt(seeds_part + stats.norm.ppf(q) ** 2 * sigma2)
     return Interval(math.exp(m), math.exp(m - half), math.exp(m + half), level, n)
+
+
+def costs_interval(rates: Iterable[float], costs: object, level: float = 0.9) -> Interval:
+    """``throughput_interval`` with a config's ``sim.costs``: its ``run_cv`` and its
+    ``calibration_runs``."""
+    return throughput_interval(rates, costs.run_cv, level,  # type: ignore[attr-defined]
+                               calibration_runs=costs.calibration_runs)  # type: ignore[attr-defined]
+
+
+def scatter_note(costs: object) -> str:
+    """How wide the run factor is, for the line under a printed interval."""
+    c = costs
+    return (f"run-to-run scatter sim.costs.run_cv={c.run_cv:.0%}, costs averaged over "  # type: ignore[attr-defined]
+            f"sim.costs.calibration_runs={c.calibration_runs}")  # type: ignore[attr-defined]
 
 
 def coverage(pairs: Iterable[tuple[Interval, float]]) -> float:

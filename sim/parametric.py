@@ -11,7 +11,8 @@ replaced by ``asyncopd calibrate``)::
                                  pause   c.sync_fixed_s + W / c.sync_bytes_per_s                (object_store)
                                          c.sync_fixed_s + W / c.sync_bytes_per_s
                                                         + ceil(W / K) * c.sync_bucket_latency_s  (collective)
-    dispatch                     c.dispatch_s
+    dispatch                     c.dispatch_s   (a rollout wave: c.rollout_dispatch_s, None = c.dispatch_s)
+    rollout result's return      c.return_s   (a wave's end, or a continuous sample's, to the driver)
 
 The learner on ``N = len(layout.learner.devices)`` devices runs ``N`` data-parallel ranks
 (``learner.strategy``), each over a token-balanced ``T / N`` of the batch, then they exchange
@@ -100,6 +101,13 @@ class ParametricCosts(CostModel):
 
     def dispatch(self) -> float:
         return self.costs.dispatch_s
+
+    def rollout_dispatch(self) -> float:
+        c = self.costs
+        return c.dispatch_s if c.rollout_dispatch_s is None else c.rollout_dispatch_s
+
+    def delivery(self) -> float:
+        return self.costs.return_s
 
 
 def grad_bytes_of(cfg: OPDConfig) -> Optional[float]:

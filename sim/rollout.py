@@ -5,6 +5,7 @@ Batching modes (``sim.rollout_batching``):
 - ``wave`` — what the torch backend does: take every queued request (up to the slots) into
   one batch, decode until all have finished, report the results together at the end of the
   wave (each with its own finish time); requests that arrive meanwhile wait for the next wave.
+  Reports reach the driver ``costs.delivery()`` after the wave ends (``sim.costs.return_s``).
 - ``continuous`` — what vLLM does: requests join at the next decode iteration (after their
   prefill) and leave as soon as they finish; each completion is reported at once.
 
@@ -43,7 +44,7 @@ class RolloutHost(Protocol):
     placement: dict[str, list[int]]
     shared: set[str]
 
-    def send(self, event: Event) -> None: ...
+    def send(self, *events: Event) -> None: ...
 
 
 @dataclass
@@ -155,7 +156,7 @@ class SimRolloutWorker:
                 continue
             if not self.batch.active and self.queue:  # an idle worker receives its requests
                 self._set_busy(False)
-                yield from self._timed(costs.dispatch())
+                yield from self._timed(costs.rollout_dispatch())
             joining = self._admit()
             pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
             if joining:
@@ -251,12 +252,26 @@ class SimRolloutWorker:
         if self.mode == "wave":
             self.done.append(s)
         else:
-            self._report(s)
+            self._deliver([s])
 
     def _flush_wave(self) -> None:
         done, self.done = self.done, []
-        for s in done:
-            self._report(s)
+        if done:
+            self._deliver(done)
+
+    def _deliver(self, done: list[SimSeq]) -> None:
+        """Report ``done`` as one answer once the return path (``costs.delivery()``, one draw
+        per answer) has passed; the worker does not wait for it (the driver, not the worker,
+        is what is late)."""
+        delay = self.host.costs.delivery()
+        if delay <= 0:
+            self._report(done)
+        else:
+            self.env.process(self._report_later(done, delay))
+
+    def _report_later(self, done: list[SimSeq], delay: float):
+        yield self.env.timeout(delay)
+        self._report(done)
 
     def _drop_evicted(self) -> None:
         for sid in sorted(self.evict):
@@ -295,11 +310,15 @@ class SimRolloutWorker:
         self.host.send(WeightSyncFinished(self.env.now, self.name, action.version, self.sync_started,
                                          paused_s=self.env.now - paused_from))
 
-    def _report(self, s: SimSeq) -> None:
-        self.evict.discard(s.sample_id)
-        if s.aborted:
-            self.host.send(GenerationAborted(self.env.now, s.sample_id, self.name, s.started_at,
-                                            s.generated, s.aborted, ended_at=s.finished_at))
-        else:
-            self.host.send(GenerationFinished(self.env.now, s.sample_id, self.name, s.started_at, s.spans,
-                                             s.prompt_tokens, ended_at=s.finished_at))
+    def _report(self, done: list[SimSeq]) -> None:
+        """Send ``done``'s results to the driver together, as one answer."""
+        events: list[Event] = []
+        for s in done:
+            self.evict.discard(s.sample_id)
+            if s.aborted:
+                events.append(GenerationAborted(self.env.now, s.sample_id, self.name, s.started_at,
+                                                s.generated, s.aborted, ended_at=s.finished_at))
+            else:
+                events.append(GenerationFinished(self.env.now, s.sample_id, self.name, s.started_at, s.spans,
+                                                 s.prompt_tokens, ended_at=s.finished_at))
+        self.host.send(*events)

@@ -199,5 +199,11 @@ def test_prediction_intervals_have_their_closed_forms():
     point = throughput_interval([100.0], run_cv=0.0)
     assert point.low == point.high == pytest.approx(100.0)
     assert coverage([(iv, 100.0), (iv, 200.0)]) == 0.5
+    # costs averaged over k runs: their level's own error adds sigma^2 / k of log variance
+    for k in (1, 4):
+        calibrated = throughput_interval([100.0], run_cv=0.1, level=0.9, calibration_runs=k)
+        assert math.log(calibrated.high / 100) == pytest.approx(math.log(iv.high / 100) * math.sqrt(1 + 1 / k))
+    with pytest.raises(ValueError, match="calibration_runs"):
+        throughput_interval([1.0], 0.1, calibration_runs=0)
     with pytest.raises(ValueError, match="level"):
         throughput_interval([1.0], 0.1, level=1.0)

@@ -302,6 +302,12 @@ class SimCosts(_Section):
                                          "gradient bytes; None or 0: the student's parameters x bytes of models.dtype")
     dispatch_s: float = Field(0.006, ge=0, description="latency from an action to its worker starting it "
                                                         "(Ray call + payload transfer)")
+    rollout_dispatch_s: Optional[float] = Field(None, ge=0, description="dispatch_s of a rollout wave (from the "
+                                                "controller issuing its last request to the wave starting); None: "
+                                                "dispatch_s. calibrate --from-run measures it")
+    return_s: float = Field(0.0, ge=0, description="latency from a rollout worker finishing a wave (continuous "
+                            "batching: a sample) to the driver holding its results (results packed, Ray return, "
+                            "driver receipt); 0 = instant. calibrate --from-run measures it (gen_delivered - gen_end)")
     driver_event_s: dict[str, float] = Field(default_factory=dict, description="the driver's time per event it "
                                              "handles, by kind: generate (per sample), score (per batch), train (per "
                                              "update), sync; with any set, events queue at the driver and are handled "
@@ -327,6 +333,9 @@ class SimCosts(_Section):
     run_cv: float = Field(0.10, ge=0, le=5, description="run-to-run scatter of a whole run's throughput on this host "
                           "(coefficient of variation of repeated runs of one config; the 2-core development host "
                           "showed 3-15%): widens prediction intervals (sim/intervals.py), does not change a simulation")
+    calibration_runs: int = Field(1, ge=1, description="how many runs of one config the costs were averaged over: "
+                                  "their level carries run_cv / sqrt(calibration_runs) of error, which prediction "
+                                  "intervals add to a new run's own scatter (sim/intervals.py)")
     colocation_factor: float = Field(1.0, ge=0, le=10, description="contention on a shared device: with k workers "
                                      "busy on it, each runs at 1/(1 + factor*(k-1)) of its speed (1 = fair time "
                                      "slicing); used by both cost models, fitted by `calibrate --from-run`")

@@ -285,6 +285,7 @@ class Controller:
         if a is None:
             return
         a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
+        a.delivered_at = e.t
         a.set_spans(merge_spans(e.spans))
         a.prompt_tokens = e.prompt_tokens
         self._span("generate", a, e.started_at, a.finished_at, {"tokens": a.response_tokens})
@@ -301,6 +302,7 @@ class Controller:
         if a is None:
             return
         a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
+        a.delivered_at = e.t
         self._span("generate (aborted)", a, e.started_at, a.finished_at, {"tokens": e.tokens_done, "reason": e.reason})
         if a.doomed or e.reason == "evict":
             self._evict(a, "over_cap")

@@ -41,6 +41,7 @@ class Attempt:
     status: str = GENERATING
     started_at: float | None = None
     finished_at: float | None = None
+    delivered_at: float | None = None  # when its result reached the controller (>= finished_at)
     spans: Spans = ()
     prompt_tokens: int = 0
     score_worker: str | None = None
@@ -89,6 +90,7 @@ class Attempt:
             "issued_at": self.issued_at,
             "gen_start": self.started_at,
             "gen_end": self.finished_at,
+            "gen_delivered": self.delivered_at,
             "prompt_tokens": self.prompt_tokens,
             "response_tokens": self.response_tokens,
             "version_spans": [list(s) for s in self.spans],

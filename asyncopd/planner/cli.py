@@ -69,6 +69,7 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
     from asyncopd.planner.core import PlanOptions, plan_cluster, planner_config
     from asyncopd.planner.report import render_table, rows
     from asyncopd.planner.write import save_plan
+    from sim.intervals import scatter_note
 
     if not config.is_file():
         _fail(f"config file not found: {config}")
@@ -113,8 +114,8 @@ def plan(config: Path = typer.Argument(..., help="config with the models and the
                   + (f", {sp:.2f}x the best sync layout ({base.layout.describe()})" if sp and base else "")
                   + f", staleness mean {r['staleness_mean']:.2f} / p95 {r['staleness_p95']}")
     if best.interval is not None:
-        console.print(f"a real run's samples/s: {best.interval.describe('.4g')}, with run-to-run scatter "
-                      f"{cfg.sim.costs.run_cv:.0%} (sim.costs.run_cv)")
+        console.print(f"a real run's samples/s: {best.interval.describe('.4g')}, "
+                      f"with {scatter_note(cfg.sim.costs)}")
     if verify:
         paths = _verify(res, out_dir, verify, verify_steps, verify_repeats, progress, plots, costs)
     console.print(f"config: {paths['config']}  (asyncopd train {paths['config']})")

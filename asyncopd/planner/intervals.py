@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 from asyncopd.planner.search import Candidate, Evaluator
-from sim.intervals import throughput_interval
+from sim.intervals import costs_interval
 
 
 def add_intervals(res: Any, base_tree: dict[str, Any], seed: int, *, seeds: int = 3, top: int = 3,
@@ -37,11 +37,11 @@ def add_intervals(res: Any, base_tree: dict[str, Any], seed: int, *, seeds: int 
         for cl in clones:
             if cl.result and not cl.error:
                 more[cl.key].append(cl.result["samples_per_s"])
-    run_cv = res.base.sim.costs.run_cv
+    costs = res.base.sim.costs
     for c in final:
         rates = [c.result["samples_per_s"], *more.get(c.key, [])]
         if rates[0] > 0:
-            c.interval = throughput_interval(rates, run_cv, level)
+            c.interval = costs_interval(rates, costs, level)
     return extra
 
 

@@ -32,6 +32,7 @@ class SampleRecord(_Strict):
     issued_at: float
     gen_start: Optional[float]
     gen_end: Optional[float]
+    gen_delivered: Optional[float] = None  # (absent in traces written before it existed)
     prompt_tokens: int = Field(ge=0)
     response_tokens: int = Field(ge=0)
     version_spans: list[tuple[int, int]]
