@@ -10,7 +10,8 @@ Every stage is linear in its parameters, so each is a small non-negative least-s
 - dispatch: ``dispatch_s`` = mean gap between issuing an update and the learner starting it;
 - return:   ``return_s`` = mean gap between a rollout wave's last ``gen_end`` and its delivery;
 - rollout dispatch: ``rollout_dispatch_s`` = mean gap between an idle worker's last request and
-  its wave starting;
+  its wave starting; a real run's own ``call_latency`` (from each call's submission) replaces
+  both dispatch gaps when it has one (``_submission_latencies``);
 - rollout:  a wave of sequences with response lengths ``L_1..L_m`` and prompt tokens ``P``
   started together; with ``t_step(n) = a + b*n`` the sequence of length ``L_j`` ends after
 
@@ -45,6 +46,7 @@ from scipy.optimize import nnls
 from asyncopd.config import load_config
 from asyncopd.config.colocation import Sharing
 from asyncopd.config.schema import DRIVER_EVENT_KINDS, SimCosts
+from asyncopd.runtime.call_latency import stall_free_mean
 from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.data_parallel import LearnerSteps, fit_learner
@@ -110,6 +112,7 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
     waves = _wave_dispatch_gaps(samples)
     if len(waves) >= 5:
         cal.stages["rollout dispatch"] = _latency_fit(waves, "rollout_dispatch_s")
+    _submission_latencies(d, cal)
     rollout = _fit_rollout(_rollout_data(samples, syncs), crowd, phi)
     if rollout is not None:
         cal.stages["rollout"] = rollout
@@ -120,15 +123,31 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
 
 
 def _latency_fit(gaps: np.ndarray, name: str, cv_name: str | None = None) -> StageFit:
-    """A latency the simulator draws as ``mean x lognormal factor of mean 1``: its mean over
-    ``gaps`` without one-off stalls (gaps over 10x the median: a first call, a garbage
-    collection), not the median, which a right-skewed latency puts 10-15% below the mean
-    (learner dispatch on the 2-core host: median 2.64 ms, mean 3.03 ms)."""
-    med = float(np.median(gaps))
-    kept = gaps[gaps <= 10 * med] if med > 0 else gaps
-    mean = float(kept.mean())
-    params = {name: mean} | ({cv_name: _cv(kept)} if cv_name else {})
-    return StageFit(params, float(np.mean(np.abs(kept - mean) / max(mean, 1e-9))), len(gaps))
+    """A latency the simulator draws as ``mean x lognormal factor of mean 1``: its mean
+    without one-off stalls (``stall_free_mean``), with the robust scatter of ``gaps``."""
+    mean = stall_free_mean([float(g) for g in gaps])
+    params = {name: mean} | ({cv_name: _cv(gaps)} if cv_name else {})
+    return StageFit(params, float(np.mean(np.abs(gaps - mean) / max(mean, 1e-9))), len(gaps))
+
+
+def _submission_latencies(run_dir: Path, cal: RunCalibration) -> None:
+    """A real run measures its calls' latency from the driver's submission (``summary.json``
+    ``call_latency``; ``asyncopd/runtime/call_latency.py``), which the trace's gaps from the
+    controller's stamp overstate by the driver's handling after the stamp (the simulator
+    charges that as ``driver_event_s`` before it submits): ``dispatch_s`` is then the mean
+    over score, train and sync calls, ``rollout_dispatch_s`` over waves. Simulated and older
+    runs keep the trace's gaps."""
+    try:
+        calls = json.loads((run_dir / "summary.json").read_text()).get("call_latency") or {}
+    except (OSError, ValueError):
+        return
+    pooled = [calls[k] for k in ("score", "train", "sync") if calls.get(k, {}).get("n")]
+    if pooled and "dispatch" in cal.stages:
+        n = sum(c["n"] for c in pooled)
+        cal.stages["dispatch"].params["dispatch_s"] = sum(c["mean_s"] * c["n"] for c in pooled) / n
+    if calls.get("generate", {}).get("n"):
+        cal.stages["rollout dispatch"] = StageFit({"rollout_dispatch_s": calls["generate"]["mean_s"]}, float("nan"),
+                                                  calls["generate"]["n"])
 
 
 def _return_latencies(samples: list[dict[str, Any]]) -> np.ndarray:

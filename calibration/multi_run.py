@@ -120,7 +120,8 @@ def run_scatter(run_dirs: list[Path]) -> StageFit | None:
         s^2 = sum_j sum_k (y_jk - mean_j)^2 / sum_j (n_j - 1)
 
     gives ``run_cv = sqrt(exp(s^2) - 1)`` (the coefficient of variation of a lognormal
-    run factor, as ``sim/intervals.py`` uses it). None without two runs of one config."""
+    run factor, as ``sim/intervals.py`` uses it) on ``run_cv_dof = sum_j (n_j - 1)`` degrees of
+    freedom. None without two runs of one config."""
     import math
 
     groups: dict[str, list[float]] = {}
@@ -137,7 +138,8 @@ def run_scatter(run_dirs: list[Path]) -> StageFit | None:
     if dof < 1:
         return None
     cv = math.sqrt(math.expm1(ss / dof))
-    return StageFit({"run_cv": round(cv, 4)}, float("nan"), dof + sum(1 for ys in groups.values() if len(ys) > 1))
+    return StageFit({"run_cv": round(cv, 4), "run_cv_dof": dof}, float("nan"),
+                    dof + sum(1 for ys in groups.values() if len(ys) > 1))
 
 
 def _fit_learner_across(base: RunCalibration, run_dirs: list[Path], phi: Sharing) -> None:

@@ -101,28 +101,32 @@ class SimDriver:
         for event in events:
             self._handle(event)
 
-    def _handle(self, event: Event) -> None:
+    def _handle(self, event: Event, held: list[Action] | None = None) -> None:
+        """Give ``event`` to the controller and dispatch its actions (or hold them in ``held``)."""
         if isinstance(event, TrainStepFinished):
             self._bar.update(1)
         for action in self.ctrl.handle(event):
-            self._dispatch(action)
+            held.append(action) if held is not None else self._dispatch(action)
 
     def _serve(self):
         """The driver as one server, as the real one: it takes the next answer when free,
-        stamps its events with that moment (its receipt), hands them to the controller, and is
-        busy for ``driver_event_s[kind]`` per event (measured per kind by a run's
-        ``unplaced_cpu``: a finished sample, a scored batch, an update, a sync) before it takes
-        the next answer. The actions leave at the stamp: the measured dispatch latencies
-        (``dispatch_s``, ``rollout_dispatch_s``) run from the stamp, so they already hold the
-        driver's handling after it."""
+        stamps its events with that moment (its receipt), hands them to the controller, is busy
+        for ``driver_event_s[kind]`` per event (measured per kind by a run's ``unplaced_cpu``: a
+        finished sample, a scored batch, an update, a sync), and submits the answer's actions
+        as it finishes, before it takes the next answer. The dispatch latencies (``dispatch_s``,
+        ``rollout_dispatch_s``) then run from the submission, as a run's ``call_latency``
+        measures them."""
         while self._inbox:
             events = self._inbox[0]
             now = self.env.now
-            for event in events:
-                self._handle(replace(event, t=now))
             cost = sum(self._event_s.get(_KIND.get(type(e), ""), 0.0) for e in events)
-            if cost > 0:
+            held: list[Action] | None = [] if cost > 0 else None
+            for event in events:
+                self._handle(replace(event, t=now), held)
+            if held is not None:
                 yield self.env.timeout(cost)
+                for action in held:
+                    self._dispatch(action)
             self._inbox.popleft()
 
     # ------------------------------------------------------------- actions

@@ -237,6 +237,7 @@ def test_run_scatter_is_the_pooled_log_variance_of_repeated_configs(tmp_path) ->
     ss = sum((y - sum(ya) / 3) ** 2 for y in ya) + sum((y - sum(yb) / 2) ** 2 for y in yb)
     fit = run_scatter(dirs)
     assert fit is not None and fit.params["run_cv"] == pytest.approx(math.sqrt(math.expm1(ss / 3)), abs=1e-4)
+    assert fit.params["run_cv_dof"] == 3
     assert run_scatter(dirs[3:4] + dirs[5:]) is None  # no config repeated
 
 
@@ -263,4 +264,5 @@ def test_repeats_of_one_config_average_their_costs_and_measure_run_cv(tmp_path) 
     assert both.costs()["learner_per_token_s"] > a.costs()["learner_per_token_s"] * 1.2
     assert "run_cv" in both.stages and both.costs()["run_cv"] > 0
     assert both.costs()["calibration_runs"] == 2 and "calibration_runs" not in a.costs()
+    assert both.costs()["run_cv_dof"] == 1
     assert both.extra_runs == [] and any("averaged over 2 runs" in n for n in both.notes)

@@ -203,6 +203,9 @@ def test_prediction_intervals_have_their_closed_forms():
     for k in (1, 4):
         calibrated = throughput_interval([100.0], run_cv=0.1, level=0.9, calibration_runs=k)
         assert math.log(calibrated.high / 100) == pytest.approx(math.log(iv.high / 100) * math.sqrt(1 + 1 / k))
+    # run_cv measured on nu degrees of freedom: its factor at a Student t quantile instead of z
+    measured = throughput_interval([100.0], run_cv=0.1, level=0.9, run_cv_dof=2)
+    assert math.log(measured.high / 100) == pytest.approx(stats.t.ppf(0.95, 2) * sigma)
     with pytest.raises(ValueError, match="calibration_runs"):
         throughput_interval([1.0], 0.1, calibration_runs=0)
     with pytest.raises(ValueError, match="level"):

@@ -84,6 +84,19 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     from calibration.from_run import fit_run  # the simulator's driver queue takes them from the run
 
     assert fit_run(tmp_path / "real").costs()["driver_event_s"] == cpu["driver_event_s"]
+    # generation: each sample says when its wave's answer reached the driver (the return path the
+    # simulator replays, sim.costs.return_s) and its span the CPU time of that whole wave
+    recs = [r for r in read_jsonl(tmp_path / "real" / "samples.jsonl") if r["response_tokens"]]
+    assert all(r["gen_delivered"] >= r["gen_end"] for r in recs)
+    waves: dict[tuple[str, float], list[dict]] = {}
+    for r in recs:
+        waves.setdefault((r["worker"], r["gen_start"]), []).append(r)
+    gens = [e for e in json.loads((tmp_path / "real" / "trace.json").read_text()) if e.get("name") == "generate"]
+    assert gens and all(0 < e["args"]["wave_cpu_s"] for e in gens)
+    longest = max(max(x["gen_end"] for x in w) - min(x["gen_start"] for x in w) for w in waves.values())
+    assert max(e["args"]["wave_cpu_s"] for e in gens) <= longest + 0.01
+    costs = fit_run(tmp_path / "real").costs()
+    assert 0 < costs["return_s"] < 0.5 and 0 < costs["rollout_dispatch_s"] < 0.5
     report = compare_runs(tmp_path / "real", tmp_path / "sim", tmp_path / "cmp")
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
     assert report["utilisation_error"] and all(abs(v) <= 1 for v in report["utilisation_error"].values())

@@ -80,6 +80,8 @@ class GenResult:
     abort_reason: str = ""
     finish_reason: Literal["eos", "length", "aborted"] = "eos"
     capture: Optional[RolloutCapture] = None  # student top-K / MC draws, when the loss needs them
+    wave_cpu_s: Optional[float] = None  # the worker's CPU seconds on the whole call that returned it (shared
+    # by that call's results; set by the rollout actor on CPU devices, None where not measured)
 
     def spans(self) -> tuple[tuple[int, int], ...]:
         """Run-length encoding of ``token_versions``: ((version, n_tokens), ...)."""

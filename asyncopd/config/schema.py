@@ -333,6 +333,9 @@ class SimCosts(_Section):
     run_cv: float = Field(0.10, ge=0, le=5, description="run-to-run scatter of a whole run's throughput on this host "
                           "(coefficient of variation of repeated runs of one config; the 2-core development host "
                           "showed 3-15%): widens prediction intervals (sim/intervals.py), does not change a simulation")
+    run_cv_dof: Optional[int] = Field(None, ge=1, description="degrees of freedom of a measured run_cv (runs of one "
+                                      "config less one, pooled): intervals then take the run factor at a Student t "
+                                      "quantile, as for any spread estimated from few runs; None: run_cv is known")
     calibration_runs: int = Field(1, ge=1, description="how many runs of one config the costs were averaged over: "
                                   "their level carries run_cv / sqrt(calibration_runs) of error, which prediction "
                                   "intervals add to a new run's own scatter (sim/intervals.py)")

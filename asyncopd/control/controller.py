@@ -288,7 +288,8 @@ class Controller:
         a.delivered_at = e.t
         a.set_spans(merge_spans(e.spans))
         a.prompt_tokens = e.prompt_tokens
-        self._span("generate", a, e.started_at, a.finished_at, {"tokens": a.response_tokens})
+        self._span("generate", a, e.started_at, a.finished_at, {
+            "tokens": a.response_tokens, **({"wave_cpu_s": e.wave_cpu_s} if e.wave_cpu_s is not None else {})})
         if a.doomed or self.policy.doomed(self, a):
             self._evict(a, "over_cap")
             return

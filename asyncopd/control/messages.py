@@ -45,6 +45,7 @@ class GenerationFinished:
     spans: Spans
     prompt_tokens: int
     ended_at: float | None = None  # when its last token was sampled, if before delivery ``t``
+    wave_cpu_s: float | None = None  # the worker's CPU seconds on the wave it came in (real runs on CPU)
 
     @property
     def response_tokens(self) -> int:

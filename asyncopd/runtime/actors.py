@@ -111,8 +111,13 @@ class RolloutWorker:
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         with self._lock:
             self._generating = True
+        cpu0 = time.thread_time()
         try:
-            return self.engine.generate(requests, step_hook=self._hook)
+            results = self.engine.generate(requests, step_hook=self._hook)
+            cpu = cpu_seconds(self.device, cpu0)  # (the wave's work; its wall time minus this is waiting)
+            for r in results:
+                r.wave_cpu_s = cpu
+            return results
         finally:
             with self._lock:
                 self._generating = False

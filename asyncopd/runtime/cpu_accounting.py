@@ -18,7 +18,8 @@ run the tool records, from ``/proc`` through psutil,
                   wave it started: what the simulator's driver queue charges (``sim/driver.py``)
 
 and their shares of one core over the run's wall time, into ``summary.json``
-(``unplaced_cpu``). The shares tell how much of a core the simulator's devices never see; a
+(``unplaced_cpu``); beside it ``call_latency``, the Ray calls' transit from the driver's
+submission to the worker's start (``calls``: ``runtime/call_latency.py``). The shares tell how much of a core the simulator's devices never see; a
 process that exits mid-run is counted up to its last sample.
 """
 
@@ -29,6 +30,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from asyncopd.runtime.call_latency import CallLatency
 
 KINDS = {"gen": "generate", "score": "score", "train": "train", "sync": "sync"}
 
@@ -56,6 +59,7 @@ class CpuAccount:
         self._main0 = time.thread_time()  # (constructed and finished on the driver's main thread)
         self._before = self._snapshot()
         self._kinds: dict[str, list[float]] = {}  # kind -> [main-thread seconds, answers]
+        self.calls = CallLatency()
 
     @contextmanager
     def handling(self, kind: str, count: int = 1) -> Iterator[None]:
@@ -99,6 +103,7 @@ class CpuAccount:
         if summary.is_file():
             data = json.loads(summary.read_text())
             data["unplaced_cpu"] = self.finish()
+            data["call_latency"] = self.calls.summary()
             summary.write_text(json.dumps(data, indent=2))
 
 

@@ -207,6 +207,7 @@ class RayDriver:
                 raise
             self._send(messages.WorkerFailed(self._now(), p.worker, str(e).splitlines()[0]))
             return
+        self._cpu.calls.answered(p.kind, p.issued, value, self.t0)
         with self._cpu.handling(p.kind, len(value) if p.kind == "gen" else 1), self._waves_after_dispatch():
             getattr(self, f"_on_{p.kind}")(p, value)
 
@@ -313,7 +314,7 @@ class RayDriver:
             self.recorder.annotate(r.sample_id, correct=self.task.is_correct(self.task.problem(r.prompt_id), text),
                                    finish_reason=r.finish_reason)
             self._send(messages.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(),
-                                                   len(r.prompt_ids), ended_at=ended))
+                                                   len(r.prompt_ids), ended_at=ended, wave_cpu_s=r.wave_cpu_s))
 
     def _on_score(self, p: Pending, value: tuple[list[TeacherPayload], float, float, float | None]) -> None:
         payloads, started, _, cpu = value
