@@ -188,13 +188,16 @@ def _wave_dispatch_gaps(samples: list[dict[str, Any]]) -> np.ndarray:
 
 def _driver_costs(run_dir: Path) -> StageFit | None:
     """The driver's main-thread seconds per answer, by kind, as the trainer measured them
-    (``summary.json`` ``unplaced_cpu.driver_event_s``; ``asyncopd/runtime/cpu_accounting.py``):
-    what the simulator's driver queue charges. None for simulated or older runs."""
+    (``summary.json`` ``unplaced_cpu``; ``asyncopd/runtime/cpu_accounting.py``): the wall-clock
+    time it was busy (``driver_event_wall_s``; runs older than it: the CPU time,
+    ``driver_event_s``, which leaves out the time the unpinned driver was descheduled), what
+    the simulator's driver queue charges. None for simulated or older runs."""
     try:
         cpu = json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
     except (OSError, ValueError):
         return None
-    per = {k: float(v) for k, v in (cpu.get("driver_event_s") or {}).items() if k in DRIVER_EVENT_KINDS}
+    measured = cpu.get("driver_event_wall_s") or cpu.get("driver_event_s") or {}
+    per = {k: float(v) for k, v in measured.items() if k in DRIVER_EVENT_KINDS}
     if not per:
         return None
     return StageFit({"driver_event_s": per}, float("nan"), int(sum((cpu.get("driver_events") or {}).values())))

@@ -105,8 +105,12 @@ class SimDriver:
         """Give ``event`` to the controller and dispatch its actions (or hold them in ``held``)."""
         if isinstance(event, TrainStepFinished):
             self._bar.update(1)
-        for action in self.ctrl.handle(event):
-            held.append(action) if held is not None else self._dispatch(action)
+        actions = self.ctrl.handle(event)
+        if held is not None:
+            held.extend(actions)
+            return
+        for action in actions:
+            self._dispatch(action)
 
     def _serve(self):
         """The driver as one server, as the real one: it takes the next answer when free,

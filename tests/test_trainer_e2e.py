@@ -81,9 +81,11 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     assert 0 < cpu["driver_main_s"] <= cpu["driver_s"] + 0.05
     assert {"generate", "score", "train"} <= set(cpu["driver_event_s"]) and all(
         0 < v < 0.5 for v in cpu["driver_event_s"].values())
-    from calibration.from_run import fit_run  # the simulator's driver queue takes them from the run
+    assert set(cpu["driver_event_wall_s"]) == set(cpu["driver_event_s"])
+    assert all(cpu["driver_event_wall_s"][k] >= 0.9 * v for k, v in cpu["driver_event_s"].items())  # busy >= CPU
+    from calibration.from_run import fit_run  # the simulator's driver queue takes the busy (wall) times
 
-    assert fit_run(tmp_path / "real").costs()["driver_event_s"] == cpu["driver_event_s"]
+    assert fit_run(tmp_path / "real").costs()["driver_event_s"] == cpu["driver_event_wall_s"]
     # generation: each sample says when its wave's answer reached the driver (the return path the
     # simulator replays, sim.costs.return_s) and its span the CPU time of that whole wave
     recs = [r for r in read_jsonl(tmp_path / "real" / "samples.jsonl") if r["response_tokens"]]

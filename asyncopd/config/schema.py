@@ -312,7 +312,7 @@ class SimCosts(_Section):
                                              "handles, by kind: generate (per sample), score (per batch), train (per "
                                              "update), sync; with any set, events queue at the driver and are handled "
                                              "one at a time (sim/driver.py; empty = instantly). calibrate --from-run "
-                                             "takes them from the run's measured main-thread time (unplaced_cpu)")
+                                             "takes them from the run's measured main-thread busy time (unplaced_cpu.driver_event_wall_s)")
 
     @field_validator("driver_event_s")
     @classmethod

@@ -12,10 +12,14 @@ run the tool records, from ``/proc`` through psutil,
     actors_s      CPU seconds of the actor worker processes (``ray::...``): the placed work,
                   including what runs outside their recorded spans (Ray's threads in the actor)
 
-``driver_event_s`` the main thread's seconds per answer it handled, by kind (``generate``: per
-                  finished sample of a wave; ``score``: per scored batch; ``train``: per update;
-                  ``sync``: per weight sync), including the actions each caused and the next
-                  wave it started: what the simulator's driver queue charges (``sim/driver.py``)
+``driver_event_s`` the main thread's CPU seconds per answer it handled, by kind (``generate``:
+                  per finished sample of a wave; ``score``: per scored batch; ``train``: per
+                  update; ``sync``: per weight sync), including the actions each caused and the
+                  next wave it started
+``driver_event_wall_s`` the same in wall-clock seconds: what the driver is busy for, and what
+                  the simulator's driver queue charges (``sim/driver.py``). The unpinned driver
+                  shares busy cores with the placed workers, so it is descheduled part of the
+                  time: on the 2-core host a wave's handling took 1.6x its CPU time
 
 and their shares of one core over the run's wall time, into ``summary.json``
 (``unplaced_cpu``); beside it ``call_latency``, the Ray calls' transit from the driver's
@@ -58,7 +62,7 @@ class CpuAccount:
         self._t0 = time.time()
         self._main0 = time.thread_time()  # (constructed and finished on the driver's main thread)
         self._before = self._snapshot()
-        self._kinds: dict[str, list[float]] = {}  # kind -> [main-thread seconds, answers]
+        self._kinds: dict[str, list[float]] = {}  # kind -> [main-thread CPU seconds, answers, wall seconds]
         self.calls = CallLatency()
 
     @contextmanager
@@ -66,13 +70,14 @@ class CpuAccount:
         """Time the main thread's handling of ``count`` answers of ``kind`` (``gen`` is counted
         per sample as ``generate``; kinds outside ``KINDS``, e.g. a sync's serving side, are
         counted under their own name and not given to the simulator)."""
-        c0 = time.thread_time()
+        c0, w0 = time.thread_time(), time.perf_counter()
         try:
             yield
         finally:
-            acc = self._kinds.setdefault(KINDS.get(kind, kind), [0.0, 0])
+            acc = self._kinds.setdefault(KINDS.get(kind, kind), [0.0, 0, 0.0])
             acc[0] += time.thread_time() - c0
             acc[1] += max(1, count)
+            acc[2] += time.perf_counter() - w0
 
     def _snapshot(self) -> dict[int, tuple[str, float]]:
         out = {self._me.pid: ("driver", _cpu(self._me))}
@@ -93,9 +98,10 @@ class CpuAccount:
         out = {f"{k}_s": round(v, 3) for k, v in totals.items()}
         out.update({f"{k}_share": round(v / wall, 4) if wall > 0 else 0.0 for k, v in totals.items()},
                    wall_s=round(wall, 3))
-        out["driver_event_s"] = {k: round(sec / n, 7) for k, (sec, n) in self._kinds.items()
-                                 if n and k in KINDS.values()}
-        out["driver_events"] = {k: n for k, (_sec, n) in self._kinds.items()}
+        placed = {k: v for k, v in self._kinds.items() if v[1] and k in KINDS.values()}
+        out["driver_event_s"] = {k: round(cpu / n, 7) for k, (cpu, n, _wall) in placed.items()}
+        out["driver_event_wall_s"] = {k: round(wall / n, 7) for k, (_cpu, n, wall) in placed.items()}
+        out["driver_events"] = {k: n for k, (_cpu, n, _wall) in self._kinds.items()}
         return out
 
     def write(self, summary: Path) -> None:
