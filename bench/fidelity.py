@@ -29,8 +29,9 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, host_probe, interval_coverage, mape,
-                                  run_fidelity)
+                                  model_cv, run_fidelity)
 from calibration.multi_run import run_scatter
+from calibration.profile import profile_costs
 
 
 def calibrate(config: str, steps: int, out: Path, contention: bool, console: Console, runs: int = 1) -> Path:
@@ -118,8 +119,11 @@ def main() -> None:
     console.print(f"90% prediction intervals cover {interval_coverage(rows):.0%} of the measured runs (target >= 80%)")
     scatter = run_scatter(sorted(args.out.glob("*/real*")))
     if scatter is not None:
+        run_cv = scatter.params["run_cv"]
         console.print(f"run-to-run scatter of the measured runs (pooled over repeats of each combination): "
-                      f"run_cv {scatter.params['run_cv']:.1%} (the profile's: {run_cv_of(args.profile):.1%})")
+                      f"run_cv {run_cv:.1%} (the profile's: {run_cv_of(args.profile):.1%}); the simulator's own "
+                      f"error beyond it: model_cv {model_cv(rows, run_cv, args.calib_runs):.1%} "
+                      f"(sim.costs.model_cv, which widens intervals: {profile_costs(args.profile).model_cv:.1%})")
     console.print(f"replay MAPE (costs refitted to each measured run: the simulator's structural error): "
                   f"{mape(rows, 'replay_error'):.1%}")
     console.print(f"results: {args.out}/fidelity.md, fidelity.json, predictions.json; "
@@ -127,8 +131,6 @@ def main() -> None:
 
 
 def run_cv_of(profile: Path) -> float:
-    from calibration.profile import profile_costs
-
     return float(profile_costs(profile).run_cv)
 
 

@@ -307,6 +307,22 @@ def interval_coverage(rows: list[FidelityRow]) -> float:
     return sum(r.runs_inside for r in rows) / runs if runs else math.nan
 
 
+def model_cv(rows: list[FidelityRow], run_cv: float, calibration_runs: int) -> float:
+    """The simulator's own error (``sim.costs.model_cv``) these rows measure: with ``e_c`` the
+    log error of combination ``c``'s prediction against the mean of its ``r_c`` measured runs,
+
+        tau^2 = mean_c e_c^2  -  sigma^2 mean_c (1 / r_c)  -  sigma^2 / k,    sigma^2 = log(1 + run_cv^2)
+
+    (what is left once the measured means' and the calibration's own run scatter is taken
+    out; ``k`` calibration runs), ``model_cv = sqrt(exp(tau^2) - 1)``, 0 when nothing is left."""
+    if not rows:
+        return math.nan
+    sigma2 = math.log1p(run_cv ** 2)
+    e2 = float(np.mean([math.log(r.predicted_samples_per_s / r.measured_samples_per_s) ** 2 for r in rows]))
+    tau2 = e2 - sigma2 * float(np.mean([1 / max(1, r.runs) for r in rows])) - sigma2 / max(1, calibration_runs)
+    return math.sqrt(math.expm1(max(0.0, tau2)))
+
+
 def mape(rows: list[FidelityRow], column: str = "throughput_error") -> float:
     return float(np.mean([abs(getattr(r, column)) for r in rows])) if rows else math.nan
 

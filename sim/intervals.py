@@ -11,12 +11,15 @@ run factors, another ``sigma^2 / k`` of variance: calibrated on one run, a predi
 that run's luck as well as facing the new run's. On the log scale, with the seeds' log-rates
 ``y_1..y_n`` (mean ``m``, sd ``s``), a new run's ``log X`` has the prediction interval
 
-    m  ±  sqrt( t_{(1+q)/2, n-1}^2 * s^2 (1 + 1/n)  +  u^2 * sigma^2 (1 + 1/k) )
+    m  ±  sqrt( t_{(1+q)/2, n-1}^2 * s^2 (1 + 1/n)  +  u^2 * sigma^2 (1 + 1/k)  +  z_{(1+q)/2}^2 * tau^2 )
 
 with ``u = z_{(1+q)/2}`` when ``run_cv`` is known and ``u = t_{(1+q)/2, nu}`` when it was measured
 on ``nu`` degrees of freedom (``sim.costs.run_cv_dof``: three calibration runs give nu = 2 and
 u = 2.92 against z = 1.64 at 90%; their run_cv, 1.7% one morning, was a third of the 4.3% the
-next 33 runs scattered).
+next 33 runs scattered). ``tau^2 = log(1 + model_cv^2)`` is the simulator's own error on a
+layout its calibration did not show (``sim.costs.model_cv``), which no spread of seeds or runs
+contains; ``bench/fidelity.py`` measures it as the RMS log error of its predictions, less the
+measured runs' own scatter.
 
 (each part at its own quantile: Student t for the seeds' estimated spread, normal for the
 known run factor; with one seed only the run factor's part).
@@ -50,10 +53,11 @@ class Interval:
 
 
 def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.9, *,
-                        calibration_runs: float = math.inf, run_cv_dof: int | None = None) -> Interval:
+                        calibration_runs: float = math.inf, run_cv_dof: int | None = None,
+                        model_cv: float = 0.0) -> Interval:
     """The level-``level`` prediction interval of a run's samples/s (module docstring);
     ``calibration_runs`` = ``k`` (infinite: costs known exactly, the run factor alone),
-    ``run_cv_dof`` = ``nu`` (None: run_cv known)."""
+    ``run_cv_dof`` = ``nu`` (None: run_cv known), ``model_cv`` gives ``tau``."""
     from scipy import stats
 
     ys = [math.log(r) for r in rates if r > 0]
@@ -68,16 +72,16 @@ def throughput_interval(rates: Iterable[float], run_cv: float, level: float = 0.
     q = (1 + level) / 2
     seeds_part = stats.t.ppf(q, n - 1) ** 2 * statistics.variance(ys) * (1 + 1 / n) if n >= 2 else 0.0
     u = stats.norm.ppf(q) if run_cv_dof is None else stats.t.ppf(q, run_cv_dof)
-    half = math.sqrt(seeds_part + u ** 2 * sigma2)
+    half = math.sqrt(seeds_part + u ** 2 * sigma2 + stats.norm.ppf(q) ** 2 * math.log1p(model_cv ** 2))
     return Interval(math.exp(m), math.exp(m - half), math.exp(m + half), level, n)
 
 
 def costs_interval(rates: Iterable[float], costs: object, level: float = 0.9) -> Interval:
-    """``throughput_interval`` with a config's ``sim.costs``: its ``run_cv``, ``run_cv_dof``
-    and ``calibration_runs``."""
+    """``throughput_interval`` with a config's ``sim.costs``: its ``run_cv``, ``run_cv_dof``,
+    ``calibration_runs`` and ``model_cv``."""
     c = costs
     return throughput_interval(rates, c.run_cv, level, calibration_runs=c.calibration_runs,  # type: ignore[attr-defined]
-                               run_cv_dof=c.run_cv_dof)  # type: ignore[attr-defined]
+                               run_cv_dof=c.run_cv_dof, model_cv=c.model_cv)  # type: ignore[attr-defined]
 
 
 def scatter_note(costs: object) -> str:
@@ -86,7 +90,8 @@ def scatter_note(costs: object) -> str:
     dof = c.run_cv_dof  # type: ignore[attr-defined]
     return (f"run-to-run scatter sim.costs.run_cv={c.run_cv:.1%}"  # type: ignore[attr-defined]
             + (f" (measured on {dof} degrees of freedom)" if dof else "")
-            + f", costs averaged over sim.costs.calibration_runs={c.calibration_runs}")  # type: ignore[attr-defined]
+            + f", costs averaged over sim.costs.calibration_runs={c.calibration_runs}"  # type: ignore[attr-defined]
+            + f", the simulator's own error sim.costs.model_cv={c.model_cv:.1%}")  # type: ignore[attr-defined]
 
 
 def coverage(pairs: Iterable[tuple[Interval, float]]) -> float:

@@ -210,9 +210,9 @@ def test_plan_gpu_node_with_successive_halving(tmp_path) -> None:
         iv = cand.interval
         assert iv.seeds == (3 if cand.key in seeded else 1)
         assert iv.low < cand.result["samples_per_s"] < iv.high
-        if iv.seeds == 1:  # the run factors alone: exp(+-z * sigma sqrt(1 + 1/k)) around the point, z at 90%
+        if iv.seeds == 1:  # the run and model factors alone: exp(+-z * sigma) around the point, z at 90%
             k = cfg.sim.costs.calibration_runs
-            sigma = math.sqrt(math.log1p(cfg.sim.costs.run_cv ** 2) * (1 + 1 / k))
+            sigma = math.sqrt(math.log1p(cfg.sim.costs.run_cv ** 2) * (1 + 1 / k) + math.log1p(cfg.sim.costs.model_cv ** 2))
             assert iv.high / iv.point == pytest.approx(math.exp(1.6448536 * sigma), rel=1e-6)
     assert res.best.interval.seeds == 3 and rows[0]["interval_seeds"] == "3"
     written = load_config(paths["config"])

@@ -206,6 +206,10 @@ def test_prediction_intervals_have_their_closed_forms():
     # run_cv measured on nu degrees of freedom: its factor at a Student t quantile instead of z
     measured = throughput_interval([100.0], run_cv=0.1, level=0.9, run_cv_dof=2)
     assert math.log(measured.high / 100) == pytest.approx(stats.t.ppf(0.95, 2) * sigma)
+    # the simulator's own error: another known log-normal factor, at the normal quantile
+    modelled = throughput_interval([100.0], run_cv=0.1, level=0.9, model_cv=0.05)
+    tau = math.sqrt(math.log1p(0.05 ** 2))
+    assert math.log(modelled.high / 100) == pytest.approx(stats.norm.ppf(0.95) * math.hypot(sigma, tau))
     with pytest.raises(ValueError, match="calibration_runs"):
         throughput_interval([1.0], 0.1, calibration_runs=0)
     with pytest.raises(ValueError, match="level"):

@@ -336,6 +336,11 @@ class SimCosts(_Section):
     run_cv_dof: Optional[int] = Field(None, ge=1, description="degrees of freedom of a measured run_cv (runs of one "
                                       "config less one, pooled): intervals then take the run factor at a Student t "
                                       "quantile, as for any spread estimated from few runs; None: run_cv is known")
+    model_cv: float = Field(0.05, ge=0, le=5, description="the simulator's own error on a layout or policy its "
+                            "calibration did not show (coefficient of variation of a lognormal factor): widens "
+                            "prediction intervals. 0.05 = the RMS log error of bench/fidelity.py over 11 combinations "
+                            "on the 2-core development host (2026-11-29), less its measured runs' own scatter; the "
+                            "benchmark prints the value measured on yours")
     calibration_runs: int = Field(1, ge=1, description="how many runs of one config the costs were averaged over: "
                                   "their level carries run_cv / sqrt(calibration_runs) of error, which prediction "
                                   "intervals add to a new run's own scatter (sim/intervals.py)")
