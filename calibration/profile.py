@@ -144,7 +144,7 @@ def profile_costs(path: str | Path, data: Optional[dict[str, Any]] = None):
 def profile_overrides(path: str | Path) -> list[str]:
     """``--set`` overrides that apply a saved profile's ``sim.costs`` to a config. Mappings
     (``colocation_pairs``) are applied key by key: a pair the profile does not measure keeps the
-    config's value."""
+    config's value, as does a field the profile leaves unset (null)."""
     p = Path(path)
     data = read_profile(p)
     costs = (data.get("sim") or {}).get("costs") if isinstance(data.get("sim"), dict) else None
@@ -152,6 +152,8 @@ def profile_overrides(path: str | Path) -> list[str]:
         raise ValueError(f"{p}: no sim.costs mapping in this calibration profile")
     out = []
     for k, v in costs.items():
+        if v is None:  # (not measured, e.g. rollout_dispatch_s of a profile without a run: keep the config's)
+            continue
         if isinstance(v, dict):
             out += [f"sim.costs.{k}.{sub}={x!r}" for sub, x in v.items()]
         else:
