@@ -6,7 +6,7 @@ Every stage is linear in its parameters, so each is a small non-negative least-s
 - learner:  ``work = learner_fixed_s + learner_per_token_s * tokens / N (+ gradient all-reduce)``
   over ``train`` spans, ``N`` the run's learner devices (``calibration/data_parallel.py``);
 - teacher:  ``work = teacher_fixed_s + teacher_per_token_s * tokens`` over ``score`` spans;
-- sync:     ``paused = sync_fixed_s`` (mean pause of ``sync`` spans; model size folded in);
+- sync:     ``paused = sync_fixed_s`` (mean pause of ``sync`` spans, sharing taken out; model size folded in);
 - dispatch: ``dispatch_s`` = mean gap between issuing an update and the learner starting it;
 - return:   ``return_s`` = mean gap between a rollout wave's last ``gen_end`` and its delivery;
 - rollout dispatch: ``rollout_dispatch_s`` = mean gap between an idle worker's last request and
@@ -51,7 +51,7 @@ from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
-from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval, _paused,
+from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval,
                                   _read_run, _spans)
 
 
@@ -99,7 +99,7 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
     if teacher is not None:
         cal.stages["teacher"] = teacher
     if syncs:
-        durs = np.array([_paused(s) for s in syncs])
+        durs = np.array([_work(crowd, s["args"]["worker"], *_pause_interval(s), phi) for s in syncs])  # (uncontended)
         cal.stages["sync"] = StageFit({"sync_fixed_s": float(durs.mean()), "model_bytes": 0.0, "sync_cv": _cv(durs)},
                                       float(np.mean(np.abs(durs - durs.mean()) / np.maximum(durs, 1e-9))), len(durs))
     steps = read_jsonl(d / "log.jsonl")
