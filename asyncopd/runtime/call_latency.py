@@ -8,8 +8,9 @@ parts can be told apart: per kind of call,
 
     latency = worker's start  -  driver's submission            (seconds, both on one host clock)
 
-``summary.json`` gets ``call_latency`` (written with ``unplaced_cpu``: ``runtime/cpu_accounting.py``): ``{kind: {mean_s, median_s, n}}`` for ``generate`` (a
-wave), ``score``, ``train`` and ``sync``. ``calibrate --from-run`` takes ``dispatch_s`` and
+``summary.json`` gets ``call_latency`` (written with ``unplaced_cpu``:
+``runtime/cpu_accounting.py``): ``{kind: {mean_s, median_s, n}}`` for ``generate`` (a wave),
+``score``, ``train`` and ``sync``. ``calibrate --from-run`` takes ``dispatch_s`` and
 ``rollout_dispatch_s`` from it, and the simulator releases an answer's actions when the
 driver has handled it (``sim/driver.py``), so the two halves add up as in the real driver.
 """
@@ -58,4 +59,4 @@ class CallLatency:
                 for k, g in self._gaps.items() if g}
 
 
-__all__ = ["CallLatency", "stall_free_mean", "started_at"]
+__all__ = ["KINDS", "CallLatency", "stall_free_mean", "started_at"]

@@ -19,12 +19,13 @@ run the tool records, from ``/proc`` through psutil,
 ``driver_event_wall_s`` the same in wall-clock seconds: what the driver is busy for, and what
                   the simulator's driver queue charges (``sim/driver.py``). The unpinned driver
                   shares busy cores with the placed workers, so it is descheduled part of the
-                  time: on the 2-core host a wave's handling took 1.6x its CPU time
+                  time: on the 2-core host a wave's handling took 1.9x its CPU time
 
 and their shares of one core over the run's wall time, into ``summary.json``
 (``unplaced_cpu``); beside it ``call_latency``, the Ray calls' transit from the driver's
-submission to the worker's start (``calls``: ``runtime/call_latency.py``). The shares tell how much of a core the simulator's devices never see; a
-process that exits mid-run is counted up to its last sample.
+submission to the worker's start (``calls``: ``runtime/call_latency.py``). The shares tell how
+much of a core the simulator's devices never see; a process that exits mid-run is counted up
+to its last sample.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from asyncopd.runtime.call_latency import CallLatency
-
-KINDS = {"gen": "generate", "score": "score", "train": "train", "sync": "sync"}
+from asyncopd.runtime.call_latency import KINDS, CallLatency
 
 
 def _cpu(p: Any) -> float:
