@@ -49,6 +49,8 @@ class FakeCluster:
     ctrl: Controller
     rng: random.Random
     fail_prob: float = 0.0
+    restart_prob: float = 0.0  # of a failed worker: the driver restarts it (else it stays dead)
+    restart_fail_prob: float = 0.0  # of a restart: it fails (a second, final WorkerFailed)
     t: float = 0.0
     worker_version: dict[str, int] = field(default_factory=dict)
     gens: dict[int, InFlight] = field(default_factory=dict)
@@ -56,6 +58,7 @@ class FakeCluster:
     dead: set[str] = field(default_factory=set)
     stops: list[M.Stop] = field(default_factory=list)
     events: int = 0
+    unsynced: set[str] = field(default_factory=set)  # restarted behind the learner, not synced yet
 
     def start(self) -> None:
         for w in self.ctrl.workers:
@@ -71,6 +74,7 @@ class FakeCluster:
 
     def apply(self, a: M.Action) -> None:
         if isinstance(a, M.Generate):
+            assert a.worker not in self.unsynced, f"{a.worker} generates before its restart's sync"
             self.gens[a.sample_id] = InFlight(a.sample_id, a.worker, self.t, [self.worker_version[a.worker]])
             self.pending.append(("gen", a.sample_id, self.t))
         elif isinstance(a, M.AbortGeneration):
@@ -99,7 +103,10 @@ class FakeCluster:
                 self.pending = [p for p in self.pending if self._owner(p) != w]
                 for sid in [s for s, g in self.gens.items() if g.worker == w]:
                     del self.gens[sid]
-                self.send(M.WorkerFailed(self.t, w, "injected"))
+                restarting = self.rng.random() < self.restart_prob
+                if restarting:
+                    self.pending.append(("restart", w, self.t))
+                self.send(M.WorkerFailed(self.t, w, "injected", restarting=restarting))
                 return True
         kind, payload, issued = self.pending.pop(self.rng.randrange(len(self.pending)))
         if kind == "gen":
@@ -110,6 +117,16 @@ class FakeCluster:
                 self.send(M.GenerationAborted(self.t, g.sample_id, g.worker, g.started_at, 0, "evict"))
             else:
                 self.send(M.GenerationFinished(self.t, g.sample_id, g.worker, g.started_at, self._spans(g), 5))
+        elif kind == "restart":
+            if self.rng.random() < self.restart_fail_prob:
+                self.send(M.WorkerFailed(self.t, payload, "restart failed"))
+            else:
+                self.dead.discard(payload)
+                if payload in self.worker_version:
+                    self.worker_version[payload] = 0
+                    if self.ctrl.version > 0:
+                        self.unsynced.add(payload)
+                self.send(M.WorkerRestarted(self.t, payload, version=0))
         elif kind == "score":
             self.send(M.ScoringFinished(self.t, payload.batch_id, payload.worker, issued))
         elif kind == "train":
@@ -124,6 +141,7 @@ class FakeCluster:
                 else:
                     self.gens[sid].versions.append(v)
             self.worker_version[w] = v
+            self.unsynced.discard(w)
             self.send(M.WeightSyncFinished(self.t, w, v, issued))
         return True
 
@@ -142,4 +160,6 @@ class FakeCluster:
             return g.worker if g else ""
         if kind == "train":
             return "learner-0"
+        if kind == "restart":
+            return ""  # (the restart itself is never lost with the worker)
         return payload.worker

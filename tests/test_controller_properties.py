@@ -28,10 +28,10 @@ setups = st.fixed_dictionaries({
 })
 
 
-def run(setup: dict, seed: int, fail_prob: float = 0.0) -> FakeCluster:
+def run(setup: dict, seed: int, fail_prob: float = 0.0, **faults: float) -> FakeCluster:
     setup = {**setup, "teacher_min_batch": min(setup.pop("teacher_min_batch", 1), setup["teacher_max_batch"])}
     ctrl = Controller(**setup)
-    cluster = FakeCluster(ctrl, random.Random(seed), fail_prob=fail_prob)
+    cluster = FakeCluster(ctrl, random.Random(seed), fail_prob=fail_prob, **faults)
     cluster.start()
     while cluster.step():
         assert cluster.events < 20_000, "run did not terminate"
@@ -97,6 +97,36 @@ def test_worker_failures_never_deadlock_or_lose_prompts(setup: dict, seed: int) 
             assert not ctrl.ok and prompt in ctrl.requeued_prompts
         else:
             assert attempts[-1].status in ("consumed", "evicted", "unfinished")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(setup=setups, seed=st.integers(0, 2**31))
+def test_restarted_workers_let_the_run_complete_with_every_prompt_once(setup: dict, seed: int) -> None:
+    """Workers die often and always come back: the run completes, no prompt is consumed twice
+    or lost, and a restarted rollout worker never generates before it is synced (harness)."""
+    cluster = run(setup, seed, fail_prob=0.05, restart_prob=1.0)
+    ctrl = cluster.ctrl
+    assert ctrl.done and ctrl.ok, ctrl.stop_reason
+    consumed = [a.prompt_id for a in ctrl.samples.values() if a.status == "consumed"]
+    assert sorted(consumed) == sorted(set(consumed))
+    assert len(consumed) == setup["batch_size"] * setup["total_steps"]
+    c = ctrl.counters
+    failed = c["failed_rollout"] + c["failed_teacher"]
+    assert c["restarted_rollout"] + c["restarted_teacher"] <= failed
+    assert c["redone_generations"] == sum(1 for a in ctrl.samples.values() if a.end_reason == "worker_failed")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(setup=setups, seed=st.integers(0, 2**31))
+def test_failed_restarts_stop_the_run_cleanly(setup: dict, seed: int) -> None:
+    """Some restarts fail: the run either completes or stops naming the role left without workers."""
+    cluster = run(setup, seed, fail_prob=0.08, restart_prob=0.7, restart_fail_prob=0.3)
+    ctrl = cluster.ctrl
+    assert ctrl.done
+    if not ctrl.ok:
+        assert "workers failed" in ctrl.stop_reason, ctrl.stop_reason
+    consumed = [a.prompt_id for a in ctrl.samples.values() if a.status == "consumed"]
+    assert len(consumed) == len(set(consumed))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -37,7 +37,7 @@ from asyncopd.control.ledger import (
 from asyncopd.control.messages import (
     AbortGeneration, Action, Event, Generate, GenerationAborted, GenerationFinished, PauseMode,
     PromptsAvailable, RunStarted, Score, ScoringFinished, Stop, SyncWeights, Train,
-    StopRequested, TrainStepFinished, WeightSyncFinished, WorkerFailed, role_of,
+    StopRequested, TrainStepFinished, WeightSyncFinished, WorkerFailed, WorkerRestarted, role_of,
 )
 from asyncopd.control.policy_base import Admit, Policy, Requeued
 from asyncopd.control.staleness import merge_spans
@@ -129,6 +129,7 @@ class Controller:
         self._status_counts: Counter[str] = Counter()  # live attempts per status
         self._syncing = 0  # live rollout workers loading weights
         self._scoring = 0  # live teachers with a batch
+        self._restarting = 0  # failed workers the driver is bringing back
         self.started = False
         self.done = False
         self.ok = False
@@ -144,6 +145,7 @@ class Controller:
             TrainStepFinished: self._on_train_finished,
             WeightSyncFinished: self._on_sync_finished,
             WorkerFailed: self._on_worker_failed,
+            WorkerRestarted: self._on_worker_restarted,
             StopRequested: self._on_stop_requested,
         }
 
@@ -169,7 +171,7 @@ class Controller:
     def outstanding(self) -> int:
         """Actions issued whose completion event has not arrived yet."""
         generating = self._status_counts[GENERATING]  # every generating attempt occupies a slot of a live worker
-        return generating + self._syncing + self._scoring + int(self.learner_busy)
+        return generating + self._syncing + self._scoring + self._restarting + int(self.learner_busy)
 
     QUEUES = ("generating", "awaiting_teacher", "scoring", "ready", "live", "requeued")
 
@@ -236,6 +238,7 @@ class Controller:
                     assert a.staleness is not None and a.staleness.max <= bound, (a.sample_id, a.staleness, bound)
         assert self._syncing == sum(1 for w in self.workers.values() if w.alive and w.syncing_to is not None)
         assert self._scoring == sum(1 for t in self.teachers.values() if t.alive and t.batch_id is not None)
+        assert self._restarting == sum(1 for x in [*self.workers.values(), *self.teachers.values()] if x.restarting)
         c = self.counters
         assert c["attempts"] == self._attempts_before + len(self.samples)
         assert c["consumed"] == self.batch_size * self.steps_issued
@@ -374,44 +377,64 @@ class Controller:
             self._stop(True, f"stopped on request: {e.reason}", e.t)
 
     def _on_worker_failed(self, e: WorkerFailed) -> None:
+        """A worker died: re-queue its work (generations restart from their prompt, a teacher's
+        batch goes back to the front of the scoring queue; ``redone_*`` count them). The run
+        stops when a role has no worker left that is alive or coming back, or the learner died."""
         role = role_of(e.worker)
-        self.counters[f"failed_{role}"] += 1
-        if role == "rollout":
-            self._rollout_failed(e)
-        elif role == "teacher":
-            self._teacher_failed(e)
-        else:
-            self._stop(False, f"{e.worker} failed: {e.error}", e.t)
-
-    def _rollout_failed(self, e: WorkerFailed) -> None:
-        w = self.workers.get(e.worker)
-        if w is None or not w.alive:
+        group: dict[str, Any] = self.workers if role == "rollout" else self.teachers if role == "teacher" else {}
+        w = group.get(e.worker)
+        if w is None and group:  # (no such worker)
             return
+        if w is None:  # the learner: nothing can go on without it
+            self.counters[f"failed_{role}"] += 1
+            self._stop(False, f"{e.worker} failed: {e.error}", e.t)
+            return
+        if w.alive:
+            self.counters[f"failed_{role}"] += 1
+            (self._rollout_failed if role == "rollout" else self._teacher_failed)(w, e.t)
+            w.alive = False
+        elif not w.restarting:  # (a late or duplicate report)
+            return
+        self._restarting += int(e.restarting) - int(w.restarting)
+        w.restarting = e.restarting
+        if not any(x.alive or x.restarting for x in group.values()):
+            self._stop(False, f"all {role} workers failed (last: {e.worker}: {e.error})", e.t)
+
+    def _rollout_failed(self, w: RolloutWorkerState, t: float) -> None:
         self._syncing -= w.syncing_to is not None
-        w.alive, w.syncing_to = False, None
+        w.syncing_to = None
         for sid in list(w.running.values()):
             a = self.samples[sid]
-            a.finished_at = e.t
+            a.finished_at = t
             self._abort_and_requeue(a, "worker_failed")
+            self.counters["redone_generations"] += 1
         w.release_all()
-        if not any(x.alive for x in self.workers.values()):
-            self._stop(False, f"all rollout workers failed (last: {e.worker}: {e.error})", e.t)
 
-    def _teacher_failed(self, e: WorkerFailed) -> None:
-        tw = self.teachers.get(e.worker)
-        if tw is None or not tw.alive:
-            return
-        tw.alive = False
+    def _teacher_failed(self, tw: TeacherWorkerState, t: float) -> None:
         for sid in reversed(tw.sample_ids):
             a = self.samples[sid]
             if a.status == SCORING:
                 self._move(a, GENERATED)
                 a.score_worker = None
                 self._score_queue.appendleft(sid)
+                self.counters["redone_scoring"] += 1
         self._scoring -= tw.batch_id is not None
         tw.batch_id, tw.sample_ids = None, ()
-        if not any(t.alive for t in self.teachers.values()):
-            self._stop(False, f"all teacher workers failed (last: {e.worker}: {e.error})", e.t)
+
+    def _on_worker_restarted(self, e: WorkerRestarted) -> None:
+        """A worker is back: a teacher takes batches again; a rollout worker first syncs to the
+        newest version (it accepts samples once that sync finished)."""
+        role = role_of(e.worker)
+        w = (self.workers if role == "rollout" else self.teachers).get(e.worker)
+        if w is None or not w.restarting:
+            return
+        w.restarting, w.alive = False, True
+        self._restarting -= 1
+        self.counters[f"restarted_{role}"] += 1
+        if isinstance(w, RolloutWorkerState):
+            w.version = e.version
+            self._request_sync(w)
+            self.pool.push(w)
 
     # -------------------------------------------------------------- scheduling
     def _schedule(self, t: float) -> None:

@@ -113,6 +113,7 @@ class RolloutWorkerState:
     index: int = 0
     version: int = 0
     alive: bool = True
+    restarting: bool = False  # failed, and the driver is bringing it back
     syncing_to: int | None = None
     running: dict[int, int] = field(default_factory=dict)  # slot -> sample_id
     _free: list[int] = field(default_factory=list)  # heap of free slots (all of them at first)
@@ -179,5 +180,6 @@ class RolloutPool:
 class TeacherWorkerState:
     name: str
     alive: bool = True
+    restarting: bool = False
     batch_id: int | None = None
     sample_ids: tuple[int, ...] = ()

@@ -91,9 +91,25 @@ class WeightSyncFinished:
 
 @dataclass(frozen=True, slots=True)
 class WorkerFailed:
+    """``worker`` died. Its in-flight work is re-queued. ``restarting``: the driver is bringing it
+    back (a ``WorkerRestarted`` follows, or a second ``WorkerFailed`` without ``restarting`` if the
+    restart fails); until then the run waits for it rather than stopping for want of workers."""
+
     t: float
     worker: str
     error: str = ""
+    restarting: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRestarted:
+    """A failed worker is back, as a fresh process. A rollout worker holds the weights of
+    ``version`` (a fresh process loads the run's initial student: version 0); the controller
+    syncs it to the newest version before it generates anything."""
+
+    t: float
+    worker: str
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +130,7 @@ Event = Union[
     TrainStepFinished,
     WeightSyncFinished,
     WorkerFailed,
+    WorkerRestarted,
     StopRequested,
 ]
 
