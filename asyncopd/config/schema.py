@@ -65,9 +65,12 @@ class RunConfig(_Section):
     time_budget_s: Optional[float] = Field(
         None, gt=0, description="stop at the next update boundary once the run clock passes this many seconds "
                                 "(wall clock for train, from when training starts; simulated time for simulate)")
-    checkpoint_every: int = Field(0, ge=0, description="real trainer: save RUN_DIR/checkpoints/step_NNNNNN every N "
-                                  "learner updates (0: only checkpoints/final, at the end); `train --resume` "
-                                  "continues from the newest")
+    checkpoint_every: int = Field(100, ge=0, description="real trainer: save RUN_DIR/checkpoints/step_NNNNNN every "
+                                  "N learner updates (0: only checkpoints/final, at the end); `train --resume` "
+                                  "continues from the newest, so a lost learner costs at most N-1 updates")
+    worker_restarts: int = Field(3, ge=0, description="real trainer: how many times Ray restarts each rollout or "
+                                 "teacher worker that died (its work is re-queued; a restarted rollout worker is "
+                                 "synced to the newest weights before it generates); 0: a dead worker stays dead")
     keep_checkpoints: int = Field(3, ge=1, description="newest step_* checkpoints kept (checkpoints/final always is)")
 
 

@@ -1,12 +1,11 @@
 """Driver 2: the real trainer. Ray actors do the work; the shared ``Controller`` decides.
 
-The loop is: ``ray.wait`` for the next finished call, turn its result into controller
-events (with wall-clock times relative to the run start), dispatch the actions the
-controller returns. Sample payloads (token ids, behaviour logprobs, teacher top-k) stay in
-the driver between stages; they are small for the models this runs on a CPU. Weights go
-learner → object store → rollout workers (``sync.method: object_store``), or learner → a
-two-rank torch.distributed group → each rollout worker (``collective``), tagged with their
-version; with ``sync.verify`` every sync compares a hash of both ends' weights.
+The loop: ``ray.wait`` for the next finished call, turn its result into controller events (with
+wall-clock times relative to the run start), dispatch the actions the controller returns (a
+failed call: ``worker_faults.py``). Sample payloads (token ids, behaviour logprobs, teacher
+top-k) stay in the driver between stages. Weights go learner → object store → rollout workers
+(``sync.method: object_store``), or learner → a two-rank torch.distributed group → each rollout
+worker (``collective``), tagged with their version; ``sync.verify`` compares both ends' hashes.
 """
 
 from __future__ import annotations
@@ -26,9 +25,11 @@ from asyncopd.config.schema import OPDConfig
 from asyncopd.control import messages
 from asyncopd.control.controller import Controller
 from asyncopd.runtime import checkpoints
+from asyncopd.runtime.calls import Pending
 from asyncopd.runtime.cpu_accounting import CpuAccount
 from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_actors, start_ray
 from asyncopd.runtime.sync_orchestration import WeightSyncs
+from asyncopd.runtime.worker_faults import FaultHandling, WorkerLives
 from asyncopd.task import BuiltinTask, CharCodec
 from asyncopd.trace.setup import start_run
 
@@ -43,14 +44,6 @@ class SampleData:
 
 
 @dataclass
-class Pending:
-    kind: str  # gen | score | train | sync
-    worker: str
-    context: Any = None
-    issued: float = 0.0
-
-
-@dataclass
 class WorkerQueue:
     """Requests the controller assigned to a rollout worker while its previous wave runs."""
 
@@ -58,7 +51,7 @@ class WorkerQueue:
     in_wave: set[int] = field(default_factory=set)
 
 
-class RayDriver:
+class RayDriver(FaultHandling):
     def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True,
                  models: ResolvedModels | None = None, evaluate: bool = True, resume: bool = False) -> None:
         self.cfg, self.progress = cfg, progress
@@ -74,6 +67,7 @@ class RayDriver:
         self.queues: dict[str, WorkerQueue] = {}
         self._hold_waves = 0  # > 0 while the actions caused by one event are being dispatched
         self.syncs = WeightSyncs(cfg)
+        self.lives = WorkerLives(cfg.run.worker_restarts)
         self.t0 = 0.0
         # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
         self.evaluates = evaluate and isinstance(self.codec, CharCodec)
@@ -89,6 +83,8 @@ class RayDriver:
         self.learner.form("nccl" if self.cfg.cluster.device_type == "cuda" else "gloo", self.cfg.sync.timeout_s)
         self.syncs.attach(self.learner.lead, self.rollout)
         self.queues = {w: WorkerQueue() for w in self.rollout}
+        self.handles_by_name = started.handles()
+        self.lives.add([*self.rollout, *self.teachers])
         self._placement = placement
         if self.evaluates:
             self.eval_start = ray.get(self._evaluate())
@@ -101,7 +97,7 @@ class RayDriver:
                 "models": {"student": str(self.models.student), "teacher": str(self.models.teacher)}},
             resume=self.resume_from.info if self.resume_from is not None else None)
         self.recorder.summary_extra.update(self.syncs.summary(), learner_ranks=self.learner.world,
-                                           learner_strategy=self.cfg.learner.strategy)
+                                           learner_strategy=self.cfg.learner.strategy, faults=self.lives.summary())
         if self.resume_from is not None:
             self.recorder.summary_extra["resume"].update(
                 checkpoint=str(self.resume_from.path), next_prompt_id=self.resume_from.info["next_prompt_id"],
@@ -175,7 +171,8 @@ class RayDriver:
                 raise
             finally:
                 self._bar.close()
-            self._finish()
+            if self.lives.learner_lost is None:
+                self._finish()
         finally:
             self.recorder.close() if hasattr(self, "recorder") else None
             if getattr(self, "actors", None) is not None:
@@ -193,20 +190,22 @@ class RayDriver:
     def _wait_one(self) -> None:
         import ray
 
+        timeout = self._ask_restarting_workers()  # (worker_faults.py)
         if not self.pending:
             raise RuntimeError(f"nothing in flight and the run is not done: {self.ctrl.describe_state()}")
-        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=600)
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        if not ready and timeout < 600:
+            return  # (a restarting worker is due to be asked again)
         if not ready:
             raise TimeoutError(f"no worker answered for 600 s; in flight: {sorted({p.worker for p in self.pending.values()})}")
-        ref = ready[0]
-        p = self.pending.pop(ref)
+        p = self.pending.pop(ref := ready[0])
         try:
             value = ray.get(ref)
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as e:
-            if p.kind == "train" or not isinstance(e, ray.exceptions.RayActorError):
-                raise
-            self._send(messages.WorkerFailed(self._now(), p.worker, str(e).splitlines()[0]))
+        except ray.exceptions.RayError as e:
+            self._call_failed(p, e)
             return
+        if not self.lives.current(p.worker, p.incarnation):
+            return  # the answer of a process that has died since: its work was re-queued
         self._cpu.calls.answered(p.kind, p.issued, value, self.t0)
         with self._cpu.handling(p.kind, len(value) if p.kind == "gen" else 1), self._waves_after_dispatch():
             getattr(self, f"_on_{p.kind}")(p, value)
@@ -232,7 +231,7 @@ class RayDriver:
                     self._start_wave(worker)
 
     def _submit(self, ref: Any, p: Pending) -> None:
-        p.issued = self._now()
+        p.issued, p.incarnation = self._now(), self.lives.incarnation.get(p.worker, 0)
         self.pending[ref] = p
 
     # --------------------------------------------------------------- actions
@@ -293,11 +292,7 @@ class RayDriver:
     def _on_gen(self, p: Pending, results: list[GenResult]) -> None:
         """Deliver a finished wave. The next wave starts only after every result has reached
         the controller (``_waves_after_dispatch``), so it takes all the slots they free."""
-        self.queues[p.worker].in_wave = set()
-        self._deliver(p, results)
-
-    def _deliver(self, p: Pending, results: list[GenResult]) -> None:
-        now = self._now()
+        self.queues[p.worker].in_wave, now = set(), self._now()
         for r in results:
             sd = self.samples.get(r.sample_id)
             if sd is None:
@@ -326,7 +321,7 @@ class RayDriver:
 
     def _start_sync(self, worker: str, version: int, pause_mode: str) -> Any:
         return self.syncs.start(worker, version, pause_mode,
-                                track=lambda ref: self._submit(ref, Pending("serve", "learner-0", version)))
+                                track=lambda ref: self._submit(ref, Pending("serve", "learner-0", (version, worker))))
 
     def _on_serve(self, p: Pending, value: tuple[float, float]) -> None:
         """The learner's half of a collective sync finished (the worker's half reports the sync)."""

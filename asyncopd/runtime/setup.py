@@ -185,10 +185,11 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> Actors:
         common = dict(device_type=cfg.cluster.device_type, devices=list(p.local))
         if p.role == "learner":
             if p.index == 0 and method == "collective":  # (threaded: serving a version overlaps the next update)
-                opts["max_concurrency"] = lay.rollout.workers + 2
+                opts["max_concurrency"] = 2 * lay.rollout.workers + 2  # (+ a serve stuck on a dead worker each)
             return ray.remote(LearnerWorker).options(**opts).remote(str(models.student), rank=p.index, **common,
                                                                     **learner_opts)
         i = p.index
+        opts.update(max_restarts=cfg.run.worker_restarts, max_task_retries=0)  # (runtime/worker_faults.py)
         if p.role == "rollout":
             return ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts).remote(
                 name, str(models.student), **common, eos_id=models.codec.eos_id, pad_id=models.codec.pad_id,

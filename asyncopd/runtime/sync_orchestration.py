@@ -25,6 +25,7 @@ class WeightSyncs:
         self.verified = 0
         self.learner: Any = None
         self.rollout: dict[str, Any] = {}
+        self._fingerprint: str | None = None  # collective: the learner's weight layout
 
     def attach(self, learner: Any, rollout: dict[str, Any]) -> None:
         """Know the actors; ``collective``: open one two-rank group per rollout worker with the
@@ -32,15 +33,26 @@ class WeightSyncs:
         import ray
 
         self.learner, self.rollout = learner, rollout
-        if self.method != "collective":
-            return
-        sync = self.cfg.sync
+        if self.method == "collective":
+            self._fingerprint = ray.get(learner.weight_layout.remote())
+            self._join(list(rollout))
+
+    def rejoin(self, worker: str) -> None:
+        """A restarted rollout worker (a fresh process) opens a new channel with the learner
+        (``collective``; the object store needs nothing)."""
+        if self.method == "collective":
+            self._join([worker])
+
+    def _join(self, workers: list[str]) -> None:
+        import ray
+
+        sync, learner = self.cfg.sync, self.learner
         backend = "nccl" if self.cfg.cluster.device_type == "cuda" else "gloo"
-        fingerprint = ray.get(learner.weight_layout.remote())
-        addresses = ray.get([learner.open_weight_channel.remote(w, sync.timeout_s) for w in rollout])
-        ray.get([learner.join_weight_channel.remote(w, backend, sync.timeout_s) for w in rollout]
-                + [h.join_weight_channel.remote(a, backend, sync.timeout_s, sync.bucket_bytes, fingerprint, sync.verify)
-                   for h, a in zip(rollout.values(), addresses)])
+        addresses = ray.get([learner.open_weight_channel.remote(w, sync.timeout_s) for w in workers])
+        ray.get([learner.join_weight_channel.remote(w, backend, sync.timeout_s) for w in workers]
+                + [self.rollout[w].join_weight_channel.remote(a, backend, sync.timeout_s, sync.bucket_bytes,
+                                                              self._fingerprint, sync.verify)
+                   for w, a in zip(workers, addresses)])
 
     def published(self, version: int, publication: dict[str, Any]) -> None:
         """The learner made ``version`` available (``LearnerWorker._publish``)."""
