@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from asyncopd.cli_errors import exit_unless_ok, guarded
 from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
 from asyncopd.control.policies import parse_policy
 from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
@@ -28,6 +29,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Plan, simulate and run asynchronous on-policy distillation.")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
+
+
+def command(*args: Any, **kwargs: Any) -> Any:
+    """``app.command`` whose bad input ends in one line and exit status 2 (``cli_errors.py``)."""
+    return lambda f: app.command(*args, **kwargs)(guarded(err)(f))
+
 
 SetOpt = typer.Option(None, "--set", "-s", help="override a config field: --set pipeline.policy='step_off(2)'")
 PlotsOpt = typer.Option(True, help="write staleness / utilisation / queue plots into the run directory")
@@ -62,7 +69,7 @@ def _run_dir(cfg: OPDConfig, kind: str, out: Optional[Path]) -> Path:
     return Path(cfg.run.output_dir) / f"{cfg.run.name}-{kind}-{stamp}"
 
 
-@app.command()
+@command()
 def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     """Validate a config and print the resolved version."""
     cfg = _load(config, set_)
@@ -70,7 +77,7 @@ def check(config: Path, set_: Optional[list[str]] = SetOpt) -> None:
     console.print(f"[green]ok[/green]: {config} is valid (policy {cfg.policy().describe()})")
 
 
-@app.command()
+@command()
 def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
              out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-sim-TIME)"),
              seed: Optional[int] = typer.Option(None, help="simulation seed (default: run.seed)"),
@@ -95,9 +102,10 @@ def simulate(config: Path, set_: Optional[list[str]] = SetOpt,
     console.print(summary_table(f"simulated: {run_dir}", summary))
     console.print(f"a real run's samples/s: {interval.describe()}, with {scatter_note(cfg.sim.costs)}")
     _plots(run_dir, plots)
+    exit_unless_ok(err, summary, f"simulated run {run_dir}")
 
 
-@app.command()
+@command()
 def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p",
                                                           help="a policy; the first is the baseline"),
             set_: Optional[list[str]] = SetOpt, costs: Optional[Path] = CostsOpt,
@@ -127,7 +135,7 @@ def predict(config: Path, policy: list[str] = typer.Option(..., "--policy", "-p"
                                 f"{seeds} seeds", preds, speedups, intervals))
 
 
-@app.command()
+@command()
 def train(config: Optional[Path] = typer.Argument(None, help="config file (with --resume: default RUN_DIR/config.yaml)"),
           set_: Optional[list[str]] = SetOpt,
           out: Optional[Path] = typer.Option(None, help="run directory (default: run.output_dir/NAME-train-TIME)"),
@@ -169,6 +177,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
     summary = run_train(cfg, run_dir, progress=progress, resume=resume is not None)
     console.print(summary_table(f"trained: {run_dir}", summary))
     _plots(run_dir, plots)
+    exit_unless_ok(err, summary, f"run {run_dir}")
 
 
 def _dry_run(cfg: Any) -> None:
@@ -188,7 +197,7 @@ def _dry_run(cfg: Any) -> None:
     console.print(f"[green]valid placement[/green]: {len(report['rows'])} actors placed as the layout says")
 
 
-@app.command("eval")
+@command("eval")
 def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e.g. RUN/checkpoints/final) or a run "
                                                        "directory (its newest checkpoint)"),
           prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="held-out prompts (default: task.eval_prompts)"),
@@ -217,21 +226,21 @@ def eval_(checkpoint: Path = typer.Argument(..., help="a checkpoint directory (e
     console.print(t)
 
 
-@app.command()
-def compare(real_run: Path, sim_run: Path,
+@command()
+def compare(real_run: Path, sim_run: Path, plots: bool = PlotsOpt,
             out: Optional[Path] = typer.Option(None, help="report directory (default: REAL_RUN/compare-SIM)")) -> None:
     """Compare a measured run with a simulated one: throughput, staleness (KS), plots."""
     from asyncopd.trace.compare import compare_runs  # (lazy: keeps numpy out of `asyncopd --help`)
 
     try:
-        r = compare_runs(real_run, sim_run, out)
+        r = compare_runs(real_run, sim_run, out, plots=plots)
     except FileNotFoundError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     print_compare(console, r)
 
 
-@app.command()
+@command()
 def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose models to profile on this machine "
                                                                  "(default: configs/default.yaml)"),
               from_run: Optional[list[Path]] = typer.Option(None, "--from-run", help="fit to a finished run "
@@ -302,7 +311,7 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     raise typer.Exit(code)
 
 
-@app.command()
+@command()
 def validate(run_dir: Path) -> None:
     """Check a run directory against the documented trace format."""
     try:
@@ -313,7 +322,7 @@ def validate(run_dir: Path) -> None:
     console.print(f"[green]valid[/green]: {run_dir} ({counts})")
 
 
-@app.command()
+@command()
 def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Optional[list[str]] = SetOpt,
          calibration_steps: int = typer.Option(150, help="updates of the short real run the simulator is calibrated "
                                                "on first (0: predict with the config's costs)"),
@@ -322,59 +331,17 @@ def demo(config: Path = typer.Argument(Path("configs/default.yaml")), set_: Opti
          progress: bool = typer.Option(True, help="show progress bars")) -> None:
     """calibrate → simulate → train → compare on CONFIG: the simulator, calibrated on this machine
     by a short real run, predicts the full run before it runs; the demo prints its error."""
-    # (lazy: keeps numpy and simpy out of `asyncopd --help`)
-    from asyncopd.runtime.driver import train as run_train
-    from asyncopd.runtime.setup import start_ray
-    from asyncopd.trace.compare import compare_runs
-    from calibration.fidelity import calibrate_by_run
-    from sim.driver import simulate as run_sim
+    from asyncopd.demo import run_demo  # (lazy: numpy, simpy, ray)
 
-    t0 = time.perf_counter()
     cfg = _load(config, set_)
-    root = Path(cfg.run.output_dir) / f"{cfg.run.name}-demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    started_ray = start_ray(cfg)  # (one Ray for both real runs)
-    try:
-        if calibration_steps > 0:
-            console.rule(f"1/4 calibrate: {calibration_runs} x {calibration_steps}-update real runs, then "
-                         f"calibrate --from-run")
-            short = cfg.model_copy(update={"run": cfg.run.model_copy(update={"total_steps": calibration_steps})})
-            profile = calibrate_by_run(short, root / "calibration", root / "calibration.yaml", progress=progress,
-                                       repeats=calibration_runs)
-            cfg = _load(config, set_, costs=profile)
-            console.print(f"profile: {profile}")
-        console.rule(f"2/4 predict: simulate the full run ({cfg.policy().describe()})")
-        sim_summary = run_sim(cfg, root / "sim", progress=progress)
-        console.print(summary_table("simulated", sim_summary))
-        console.rule("3/4 train (real Ray trainer)")
-        real_summary = run_train(cfg, root / "train", progress=progress)
-        console.print(summary_table("measured", real_summary))
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    for d in (root / "sim", root / "train"):
-        validate_run_dir(d)
-    console.rule("4/4 compare")
-    print_compare(console, compare_runs(root / "train", root / "sim", root / "compare"))
-    error = sim_summary["samples_per_s"] / real_summary["samples_per_s"] - 1
-    console.print(f"[bold]prediction error[/bold]: the simulator predicted {sim_summary['samples_per_s']:.1f} samples/s "
-                  f"before the run, the trainer measured {real_summary['samples_per_s']:.1f} ({error:+.1%}; "
-                  + ("calibrated on this machine by the first step)" if calibration_steps > 0 else
-                     "with the config's costs)"))
-    console.rule("where things are")
-    console.print(f"simulated run : {root / 'sim'}\nmeasured run  : {root / 'train'}\n"
-                  f"comparison    : {root / 'compare'}\nfinal student : {root / 'train' / 'checkpoints' / 'final'}\n"
-                  f"open trace.json of either run in https://ui.perfetto.dev or chrome://tracing\n"
-                  f"demo wall time: {time.perf_counter() - t0:.0f} s")
-    (root / "prediction_error.json").write_text(json.dumps({
-        "predicted_samples_per_s": sim_summary["samples_per_s"], "measured_samples_per_s": real_summary["samples_per_s"],
-        "error": error, "calibration_steps": calibration_steps, "calibration_runs": calibration_runs}, indent=2))
+    summary = run_demo(cfg, lambda costs: _load(config, set_, costs=costs), console, calibration_steps=calibration_steps,
+                       calibration_runs=calibration_runs, progress=progress)
+    exit_unless_ok(err, summary, "the demo's training run")
 
 
 from asyncopd.planner.cli import plan as _plan  # noqa: E402
 
-app.command("plan")(_plan)
+command("plan")(_plan)
 
 
 def main() -> None:

@@ -102,6 +102,20 @@ class ModelSpec(_Section):
             raise ValueError(str(e)) from None
         return v
 
+    @field_validator("path")
+    @classmethod
+    def _checkpoint_dir(cls, v: Optional[str]) -> Optional[str]:
+        """A local Hugging Face checkpoint: a directory with ``config.json`` (checked when the
+        config loads, not when the actors start)."""
+        if v is None:
+            return v
+        p = Path(v).expanduser()
+        if not p.is_dir():
+            raise ValueError(f"{v} is not a directory (a local Hugging Face checkpoint directory)")
+        if not (p / "config.json").is_file():
+            raise ValueError(f"{v} has no config.json (not a Hugging Face checkpoint directory)")
+        return v
+
     @property
     def trainable(self) -> bool:
         return self.path is not None or self.preset in BUILTIN_MODELS

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Optional
 
 from asyncopd.config import ConfigError, OPDConfig, load_config
 from asyncopd.task import BuiltinTask, CharCodec, TaskConfig
+from asyncopd.trace.schema import RunFormatError, read_json
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -149,6 +150,8 @@ def find_resume_checkpoint(run_dir: str | Path, cfg: OPDConfig) -> Checkpoint:
     d = Path(run_dir)
     if not (d / "run.json").is_file():
         raise FileNotFoundError(f"{d} is not a run directory (no run.json)")
+    if not isinstance(read_json(d / "run.json"), dict):  # (the resumed run adds to it)
+        raise RunFormatError(f"{d / 'run.json'}: not a JSON object")
     if (d / "config.yaml").is_file():
         saved, now = resume_config(d).model_dump(mode="json"), cfg.model_dump(mode="json")
 

@@ -116,7 +116,10 @@ class RayDriver(FaultHandling):
         ck = self.resume_from
         if ck is None:
             return
-        version, published = ray.get(self.learner.call("load_checkpoint", str(ck.path)))
+        try:
+            version, published = ray.get(self.learner.call("load_checkpoint", str(ck.path)))
+        except ray.exceptions.RayTaskError as e:  # (a damaged trainer_state.pt: bad input, one line)
+            raise ValueError(f"{ck.path / checkpoints.STATE_FILE}: cannot load it ({e.cause!r})") from None
         if version != ck.version:
             raise RuntimeError(f"{ck.path}: trainer_state.pt holds version {version}, resume.json says {ck.version}")
         self.syncs.published(version, published)

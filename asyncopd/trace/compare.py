@@ -18,18 +18,30 @@ from typing import Any
 import numpy as np
 
 from asyncopd.trace.compare_report import write_markdown
-from asyncopd.trace.schema import read_jsonl
+from asyncopd.trace.schema import RunFormatError, read_json, read_jsonl, validate_run_dir
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """What a comparison reads of a run directory. A damaged one is refused with the trace
+    format's check (``validate_run_dir``), which names the file and what is wrong in it."""
     d = Path(run_dir)
     if not (d / "summary.json").is_file():
         raise FileNotFoundError(f"{d} is not a finished run directory (no summary.json)")
+    try:
+        run = _read_run(d)
+        float(run["summary"]["samples_per_s"]), run["info"]["driver"]  # (what compare_runs reads)
+        return run
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        validate_run_dir(d)  # (raises RunFormatError naming the file)
+        raise RunFormatError(f"{d}: not a run directory as docs/trace-format.md documents ({e!r})") from None
+
+
+def _read_run(d: Path) -> dict[str, Any]:
     samples = [r for r in read_jsonl(d / "samples.jsonl") if r["status"] == "consumed"]
     return {
         "dir": d,
-        "summary": json.loads((d / "summary.json").read_text()),
-        "info": json.loads((d / "run.json").read_text()),
+        "summary": read_json(d / "summary.json"),
+        "info": read_json(d / "run.json"),
         "staleness": np.array([r["staleness_mean"] for r in samples], dtype=float),
         "steps": read_jsonl(d / "log.jsonl"),
     }

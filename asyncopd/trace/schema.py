@@ -128,9 +128,26 @@ def _check(model: type[BaseModel], obj: Any, where: str) -> None:
         raise RunFormatError(f"{where}: {field}: {err['msg']}") from None
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a run directory; an unreadable or broken one raises ``RunFormatError`` naming it."""
+    try:
+        return json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise RunFormatError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise RunFormatError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise RunFormatError(f"{path}: cannot read it ({e.strerror or e.__class__.__name__})") from None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -142,7 +159,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def read_trace(path: Path) -> list[dict[str, Any]]:
     """Load a Chrome trace in JSON-array form, tolerating the missing ``]`` of a crashed run."""
-    text = path.read_text().rstrip()
+    text = _text(path).rstrip()
     if not text.endswith("]"):
         text = text.rstrip(",") + "]"
     try:
@@ -161,7 +178,7 @@ def validate_run_dir(run_dir: str | Path, *, require_summary: bool = True) -> di
     for name in need:
         if not (d / name).is_file():
             raise RunFormatError(f"{d}: missing {name}")
-    _check(RunInfo, json.loads((d / "run.json").read_text()), f"{d / 'run.json'}")
+    _check(RunInfo, read_json(d / "run.json"), f"{d / 'run.json'}")
     samples = read_jsonl(d / "samples.jsonl")
     for i, rec in enumerate(samples, 1):
         _check(SampleRecord, rec, f"{d / 'samples.jsonl'}:{i}")
@@ -174,7 +191,7 @@ def validate_run_dir(run_dir: str | Path, *, require_summary: bool = True) -> di
     for i, ev in enumerate(events):
         _check(TraceEvent, ev, f"{d / 'trace.json'}[{i}]")
     if require_summary:
-        _check(Summary, json.loads((d / "summary.json").read_text()), f"{d / 'summary.json'}")
+        _check(Summary, read_json(d / "summary.json"), f"{d / 'summary.json'}")
     return {"samples": len(samples), "steps": len(steps), "trace_events": len(events)}
 
 
