@@ -20,7 +20,10 @@ def ray_session():
     """One local Ray (2 CPUs, bound to loopback) for every test that needs one: starting Ray
     costs seconds, and actors from one test module are gone before the next starts."""
     ray = pytest.importorskip("ray")
+    from asyncopd.runtime.setup import loopback_only
+
     if not ray.is_initialized():
+        loopback_only()  # (every Ray process listens on 127.0.0.1 only, as in a local run)
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     yield
     ray.shutdown()

@@ -24,11 +24,16 @@ from asyncopd.config.actor_placement import visible_device
 
 
 def place(device_type: str, devices: list[int]) -> str:
-    """Pin this process to its devices (indices on its node: ``config/actor_placement.py``);
-    return the torch device string. On CUDA that is the actor's GPU among those Ray made visible
+    """Pin this process to its devices (indices on its node: ``config/actor_placement.py``) and
+    its gloo groups to the node's address; return the torch device string. On CUDA that is the actor's GPU among those Ray made visible
     to it (``visible_device``), not the layout's cluster-wide index."""
+    import ray
     import torch
 
+    from asyncopd.runtime.weight_transport import pin_gloo_to  # (lazy: torch)
+
+    if ray.is_initialized():  # (gloo groups listen on the node's address only)
+        pin_gloo_to(ray.util.get_node_ip_address())
     if device_type == "cpu":
         if hasattr(os, "sched_setaffinity"):
             available = os.sched_getaffinity(0)

@@ -89,23 +89,37 @@ def resolve_models(cfg: OPDConfig, *, progress: bool = True) -> ResolvedModels:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def start_ray(cfg: OPDConfig) -> bool:
-    """Join ``cluster.ray_address`` or start a local Ray bound to localhost without a dashboard.
-    Returns True when this call started (and so must shut down) Ray.
-
-    A cluster at a loopback address (nodes started with ``--node-ip-address 127.0.0.1``) is joined
-    on loopback too: Ray otherwise rewrites ``127.0.0.1`` to the machine's address, where such a
-    cluster does not listen. That takes ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is
-    first imported (set here when this process has not imported it yet; a test sets it itself)."""
+def loopback_only() -> None:
+    """Make the Ray this process starts or joins next use the loopback address for its node
+    (``start_ray``), in this process and in the processes it starts."""
     import sys
 
-    address = cfg.cluster.ray_address
-    if address and address.rsplit(":", 1)[0].strip("[]") in LOOPBACK and "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:  # (read when ray is imported; services.get_node_ip_address reads the module's)
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_ray(cfg: OPDConfig) -> bool:
+    """Join ``cluster.ray_address`` or start a local Ray without a dashboard, listening on
+    loopback only. Returns True when this call started (and so must shut down) Ray.
+
+    On Linux Ray takes the machine's address as the node's, and every Ray process (GCS, raylet,
+    workers) then listens on all interfaces, ``_node_ip_address="127.0.0.1"`` notwithstanding
+    (measured with Ray 2.60: ``ss -ltnp``). ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray
+    use the loopback address for the node, and then every process listens on 127.0.0.1 only
+    (``tests/test_exposure.py``). A local run sets it (its processes inherit it); so does
+    joining a cluster at a loopback address (nodes started with ``--node-ip-address
+    127.0.0.1``), which Ray would otherwise look for at the machine's address. Ray's token
+    authentication (on by default since 2.5x) guards a cluster at a routable address."""
     import ray
 
     if ray.is_initialized():
         return False
+    address = cfg.cluster.ray_address
+    if not address or address.rsplit(":", 1)[0].strip("[]") in LOOPBACK:
+        loopback_only()
     quiet = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
     for k, v in quiet.items():
         os.environ.setdefault(k, v)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import socket
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -117,9 +118,31 @@ def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 def open_store(host: str, timeout_s: float, world: int = 2) -> tuple[dist.TCPStore, str]:
     """Host a rendezvous store for a group of ``world`` (a sync pair, or the learner's ranks) on a
-    free port of ``host``; returns it and its ``host:port``."""
-    store = dist.TCPStore(host, 0, world, True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
-    return store, f"{host}:{store.port}"
+    free port of ``host``; returns it and its ``host:port``. The store listens on ``host`` only:
+    given a port, ``TCPStore`` listens on every interface, so it is handed a socket bound here."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.bind((host, 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    store = dist.TCPStore(host, port, world, True, timeout=datetime.timedelta(seconds=timeout_s),
+                          wait_for_workers=False, master_listen_fd=listener.detach())
+    return store, f"{host}:{port}"
+
+
+def pin_gloo_to(address: str) -> None:
+    """Make gloo's connections in this process listen on the interface that holds ``address``
+    (the Ray node's address: loopback for a local run) instead of the one the host name resolves
+    to, through ``GLOO_SOCKET_IFNAME`` (read whenever a gloo group is made; a value the user set
+    is kept). Nothing changes when no interface holds ``address``."""
+    import os
+
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addrs):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", name)
+            return
 
 
 def connect_store(address: str, timeout_s: float, world: int = 2) -> dist.TCPStore:
