@@ -67,7 +67,7 @@ class RayDriver(FaultHandling):
         self.queues: dict[str, WorkerQueue] = {}
         self._hold_waves = 0  # > 0 while the actions caused by one event are being dispatched
         self.syncs = WeightSyncs(cfg)
-        self.lives = WorkerLives(cfg.run.worker_restarts)
+        self.lives = WorkerLives(cfg.run.worker_restarts, self.run_dir / "faults.jsonl")
         self.t0 = 0.0
         # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
         self.evaluates = evaluate and isinstance(self.codec, CharCodec)

@@ -25,9 +25,11 @@ checkpoint ``asyncopd train --resume`` would continue from.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from asyncopd.runtime.calls import Pending
@@ -39,9 +41,12 @@ LEARNER = "learner-0"
 
 @dataclass
 class WorkerLives:
-    """Incarnations, restart budgets and recoveries of the restartable workers."""
+    """Incarnations, restart budgets and recoveries of the restartable workers. With ``log``
+    (``RUN_DIR/faults.jsonl``), each death, return and lost learner is appended as it happens
+    (a line survives the driver being killed; ``bench/chaos.py`` reads them)."""
 
     restarts: int
+    log: Path | None = None
     incarnation: dict[str, int] = field(default_factory=dict)
     restarts_left: dict[str, int] = field(default_factory=dict)
     died_at: dict[str, float] = field(default_factory=dict)
@@ -63,22 +68,45 @@ class WorkerLives:
         its restarts is used)."""
         self.incarnation[worker] = self.incarnation.get(worker, 0) + 1
         self.died_at.setdefault(worker, now)  # (a failed restart keeps the first death's time)
-        if self.restarts_left.get(worker, 0) <= 0:
-            return False
-        self.restarts_left[worker] -= 1
-        return True
+        restarting = self.restarts_left.get(worker, 0) > 0
+        self.restarts_left[worker] -= int(restarting)
+        self.note({"event": "died", "worker": worker, "t": round(now, 3), "restarting": restarting})
+        return restarting
 
     def back(self, worker: str, now: float) -> float:
         """``worker`` answered as a fresh process; returns the seconds since it died."""
         died = self.died_at.pop(worker, now)
         self.recoveries.append({"worker": worker, "died_at": round(died, 3), "back_at": round(now, 3),
                                 "recovery_s": round(now - died, 3)})
+        self.note({"event": "back", **self.recoveries[-1]})
         return now - died
+
+    def note(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def summary(self) -> dict[str, Any]:
         """What ``summary.json`` records under ``faults``."""
         return {"restarts": self.recoveries, "restarts_left": dict(self.restarts_left),
                 "still_down": sorted(self.died_at), **({"learner_lost": self.learner_lost} if self.learner_lost else {})}
+
+
+RESTARTING = ("RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY")
+
+
+def actor_state(handle: Any) -> str | None:
+    """The GCS's state of an actor (``ALIVE``, ``RESTARTING``, ``DEAD``...), or None where this
+    Ray does not say. Asking the GCS (``ray._private.state``, Ray's own internal accessor: the
+    public state API needs the dashboard) tells within ~50 ms when a restarted actor is up; a
+    ``ready`` call sent while it restarts fails only after ~2 s (measured with Ray 2.60), which
+    delayed every recovery by up to that much."""
+    try:
+        from ray._private.state import state
+
+        return state.actor_table(handle._actor_id.hex())["State"]
+    except (ImportError, AttributeError, KeyError, TypeError):
+        return None
 
 
 class FaultHandling:
@@ -96,6 +124,9 @@ class FaultHandling:
         while probes:
             now = time.monotonic()
             for worker in [w for w, due in probes.items() if due <= now]:
+                if actor_state(self.handles_by_name[worker]) in RESTARTING:
+                    probes[worker] = now + 0.05  # (a call to a restarting actor fails only after ~2 s)
+                    continue
                 del probes[worker]
                 self._submit(self.handles_by_name[worker].ready.remote(), Pending("restart", worker))
             if self.pending or not probes:
@@ -126,6 +157,7 @@ class FaultHandling:
             return  # (this death was already handled)
         if p.kind == "restart":
             if isinstance(error, ray.exceptions.ActorUnavailableError):  # (still restarting: ask again soon)
+                log.debug("%s: still restarting at %.2f s (%s)", p.worker, self._now(), first)
                 self.lives.probes[p.worker] = time.monotonic() + 0.2
                 return
             self.lives.restarts_left[p.worker] = 0  # Ray gave up on it (its constructor failed, or no restarts left)
@@ -170,6 +202,7 @@ class FaultHandling:
         hint = (f"`asyncopd train --resume {self.run_dir}` continues from {newest.path.name}" if newest is not None
                 else "no checkpoint was saved yet (run.checkpoint_every)")
         self.lives.learner_lost = first
+        self.lives.note({"event": "learner_lost", "worker": LEARNER, "t": round(self._now(), 3), "error": first})
         self.recorder.summary_extra["faults"] = self.lives.summary()
         self._send(messages.WorkerFailed(self._now(), LEARNER, f"{first}; {hint}"))
 
