@@ -80,6 +80,7 @@ def measure(name: str, path: Path, params: int, repeats: int, bucket_bytes: int)
     Rollout = ray.remote(actors.RolloutWorker).options(num_cpus=0, max_concurrency=4)
     learners = {m: Learner.remote(str(path), sync_method=m, **learner_opts) for m in ("object_store", "collective")}
     rollout = Rollout.remote("rollout-0", str(path), device_type="cpu", devices=[0], dtype="float32", **rollout_opts)
+    ray.get(rollout.ready.remote())  # (a worker answers work calls once taken on)
     fingerprint = ray.get(learners["collective"].weight_layout.remote())
     address = ray.get(learners["collective"].open_weight_channel.remote("rollout-0", 120))
     ray.get([learners["collective"].join_weight_channel.remote("rollout-0", "gloo", 120),

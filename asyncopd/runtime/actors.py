@@ -20,6 +20,7 @@ from typing import Any
 
 from asyncopd.backends.base import GenRequest, GenResult, ScoreRequest, TeacherPayload, WeightUpdate
 from asyncopd.backends.factory import build_rollout_engine, build_teacher_scorer
+from asyncopd.runtime.calls import FreshProcessError
 from asyncopd.config.actor_placement import visible_device
 
 
@@ -88,6 +89,21 @@ def _pin_other_threads(cores: set[int]) -> None:
             pass
 
 
+class _Adopted:
+    """A worker process answers work calls only once the driver took it on with ``ready``
+    (``calls.FreshProcessError``): at start, and after each restart."""
+
+    _adopted = False
+
+    def ready(self) -> dict[str, Any]:
+        self._adopted = True
+        return {**where_am_i(), "device": self.device}  # type: ignore[attr-defined]
+
+    def _check_adopted(self) -> None:
+        if not self._adopted:
+            raise FreshProcessError(f"{self.name} (pid {os.getpid()}) restarted; ready() not called yet")  # type: ignore[attr-defined]
+
+
 @dataclass
 class _Receiver:
     """A rollout worker's end of its collective channel: the layout, the group, the buffers it receives into."""
@@ -98,7 +114,7 @@ class _Receiver:
     verify: bool
 
 
-class RolloutWorker:
+class RolloutWorker(_Adopted):
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
                  backend: str = "torch", **engine_options: Any) -> None:
         self.name = name
@@ -110,10 +126,8 @@ class RolloutWorker:
         self._pending: WeightUpdate | None = None
         self._evict: set[int] = set()
 
-    def ready(self) -> dict[str, Any]:
-        return {**where_am_i(), "device": self.device}
-
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        self._check_adopted()
         with self._lock:
             self._generating = True
         cpu0 = time.thread_time()
@@ -148,6 +162,7 @@ class RolloutWorker:
         not time its loads; digest (with ``verify``) hashes the weights it then samples with."""
         import ray
 
+        self._check_adopted()
         started = time.time()
         self._apply(WeightUpdate(version, ray.get(holder[0]), pause_mode))  # type: ignore[arg-type]
         return started, time.time(), self._pause_of(version), self._digest() if verify else None
@@ -167,6 +182,7 @@ class RolloutWorker:
     def receive_weights(self, version: int, pause_mode: str) -> tuple[float, float, float | None, str | None]:
         """Receive ``version`` from the learner's broadcast (generation goes on meanwhile), apply
         it at the next step boundary; returns what ``load_weights`` does."""
+        self._check_adopted()
         r = self._receiver
         if r is None:
             raise RuntimeError(f"{self.name}: receive_weights before join_weight_channel")
@@ -203,19 +219,17 @@ class RolloutWorker:
             self._evict.update(sample_ids)
 
 
-class TeacherWorker:
+class TeacherWorker(_Adopted):
     def __init__(self, name: str, model_path: str, *, device_type: str, devices: list[int], dtype: str,
                  backend: str = "torch", **scorer_options: Any) -> None:
         self.name = name
         self.device = device = place(device_type, devices)
         self.scorer = build_teacher_scorer(backend, model_path, device=device, dtype=dtype, **scorer_options)
 
-    def ready(self) -> dict[str, Any]:
-        return {**where_am_i(), "device": self.device}
-
     def score(self, items: list[ScoreRequest]) -> tuple[list[TeacherPayload], float, float, float | None]:
         """Score a batch; returns the payloads, wall-clock start and end, and the batch's busy
         time (``cpu_seconds``)."""
+        self._check_adopted()
         started, cpu0 = time.time(), time.thread_time()
         payloads = self.scorer.score(items)
         return payloads, started, time.time(), cpu_seconds(self.device, cpu0)

@@ -49,10 +49,11 @@ class WeightSyncs:
         sync, learner = self.cfg.sync, self.learner
         backend = "nccl" if self.cfg.cluster.device_type == "cuda" else "gloo"
         addresses = ray.get([learner.open_weight_channel.remote(w, sync.timeout_s) for w in workers])
-        ray.get([learner.join_weight_channel.remote(w, backend, sync.timeout_s) for w in workers]
-                + [self.rollout[w].join_weight_channel.remote(a, backend, sync.timeout_s, sync.bucket_bytes,
-                                                              self._fingerprint, sync.verify)
-                   for w, a in zip(workers, addresses)])
+        ends = [learner.join_weight_channel.remote(w, backend, sync.timeout_s) for w in workers]
+        ray.get([self.rollout[w].join_weight_channel.remote(a, backend, sync.timeout_s, sync.bucket_bytes,
+                                                            self._fingerprint, sync.verify)
+                 for w, a in zip(workers, addresses)])  # (first: a worker that dies meanwhile fails this at once)
+        ray.get(ends)
 
     def published(self, version: int, publication: dict[str, Any]) -> None:
         """The learner made ``version`` available (``LearnerWorker._publish``)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asyncopd.runtime.calls import Pending
+from asyncopd.runtime.calls import FreshProcessError, Pending
 
 log = logging.getLogger("asyncopd.train")
 
@@ -151,7 +151,8 @@ class FaultHandling:
         if p.kind == "train" or p.worker == LEARNER:
             self._learner_failed(error)
             return
-        if not isinstance(error, ray.exceptions.RayActorError):
+        fresh = isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, FreshProcessError)
+        if not (fresh or isinstance(error, ray.exceptions.RayActorError)):
             raise error  # the worker is alive and its call failed: a bug, not a fault to ride out
         if not self.lives.current(p.worker, p.incarnation):
             return  # (this death was already handled)
@@ -183,10 +184,16 @@ class FaultHandling:
 
     def _on_restart(self, p: Pending, value: Any) -> None:
         """A dead worker's fresh process answered ``ready``: bring it up to date and tell the controller."""
+        import ray
+
         from asyncopd.control import messages  # (lazy: only on a failure)
 
         if p.worker in self.rollout:
-            self.syncs.rejoin(p.worker)
+            try:
+                self.syncs.rejoin(p.worker)
+            except ray.exceptions.RayActorError as e:  # it died again meanwhile
+                self._call_failed(Pending("rejoin", p.worker, incarnation=p.incarnation), e)
+                return
         took = self.lives.back(p.worker, self._now())
         log.warning("%s is back after %.1f s (pid %s)", p.worker, took, value.get("pid"))
         self.recorder.summary_extra["faults"] = self.lives.summary()
