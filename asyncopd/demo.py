@@ -25,7 +25,7 @@ def run_demo(cfg: OPDConfig, with_costs: Callable[[Path], OPDConfig], console: C
     from asyncopd.runtime.driver import train as run_train  # (lazy: ray, torch)
     from asyncopd.runtime.setup import start_ray  # (lazy: ray)
     from asyncopd.trace.compare import compare_runs  # (lazy: numpy)
-    from calibration.fidelity import calibrate_by_run  # (lazy: scipy, simpy)
+    from calibration.fidelity import CalibrationRunFailed, calibrate_by_run  # (lazy: scipy, simpy)
     from sim.driver import simulate as run_sim  # (lazy: simpy)
 
     t0 = time.perf_counter()
@@ -36,8 +36,11 @@ def run_demo(cfg: OPDConfig, with_costs: Callable[[Path], OPDConfig], console: C
             console.rule(f"1/4 calibrate: {calibration_runs} x {calibration_steps}-update real runs, then "
                          f"calibrate --from-run")
             short = cfg.model_copy(update={"run": cfg.run.model_copy(update={"total_steps": calibration_steps})})
-            profile = calibrate_by_run(short, root / "calibration", root / "calibration.yaml", progress=progress,
-                                       repeats=calibration_runs)
+            try:
+                profile = calibrate_by_run(short, root / "calibration", root / "calibration.yaml", progress=progress,
+                                           repeats=calibration_runs)
+            except CalibrationRunFailed as e:
+                return {**e.summary, "reason": str(e)}
             cfg = with_costs(profile)
             console.print(f"profile: {profile}")
         console.rule(f"2/4 predict: simulate the full run ({cfg.policy().describe()})")

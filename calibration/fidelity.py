@@ -205,6 +205,14 @@ def replay(name: str, overrides: list[str], real_dirs: list[Path], out: Path, ba
     return float(np.mean(errors)), float(a.mean() - b.mean()), float(stats.ks_2samp(a, b).statistic)
 
 
+class CalibrationRunFailed(RuntimeError):
+    """A run ``calibrate_by_run`` trained did not end ok; ``summary`` says why."""
+
+    def __init__(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        super().__init__(f"calibration run {run_dir} failed: {summary.get('reason')}")
+        self.summary = summary
+
+
 def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: bool = False,
                      sharing: Optional[Sharing] = None, repeats: int = 1) -> Path:
     """Train ``cfg`` into ``run_dir`` (no held-out evaluation) and write the profile that
@@ -214,7 +222,9 @@ def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: 
     (``calibration.multi_run.fit_runs``), which also measures ``run_cv``."""
     dirs = [run_dir] + [run_dir.with_name(f"{run_dir.name}-{k}") for k in range(2, repeats + 1)]
     for d in dirs:
-        train(cfg, d, progress=progress, evaluate=False)
+        summary = train(cfg, d, progress=progress, evaluate=False)
+        if not summary.get("ok"):  # (a fit to a run that failed would be a fit to its failure)
+            raise CalibrationRunFailed(d, summary)
     if len(dirs) == 1:
         return write_profile(fit_run(run_dir, sharing), profile)
     return write_profile(fit_runs(dirs, sharing=sharing), profile)
