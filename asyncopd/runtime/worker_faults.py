@@ -92,6 +92,10 @@ class WorkerLives:
                 "still_down": sorted(self.died_at), **({"learner_lost": self.learner_lost} if self.learner_lost else {})}
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 RESTARTING = ("RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY")
 
 
@@ -141,7 +145,7 @@ class FaultHandling:
 
         from asyncopd.control import messages  # (lazy: only on a failure)
 
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = _first_line(error)
         if p.kind == "serve":  # the learner's half of a collective sync
             if isinstance(error, ray.exceptions.RayActorError):
                 self._learner_failed(error)
@@ -204,7 +208,7 @@ class FaultHandling:
         from asyncopd.runtime import checkpoints  # (lazy: only on a failure)
 
         log.error("the learner failed: %s", error)
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = _first_line(error)
         newest = checkpoints.newest_checkpoint(self.run_dir)
         hint = (f"`asyncopd train --resume {self.run_dir}` continues from {newest.path.name}" if newest is not None
                 else "no checkpoint was saved yet (run.checkpoint_every)")
