@@ -142,6 +142,7 @@ def run_chaos(config: str, run: Path, sets: list[str], total: int, kill_every: f
                     pass
             next_kill = now + kill_every
         time.sleep(0.1)
+    wall = time.time() - t0  # (the run's; the wait for the killed driver's processes below is not)
     if driver is not None:  # (what of the killed driver's Ray outlived the whole chaos run)
         psutil.wait_procs(running(orphans), timeout=orphan_wait)
         left = running(orphans)
@@ -151,7 +152,7 @@ def run_chaos(config: str, run: Path, sets: list[str], total: int, kill_every: f
         for p in left:
             p.kill()
     stderr = proc.stderr.read() if proc.stderr else ""
-    return {"kills": kills, "driver_kill": driver, "wall_s": time.time() - t0, "returncode": proc.returncode,
+    return {"kills": kills, "driver_kill": driver, "wall_s": wall, "returncode": proc.returncode,
             "stderr_tail": stderr.strip().splitlines()[-3:]}
 
 
