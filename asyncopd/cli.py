@@ -142,6 +142,8 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
           resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
                                                 help="continue RUN_DIR from its newest complete checkpoint"),
           plots: bool = PlotsOpt, progress: bool = typer.Option(True, help="show progress bars"),
+          evaluate: bool = typer.Option(True, "--eval/--no-eval", help="held-out accuracy of the student before "
+                                        "and after (built-in task)"),
           dry_run: bool = typer.Option(False, "--dry-run", help="check the layout against the cluster Ray reports, "
                                        "print which actor gets which node, device and memory share, and exit "
                                        "without loading models")) -> None:
@@ -174,7 +176,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="config file (with 
                       f"prompts from {ck.info.get('next_prompt_id')}, "
                       f"{len(ck.info.get('skipped_prompts', []))} in flight at the checkpoint skipped)")
         run_dir = resume
-    summary = run_train(cfg, run_dir, progress=progress, resume=resume is not None)
+    summary = run_train(cfg, run_dir, progress=progress, resume=resume is not None, evaluate=evaluate)
     console.print(summary_table(f"trained: {run_dir}", summary))
     _plots(run_dir, plots)
     exit_unless_ok(err, summary, f"run {run_dir}")

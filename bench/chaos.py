@@ -46,7 +46,7 @@ WORKER_PROCESSES = ("ray::RolloutWorker", "ray::TeacherWorker")
 
 
 def train_cmd(config: str, run: Path, sets: list[str], resume: bool = False) -> list[str]:
-    base = [sys.executable, "-m", "asyncopd", "train", "--no-progress", "--no-plots"]
+    base = [sys.executable, "-m", "asyncopd", "train", "--no-progress", "--no-plots", "--no-eval"]
     if resume:
         return [*base, "--resume", str(run)]
     return [*base, config, "--out", str(run), *[a for s in sets for a in ("--set", s)]]

@@ -72,4 +72,7 @@ def test_a_local_run_listens_on_loopback_only_and_exits_1_when_it_fails(tmp_path
     assert not any(exposed.values()), f"listening beyond loopback: {exposed}"
     assert killed and proc.returncode == 1, (proc.returncode, err[-2000:])
     last = [ln for ln in err.splitlines() if ln.strip()][-1]
-    assert last.startswith("failed:") and "all teacher workers failed" in last, err[-2000:]
+    assert last.startswith("failed:") and "all teacher workers failed" in last and "teacher-0" in last, err[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert not summary["ok"] and summary["faults"]["still_down"] == ["teacher-0"]
+    assert summary["counters"]["failed_teacher"] == 1 and "restarted_teacher" not in summary["counters"]

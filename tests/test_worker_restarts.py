@@ -116,14 +116,6 @@ def test_the_only_rollout_worker_killed_the_run_completes_after_its_restart(ray_
     assert_every_prompt_once(run_dir, steps, 8)
 
 
-def test_without_restarts_a_dead_only_worker_fails_the_run_naming_it(ray_session, tmp_path) -> None:
-    summary, run_dir, killer = train_with_kills(tmp_path, ["run.total_steps=10", "run.worker_restarts=0"],
-                                                [(3, "teacher-0")])
-    assert killer.killed and not summary["ok"]
-    assert "all teacher workers failed" in summary["reason"] and "teacher-0" in summary["reason"]
-    assert summary["faults"]["still_down"] == ["teacher-0"]
-
-
 def test_a_dead_learner_stops_the_run_at_once_and_resume_finishes_it(ray_session, tmp_path) -> None:
     from asyncopd.runtime.driver import train
 
