@@ -31,8 +31,12 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, ValidationError) and e.errors():
         first = e.errors()[0]
         return f"{'.'.join(str(p) for p in first['loc']) or e.title}: {first['msg']}"
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+    return first_line(str(e)) or type(e).__name__
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text``, stripped ("" if none)."""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
 
 
 def guarded(err: Console) -> Callable[[F], F]:
@@ -54,5 +58,5 @@ def guarded(err: Console) -> Callable[[F], F]:
 def exit_unless_ok(err: Console, summary: dict[str, Any], what: str) -> None:
     """A run that did not end ok: its reason on one line, exit status 1."""
     if not summary.get("ok", False):
-        err.print(f"[red]failed:[/red] {what}: {escape(one_line(ValueError(summary.get('reason') or 'no reason')))}")
+        err.print(f"[red]failed:[/red] {what}: {escape(first_line(str(summary.get('reason') or '')) or 'no reason')}")
         raise typer.Exit(1)

@@ -156,7 +156,7 @@ def run_chaos(config: str, run: Path, sets: list[str], total: int, kill_every: f
             "stderr_tail": stderr.strip().splitlines()[-3:]}
 
 
-def account(run: Path, skipped: set[int] = frozenset()) -> dict:
+def account(run: Path, skipped: frozenset[int] | set[int] = frozenset()) -> dict:
     """Every prompt accounted for: consumed once, evicted, or ``skipped`` at a resume."""
     from asyncopd.trace.schema import read_jsonl
 
