@@ -41,13 +41,15 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
 
 def _field_path(loc: tuple[Any, ...]) -> str:
     # pydantic inserts union-branch names ("str", "dict[str,any]") into loc; keep real field names
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float"))))
+    # (a key with control characters, e.g. a line separator, is shown as its repr: the error stays one line)
+    return ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc
+                    if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float"))))
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = _field_path(tuple(first["loc"]))
-    msg = first["msg"].removeprefix("Value error, ")
+    msg = " ".join(first["msg"].removeprefix("Value error, ").split())
     more = len(err.errors()) - 1
     tail = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"config error in {source}: {where + ': ' if where else ''}{msg}{tail}"
