@@ -1,4 +1,4 @@
-"""``asyncopd`` command line: simulate, train, eval, compare, validate, demo.
+"""``asyncopd`` command line: simulate, train, eval, compare, validate, bound, demo.
 
 Heavy imports (torch, ray, simpy, seaborn) happen inside the commands that need them, so
 ``asyncopd --help`` and config checks stay instant.
@@ -21,7 +21,7 @@ from asyncopd.cli_errors import exit_unless_ok, guarded
 from asyncopd.config import ConfigError, OPDConfig, dump_config, load_config
 from asyncopd.control.policies import parse_policy
 from asyncopd.runtime.checkpoints import evaluate_checkpoint, find_resume_checkpoint
-from asyncopd.trace.tables import predict_table, print_compare, summary_table
+from asyncopd.trace.tables import efficiency_cell, predict_table, print_compare, summary_table
 from asyncopd.trace.schema import RunFormatError, validate_run_dir
 from calibration.profile import profile_overrides
 
@@ -311,6 +311,31 @@ def calibrate(config: Optional[Path] = typer.Argument(None, help="config whose m
     except (ValueError, RuntimeError) as e:  # (typer.Exit is a RuntimeError: re-raised above)
         fail(str(e))
     raise typer.Exit(code)
+
+
+@command()
+def bound(config: Optional[Path] = typer.Argument(None, help="config (default: RUN/config.yaml with --run, else "
+                                                             "configs/default.yaml)"),
+          run: Optional[Path] = typer.Option(None, "--run", help="a trained run: print its efficiency against the "
+                                                                 "bound and store it in its summary.json"),
+          window: float = typer.Option(3.0, "--window", help="seconds of each stage's work"),
+          out: Optional[Path] = typer.Option(None, help="also write the bound here (JSON)"),
+          set_: Optional[list[str]] = SetOpt, progress: bool = typer.Option(True, help="show a progress bar")) -> None:
+    """The pipeline's bound: each stage's real work timed alone on its devices; the busiest device caps
+    samples/s (asyncopd/trace/efficiency.py). Every trained run's summary holds the same bound from the
+    work it measured."""
+    from calibration.bound import attach_to_run, bound_table, measure_bound  # (lazy: torch)
+    from asyncopd.runtime.setup import resolve_models  # (lazy: torch)
+
+    cfg = _load(config or (run / "config.yaml" if run is not None else Path("configs/default.yaml")), set_)
+    b = measure_bound(cfg, resolve_models(cfg), window_s=window, progress=progress)
+    console.print(bound_table(b))
+    if out is not None:
+        out.write_text(json.dumps(b, indent=2))
+        console.print(f"bound: {out}")
+    if run is not None:
+        summary = attach_to_run(run, b)
+        console.print(f"{run}: efficiency {efficiency_cell(summary['efficiency'])}")
 
 
 @command()

@@ -101,6 +101,30 @@ def test_same_config_simulates_and_trains_into_the_same_format(ray_session, tmp_
     assert max(e["args"]["wave_cpu_s"] for e in gens) <= longest + 0.01
     costs = fit_run(tmp_path / "real").costs()
     assert 0 < costs["return_s"] < 0.5 and 0 < costs["rollout_dispatch_s"] < 0.5
+    # efficiency against the bound of the run's own work: the busiest core's CPU seconds over the
+    # wall time, recomputed here from the trace (rollout on core 0; teacher and learner on core 1)
+    summary = json.loads((tmp_path / "real" / "summary.json").read_text())
+    trace = json.loads((tmp_path / "real" / "trace.json").read_text())
+    wave_cpu = {(e["args"]["worker"], e["ts"]): e["args"]["wave_cpu_s"] for e in gens}
+    core0 = sum(wave_cpu.values()) + sum(e["args"]["paused_s"] for e in trace if e.get("name") == "sync")
+    core1 = sum(e["args"]["cpu_s"] for e in spans)
+    eff = summary["efficiency"]
+    assert eff["efficiency"] == pytest.approx(max(core0, core1) / summary["duration_s"], rel=1e-6)
+    assert eff["device"] == (0 if core0 >= core1 else 1) and 0 < eff["efficiency"] <= 1.0
+    assert sum(eff["breakdown"].values()) == pytest.approx(1.0)
+    # ... and against the bound measured alone (`asyncopd bound`), stored into the same summary
+    from typer.testing import CliRunner
+
+    from asyncopd.cli import app
+
+    res = CliRunner().invoke(app, ["bound", "--run", str(tmp_path / "real"), "--window", "0.2", "--no-progress",
+                                   "--out", str(tmp_path / "bound.json")])
+    assert res.exit_code == 0, res.output
+    bound = json.loads((tmp_path / "bound.json").read_text())
+    assert set(bound["stages"]) >= {"rollout", "teacher", "learner", "sync"}
+    assert bound["samples_per_s"] == pytest.approx(1 / max(bound["device_s_per_sample"].values()))
+    measured = json.loads((tmp_path / "real" / "summary.json").read_text())["efficiency"]["measured_bound"]
+    assert measured["efficiency"] == pytest.approx(summary["samples_per_s"] / bound["samples_per_s"])
     report = compare_runs(tmp_path / "real", tmp_path / "sim", tmp_path / "cmp")
     assert report["throughput_ratio"] > 0 and 0 <= report["staleness_ks"] <= 1
     assert report["utilisation_error"] and all(abs(v) <= 1 for v in report["utilisation_error"].values())

@@ -32,6 +32,7 @@ from asyncopd.runtime.sync_orchestration import WeightSyncs
 from asyncopd.runtime.worker_faults import FaultHandling, WorkerLives
 from asyncopd.task import BuiltinTask, CharCodec
 from asyncopd.trace.setup import start_run
+from asyncopd.trace.efficiency import add_to_summary as add_efficiency
 
 log = logging.getLogger("asyncopd.train")
 
@@ -166,6 +167,7 @@ class RayDriver(FaultHandling):
                         continue
                     self._wait_one()
                 cpu.write(self.run_dir / "summary.json")
+                add_efficiency(self.run_dir)  # (the recorder closed its files at the stop)
             except BaseException as exc:
                 if not self.ctrl.done:  # crash: keep what was recorded, mark the run failed
                     self.recorder.on_stop({"ok": False, "reason": f"driver crashed: {exc!r}", "t_end": self._now(),

@@ -29,6 +29,8 @@ def summary_table(title: str, s: dict[str, Any]) -> Table:
         r = s.get("resume") or {}
         rows.append(("resumed", f"from step {s['resumed_from']} ({r.get('skipped_prompts', 0)} prompts in flight "
                                 f"skipped, {r.get('rolled_back_steps', 0)} later steps rolled back)"))
+    if s.get("efficiency"):
+        rows.append(("efficiency (of the pipeline's bound)", efficiency_cell(s["efficiency"])))
     if s.get("accuracy") is not None:
         start = s.get("accuracy_start")
         before = f"{start:.1%} → " if start is not None else ""
@@ -36,6 +38,18 @@ def summary_table(title: str, s: dict[str, Any]) -> Table:
     for k, v in rows:
         t.add_row(k, str(v))
     return t
+
+
+def efficiency_cell(e: dict[str, Any]) -> str:
+    """``summary.json`` ``efficiency`` (``trace/efficiency.py``) in one line."""
+    b = e["breakdown"]
+    text = (f"{e['efficiency']:.0%} of {e['samples_per_s']:.1f} samples/s, the bound of its own work "
+            f"({', '.join(e['workers'])} on device {e['device']}: work {b['work']:.0%}, waiting {b['waiting']:.0%}, "
+            f"idle {b['idle']:.0%})")
+    m = e.get("measured_bound")
+    if m:
+        text += f"; {m['efficiency']:.0%} of {m['samples_per_s']:.1f} samples/s measured alone (asyncopd bound)"
+    return text
 
 
 def compare_table(r: dict[str, Any]) -> Table:
