@@ -55,21 +55,19 @@ class WorkerQueue:
 class RayDriver(FaultHandling):
     def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True,
                  models: ResolvedModels | None = None, evaluate: bool = True, resume: bool = False) -> None:
-        self.cfg, self.progress = cfg, progress
-        self.run_dir = Path(run_dir)
+        self.cfg, self.progress, self.run_dir = cfg, progress, Path(run_dir)
         # resume: continue run_dir from its newest complete checkpoint (checked before anything starts)
         self.resume_from = checkpoints.find_resume_checkpoint(self.run_dir, cfg) if resume else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.models = models or resolve_models(cfg, progress=progress)
-        self.task = BuiltinTask(cfg.task, seed=cfg.run.seed)
-        self.codec = self.models.codec
+        self.task, self.codec = BuiltinTask(cfg.task, seed=cfg.run.seed), self.models.codec
         self.samples: dict[int, SampleData] = {}
-        self.pending: dict[Any, Pending] = {}
+        self.pending: dict[Any, Pending] = {}  # (Ray object ref -> the call it answers)
         self.queues: dict[str, WorkerQueue] = {}
         self._hold_waves = 0  # > 0 while the actions caused by one event are being dispatched
-        self.syncs = WeightSyncs(cfg)
+        self._after_waves: list[Any] = []  # score and train calls, submitted after the waves start
+        self.syncs, self.t0 = WeightSyncs(cfg), 0.0
         self.lives = WorkerLives(cfg.run.worker_restarts, self.run_dir / "faults.jsonl")
-        self.t0 = 0.0
         # Held-out accuracy before and after: only where the task's checker applies (built-in codec).
         self.evaluates = evaluate and isinstance(self.codec, CharCodec)
         self.eval_start: dict[str, float] = {}
@@ -222,10 +220,9 @@ class RayDriver(FaultHandling):
 
     @contextmanager
     def _waves_after_dispatch(self) -> Iterator[None]:
-        """Start rollout waves only once every action caused by the current event (or worker
-        answer) has been dispatched. Requests the controller admits together then leave as one
-        wave, as in the simulator, instead of the first one running alone while the rest wait
-        for the next wave (measured: 77 one-sample waves in a 1000-step default run)."""
+        """Start rollout waves once every action of the current event (or answer) is dispatched, so
+        requests admitted together leave as one wave, as simulated (else: 77 one-sample waves in a
+        1000-step default run); then submit its teacher and learner calls (a wave waits less)."""
         self._hold_waves += 1
         try:
             yield
@@ -234,6 +231,9 @@ class RayDriver(FaultHandling):
             if self._hold_waves == 0:
                 for worker in self.queues:
                     self._start_wave(worker)
+                later, self._after_waves = self._after_waves, []
+                for submit in later:
+                    submit()
 
     def _submit(self, ref: Any, p: Pending) -> None:
         p.issued, p.incarnation = self._now(), self.lives.incarnation.get(p.worker, 0)
@@ -257,11 +257,11 @@ class RayDriver(FaultHandling):
             if live:
                 self.rollout[a.worker].abort.remote(live)
         elif isinstance(a, messages.Score):
-            items = [self._score_request(sid) for sid in a.sample_ids]
-            self._submit(self.teachers[a.worker].score.remote(items), Pending("score", a.worker, a))
+            self._after_waves.append(lambda: self._submit(self.teachers[a.worker].score.remote(
+                [self._score_request(sid) for sid in a.sample_ids]), Pending("score", a.worker, a)))
         elif isinstance(a, messages.Train):
-            batch = [self._train_item(sid) for sid in a.sample_ids]
-            self._submit(self.learner.train(a.step, batch), Pending("train", "learner-0", a))
+            self._after_waves.append(lambda: self._submit(self.learner.train(
+                a.step, [self._train_item(sid) for sid in a.sample_ids]), Pending("train", "learner-0", a)))
         elif isinstance(a, messages.SyncWeights):
             self._submit(self._start_sync(a.worker, a.version, a.pause_mode), Pending("sync", a.worker, a))
         elif isinstance(a, messages.Stop):
