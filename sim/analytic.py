@@ -112,17 +112,37 @@ class AnalyticCosts(CostModel):
         weights = m.weight_bytes(self.dtype_bytes) / (self.bandwidth * tp)
         return max(compute, weights)
 
+    @cached_property
+    def _decode_by_n(self) -> dict[int, tuple[float, float, float, float]]:
+        """``n`` -> ``(alpha, beta, weight_read * W_read(n), delta)``, filled by ``decode_segment``."""
+        return {}
+
+    @cached_property
+    def _gamma_kv(self) -> tuple[float, float, float]:
+        """``(kv_read, KV bytes per token, BW * tp)``: the factors of gamma's KV term."""
+        return self.overheads.kv_read, self._student[1], self.bandwidth * self.shape.rollout_tp
+
     # ------------------------------------------------------------ interface
     def decode_segment(self, n: int, kv0: int) -> Segment:
+        """Equation (1)'s terms; all but gamma's KV term depend on ``n`` only and are kept per
+        ``n`` (the simulator asks once per decode segment), gamma is then evaluated with the
+        same operations in the same order, so the result is the same float."""
+        per_n = self._decode_by_n.get(n)
+        if per_n is None:
+            per_n = self._decode_by_n[n] = self._decode_terms(n)
+        alpha, beta, weight_term, delta = per_n
+        kv_read, kvb, bw_tp = self._gamma_kv
+        return alpha, beta, (weight_term + kv_read * kv0 * kvb) / bw_tp, delta
+
+    def _decode_terms(self, n: int) -> tuple[float, float, float, float]:
         m, tp, b, o = self.student, self.shape.rollout_tp, self.dtype_bytes, self.overheads
         matmul, kvb, weights = self._student
         comm = 2 * m.num_layers * self._allreduce(n * m.hidden_size * b, tp)
         alpha = o.step_s + m.num_layers * o.layer_s + n * o.request_s + comm
         beta = 2 * matmul * n / (self.flops * tp)
         w_read = m.decode_weight_bytes(n, b) if m.is_moe else weights
-        gamma = (o.weight_read * w_read + o.kv_read * kv0 * kvb) / (self.bandwidth * tp)
         delta = o.kv_read * n * kvb / (self.bandwidth * tp)
-        return alpha, beta, gamma, delta
+        return alpha, beta, o.weight_read * w_read, delta
 
     def prefill(self, tokens: int) -> float:
         return self._prefill(self.student, tokens, self.shape.rollout_tp) if tokens > 0 else 0.0

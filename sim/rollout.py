@@ -142,9 +142,6 @@ class SimRolloutWorker:
             self._asleep = False
             self._proc.interrupt()
 
-    def _urgent(self) -> bool:
-        return (self.pending_sync is not None and self.sync_ready) or bool(self.evict)
-
     def _loop(self):
         costs = self.host.costs
         while True:
@@ -154,26 +151,27 @@ class SimRolloutWorker:
             if self.evict:
                 self._drop_evicted()
                 continue
-            if not self.batch.active and self.queue:  # an idle worker receives its requests
+            b = self.batch
+            if not b.active and self.queue:  # an idle worker receives its requests
                 self._set_busy(False)
                 yield from self._timed(costs.rollout_dispatch())
-            joining = self._admit()
+            joining = self._admit() if self.queue else None
             pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
             if joining:
                 self._set_busy(True)
             f = self._slowdown()  # shared devices: 1/f of the speed (re-planned when the crowd changes)
             if joining:
                 pre = costs.prefill(sum(s.prompt_tokens for s in joining)) * f
-            b = self.batch
-            while b.ends and b.ends[0][1] not in b.active:  # drop lazily deleted entries
-                heapq.heappop(b.ends)
-            if not b.active:
+            ends, active = b.ends, b.active
+            while ends and ends[0][1] not in active:  # drop lazily deleted entries
+                heapq.heappop(ends)
+            if not active:
                 self._set_busy(False)
                 yield from self._park(None)
                 continue
-            seg = costs.decode_segment(len(b.active), b.kv)
-            steps = b.ends[0][0] - self.step_count
-            if self._urgent():
+            seg = costs.decode_segment(len(active), b.kv)
+            steps = ends[0][0] - self.step_count
+            if (self.pending_sync is not None and self.sync_ready) or self.evict:  # urgent: one step only
                 k = 1
                 yield self.env.timeout(pre + segment_time(seg, 1) * f)
             else:
@@ -185,8 +183,9 @@ class SimRolloutWorker:
                 else:
                     k = steps
             self.step_count += k
-            b.kv += k * len(b.active)
-            self._pop_finished()
+            b.kv += k * len(active)
+            if ends[0][0] <= self.step_count:  # (else the batch is as it was: nothing finished)
+                self._pop_finished()
 
     def _slowdown(self) -> float:
         return self.host.devices.slowdown(self.name, self.devices) if self.shared else 1.0
