@@ -291,8 +291,10 @@ class Controller:
         a.delivered_at = e.t
         a.set_spans(merge_spans(e.spans))
         a.prompt_tokens = e.prompt_tokens
-        self._span("generate", a, e.started_at, a.finished_at, {
-            "tokens": a.response_tokens, **({"wave_cpu_s": e.wave_cpu_s} if e.wave_cpu_s is not None else {})})
+        args = {"sample_id": a.sample_id, "tokens": a.response_tokens}
+        if e.wave_cpu_s is not None:
+            args["wave_cpu_s"] = e.wave_cpu_s
+        self._emit_span("generate", a.worker, a.slot, e.started_at, a.finished_at, args)
         if a.doomed or self.policy.doomed(self, a):
             self._evict(a, "over_cap")
             return
@@ -307,7 +309,8 @@ class Controller:
             return
         a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
         a.delivered_at = e.t
-        self._span("generate (aborted)", a, e.started_at, a.finished_at, {"tokens": e.tokens_done, "reason": e.reason})
+        self._emit_span("generate (aborted)", a.worker, a.slot, e.started_at, a.finished_at,
+                        {"sample_id": a.sample_id, "tokens": e.tokens_done, "reason": e.reason})
         if a.doomed or e.reason == "evict":
             self._evict(a, "over_cap")
         else:
@@ -498,12 +501,14 @@ class Controller:
     def _fill_rollout(self, t: float) -> None:
         """Admit while the policy allows, each prompt to the worker the pool offers. The
         policy's admission is monotone in a worker's version and no worker holds a newer
-        version than the learner: when the newest accepting worker is refused, everyone is."""
-        while self.policy.admission(self, self.version) is not None:
+        version than the learner: when the newest accepting worker is refused, everyone is.
+        (Admission is a function of the view and the version: a worker holding the learner's
+        version gets the decision already made for that version.)"""
+        while (newest_decision := self.policy.admission(self, self.version)) is not None:
             w = self.pool.pop_best()
             if w is None:
                 return
-            decision = self.policy.admission(self, w.version)
+            decision = newest_decision if w.version == self.version else self.policy.admission(self, w.version)
             if decision is None:
                 self.pool.push(w)
                 newest = self.pool.newest_accepting()
@@ -615,9 +620,6 @@ class Controller:
         self._live.discard(a.sample_id)
         if self.observer:
             self.observer.on_sample(a)
-
-    def _span(self, name: str, a: Attempt, start: float, end: float, args: dict[str, Any]) -> None:
-        self._emit_span(name, a.worker, a.slot, start, end, {"sample_id": a.sample_id, **args})
 
     def _emit_span(self, name: str, worker: str, lane: int, start: float, end: float, args: dict[str, Any]) -> None:
         if self.observer:

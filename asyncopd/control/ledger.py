@@ -63,6 +63,11 @@ class Attempt:
     def set_spans(self, spans: Spans) -> None:
         """Record the generated tokens' versions (merged runs, generation order)."""
         self.spans = spans
+        if len(spans) == 1:  # (the common case: the loop below, unrolled)
+            v, n = spans[0]
+            if n > 0:
+                self.response_tokens, self.start_version = n, v
+                return
         total, oldest = 0, None
         for v, n in spans:
             if n > 0:

@@ -27,6 +27,10 @@ class Staleness:
 
 
 def sample_staleness(spans: Spans, step: int, start_version: int) -> Staleness:
+    if len(spans) == 1:  # (the common case, one version sampled every token: the loop below, unrolled)
+        v, n = spans[0]
+        if n > 0:
+            return Staleness(n * (step - v) / n, step - v, step - v)
     total = weighted = 0
     lo = hi = None
     for v, n in spans:
@@ -43,6 +47,9 @@ def sample_staleness(spans: Spans, step: int, start_version: int) -> Staleness:
 
 def merge_spans(spans: Spans) -> Spans:
     """Join adjacent runs with the same version and drop empty runs."""
+    if len(spans) == 1:  # (the common case: one run)
+        v, n = spans[0]
+        return ((v, n),) if n > 0 else ()
     out: list[tuple[int, int]] = []
     for v, n in spans:
         if n <= 0:
