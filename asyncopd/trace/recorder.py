@@ -121,10 +121,10 @@ class RunRecorder:
                   "dur": round(max(0.0, end - start) * 1e6, 1), "pid": _PIDS.get(role_of(worker), 9),
                   "tid": self._tid(worker, lane), "args": {"worker": worker, **args}}
             self._trace.write(json.dumps(ev) + ",\n")
-        dur = max(0.0, end - start)
+            self._open_spans.append((stage, start, end))  # (for log.jsonl's busy_s)
+        dur = end - start if end > start else 0.0
         self._all_busy[stage] += dur
         self._role_busy[(worker, stage)] += dur
-        self._open_spans.append((stage, start, end))
 
     def on_queues(self, t: float, depths: tuple[int, ...]) -> None:
         self.queues.observe(t, depths)
@@ -138,11 +138,14 @@ class RunRecorder:
         maxes = [r[2] for r in consumed]
         self._staleness_means += means
         self._staleness_maxes += maxes
-        step_time = t_end - self._last_step_end
-        busy = busy_by_stage(self._open_spans, self._last_step_end, t_end)
-        self._open_spans = [s for s in self._open_spans if s[2] > t_end]
         self._consumed += len(consumed)
         self._tokens += tokens
+        step_time = t_end - self._last_step_end
+        if self.dir is None:  # in memory: the summary needs only the sums above, not the log line
+            self._last_step_end = t_end
+            return
+        busy = busy_by_stage(self._open_spans, self._last_step_end, t_end)
+        self._open_spans = [s for s in self._open_spans if s[2] > t_end]
         correct = [r[3] for r in consumed if r[3] is not None]
         rec = {
             "step": step,
