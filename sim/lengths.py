@@ -60,25 +60,26 @@ class LengthModel:
             sigma2 = math.log(1 + self.dist.cv**2)
             self._log_mu, self._log_sigma = math.log(self.dist.mean) - sigma2 / 2, math.sqrt(sigma2)
         self.observed = load_lengths(self.dist.path) if self.dist.kind == "empirical" else []
+        self._limit = self.max_new if self.dist.kind in ("task", "empirical") else min(self.dist.max, self.max_new)
         self.task: BuiltinTask | None = None
         if self.dist.kind == "task" or self.prompt_mean is None:
             self.task = BuiltinTask(cfg.task, seed=seed)
 
     def response_tokens(self, prompt_id: int, version: int = 0) -> int:
         d = self.dist
-        if d.kind == "task":
+        kind = d.kind
+        if kind == "lognormal":
+            n = math.exp(self.rng.gauss(self._log_mu, self._log_sigma))
+        elif kind == "task":
             assert self.task is not None
             n = float(response_tokens_for(self.task.problem(prompt_id).n_terms))
-        elif d.kind == "fixed":
+        elif kind == "fixed":
             n = float(d.max)
-        elif d.kind == "empirical":
+        else:  # empirical
             n = float(self.rng.choice(self.observed))
-        else:
-            n = math.exp(self.rng.gauss(self._log_mu, self._log_sigma))
         if d.drift_per_step:
             n *= (1 + d.drift_per_step) ** version
-        limit = self.max_new if d.kind in ("task", "empirical") else min(d.max, self.max_new)
-        return max(1, min(round(n), limit))
+        return max(1, min(round(n), self._limit))
 
     def mean_prompt_tokens(self) -> float:
         if self.prompt_mean is not None:

@@ -22,16 +22,17 @@ O(log changes) when it finishes.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import simpy
 
 from asyncopd.control.messages import (
     Event, GenerationAborted, GenerationFinished, SyncWeights, WeightSyncFinished,
 )
-from sim.cost_model import CostModel, segment_steps_within, segment_time
+from sim.callbacks import Soon, call_after, call_soon
+from sim.cost_model import CostModel, Segment, segment_steps_within, segment_time
 from sim.devices import SharedDevices
 
 
@@ -47,7 +48,7 @@ class RolloutHost(Protocol):
     def send(self, *events: Event) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class SimSeq:
     sample_id: int
     prompt_tokens: int
@@ -73,7 +74,8 @@ class SimRolloutWorker:
             raise ValueError(f"rollout batching must be 'wave' or 'continuous', got {mode!r}")
         self.host, self.env, self.name, self.slots, self.mode = host, host.env, name, slots, mode
         self.version = 0
-        self.changes: list[tuple[int, int]] = [(0, 0)]  # (first step, version)
+        self.change_steps: list[int] = [0]  # the weight versions' change points: from step
+        self.change_versions: list[int] = [0]  # change_steps[i] on, version change_versions[i]
         self.step_count = 0
         self.queue: list[SimSeq] = []
         self.batch = _Batch()
@@ -82,13 +84,15 @@ class SimRolloutWorker:
         self.sync_ready = False  # overlap phase over: apply at the next step boundary
         self.sync_started = 0.0
         self.evict: set[int] = set()
-        self._asleep = False
+        self._asleep = False  # parked: idle, or decoding a segment a poke may cut short
+        self._segment: tuple[float, float, float, Segment, int, float] | None = None  # (start, seconds,
+        self._segment_end: simpy.Timeout | None = None  # prefill, terms, steps, slowdown); None: idle
         self.devices = host.placement[name]
         self.shared = name in host.shared
         self.busy = False
         if self.shared:  # re-plan the segment in progress when the crowd on our devices changes
             host.devices.listen(name, self.devices, self._poke)
-        self._proc = self.env.process(self._loop())
+        call_soon(self.env, self._run)  # (where the worker's process would start)
 
     # ------------------------------------------------------------- driver calls
     def submit(self, seq: SimSeq) -> None:
@@ -99,8 +103,8 @@ class SimRolloutWorker:
     def request_sync(self, action: SyncWeights) -> None:
         self.pending_sync, self.sync_ready, self.sync_started = action, False, self.env.now
         overlap = self.host.costs.sync().overlap_s
-        if overlap > 0:
-            self.env.process(self._overlap(overlap, action))
+        if overlap > 0:  # (where a process waiting out the overlap would start, and then wait)
+            call_soon(self.env, lambda: call_after(self.env, overlap, lambda: self._overlap_over(action)))
         else:
             self.sync_ready = True
             self._poke()
@@ -116,79 +120,116 @@ class SimRolloutWorker:
         if self.evict:
             self._poke()
 
-    # -------------------------------------------------------------- processes
-    def _overlap(self, seconds: float, action: SyncWeights):
-        yield self.env.timeout(seconds)
+    # ------------------------------------------------------------------ the loop
+    # The worker runs as callbacks (``sim/callbacks.py``), in the order a SimPy process running
+    # the same loop would: ``_run`` is the loop's head; each wait ends the current call and
+    # names what continues after it.
+    def _overlap_over(self, action: SyncWeights) -> None:
         if self.pending_sync is action:
             self.sync_ready = True
             self._poke()
 
-    def _park(self, seconds: float | None):
-        """Wait ``seconds`` (None: until poked), or less if ``_poke`` interrupts; return the
-        time waited. One timeout per decode segment; a poke costs one interruption."""
-        t0 = self.env.now
-        self._asleep = True
-        try:
-            yield self.env.timeout(seconds) if seconds is not None else self.env.event()
-        except simpy.Interrupt:
-            pass
-        self._asleep = False
-        return self.env.now - t0
-
     def _poke(self) -> None:
         """Something changed (a request, a sync, an eviction, the crowd on shared devices):
-        a parked worker re-plans now; a running one sees it at its next loop iteration."""
+        a parked worker re-plans now (at an interruption's place in the queue); a running one
+        sees it at its next pass through the loop."""
         if self._asleep:
             self._asleep = False
-            self._proc.interrupt()
+            Soon(self.env, self._woken)
 
-    def _loop(self):
-        costs = self.host.costs
+    def _woken(self, _: object) -> None:
+        if self._segment is None:  # idle: start over
+            self._run()
+            return
+        self._segment_end.callbacks.remove(self._segment_over)  # (the segment's end no longer wakes it)
+        self._segment_over()
+
+    def _timed(self, seconds: float, then: Callable[[], None]) -> None:
+        """``then()`` after ``seconds``; at once when there is nothing to wait."""
+        if seconds > 0:
+            call_after(self.env, seconds, then)
+        else:
+            then()
+
+    def _run(self) -> None:
+        """The loop's head: apply a pending sync, drop evicted sequences, then plan the next wait."""
         while True:
             if self.pending_sync is not None and self.sync_ready:
-                yield from self._apply_sync()
-                continue
+                self._apply_sync()
+                return
             if self.evict:
                 self._drop_evicted()
                 continue
-            b = self.batch
-            if not b.active and self.queue:  # an idle worker receives its requests
+            if not self.batch.active and self.queue:  # an idle worker receives its requests
                 self._set_busy(False)
-                yield from self._timed(costs.rollout_dispatch())
-            joining = self._admit() if self.queue else None
-            pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
-            if joining:
-                self._set_busy(True)
-            f = self._slowdown()  # shared devices: 1/f of the speed (re-planned when the crowd changes)
-            if joining:
-                pre = costs.prefill(sum(s.prompt_tokens for s in joining)) * f
-            ends, active = b.ends, b.active
-            while ends and ends[0][1] not in active:  # drop lazily deleted entries
-                heapq.heappop(ends)
-            if not active:
-                self._set_busy(False)
-                yield from self._park(None)
-                continue
-            seg = costs.decode_segment(len(active), b.kv)
-            steps = ends[0][0] - self.step_count
-            if (self.pending_sync is not None and self.sync_ready) or self.evict:  # urgent: one step only
-                k = 1
-                yield self.env.timeout(pre + segment_time(seg, 1) * f)
+                self._timed(self.host.costs.rollout_dispatch(), self._plan)
             else:
-                t0, full = self.env.now, pre + segment_time(seg, steps) * f
-                elapsed = yield from self._park(full)
-                if elapsed < full - 1e-12:  # woken: finish the prefill and the decode step in progress
-                    k = min(steps, segment_steps_within(seg, max(0.0, elapsed - pre) / f) + 1)
-                    yield self.env.timeout(max(0.0, t0 + pre + segment_time(seg, k) * f - self.env.now))
-                else:
-                    k = steps
-            self.step_count += k
-            b.kv += k * len(active)
-            if ends[0][0] <= self.step_count:  # (else the batch is as it was: nothing finished)
-                self._pop_finished()
+                self._plan()
+            return
+
+    def _plan(self) -> None:
+        """Admit from the queue, then park for the segment up to the next completion (a poke
+        cuts it short), park idle with nothing to decode, or decode one step when a sync or
+        an eviction waits."""
+        costs, b = self.host.costs, self.batch
+        joining = self._admit() if self.queue else None
+        pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
+        if joining:
+            self._set_busy(True)
+        f = self._slowdown() if self.shared else 1.0  # shared devices: 1/f of the speed (re-planned
+        if joining:                                     # when the crowd changes)
+            pre = costs.prefill(sum([s.prompt_tokens for s in joining])) * f
+        ends, active = b.ends, b.active
+        while ends and ends[0][1] not in active:  # drop lazily deleted entries
+            heapq.heappop(ends)
+        if not active:
+            self._set_busy(False)
+            self._segment, self._asleep = None, True
+            return
+        seg = costs.decode_segment(len(active), b.kv)
+        steps = ends[0][0] - self.step_count
+        if (self.pending_sync is not None and self.sync_ready) or self.evict:  # urgent: one step only
+            call_after(self.env, pre + segment_time(seg, 1) * f, lambda: self._advance(1))
+            return
+        full = pre + segment_time(seg, steps) * f
+        self._segment, self._asleep = (self.env.now, full, pre, seg, steps, f), True
+        self._segment_end = self.env.timeout(full)
+        self._segment_end.callbacks.append(self._segment_over)
+
+    def _segment_over(self, _: object = None) -> None:
+        """The parked segment ended, or was cut short: when woken early, finish the prefill and
+        the decode step in progress first."""
+        self._asleep = False
+        t0, full, pre, seg, steps, f = self._segment
+        now = self.env.now
+        if now - t0 < full - 1e-12:
+            k = min(steps, segment_steps_within(seg, max(0.0, now - t0 - pre) / f) + 1)
+            call_after(self.env, max(0.0, t0 + pre + segment_time(seg, k) * f - now), lambda: self._advance(k))
+        else:
+            self._advance(steps)
+
+    def _advance(self, k: int) -> None:
+        """``k`` decode steps are done: report what finished, then loop."""
+        b = self.batch
+        ends, active = b.ends, b.active
+        self.step_count = step = self.step_count + k
+        b.kv += k * len(active)
+        if ends[0][0] <= step:  # (else the batch is as it was: nothing finished)
+            now = self.env.now
+            while ends and ends[0][0] <= step:
+                _, sid = heapq.heappop(ends)
+                s = active.pop(sid, None)
+                if s is None:  # lazily deleted (evicted / aborted)
+                    continue
+                self._close(s, s.s0 + s.length)
+                s.finished_at = now
+                self._finish(s)
+            if self.mode == "wave" and not active:
+                self._flush_wave()
+        self._run()
 
     def _slowdown(self) -> float:
-        return self.host.devices.slowdown(self.name, self.devices) if self.shared else 1.0
+        return self.host.devices.slowdown(self.name, self.devices)
 
     def _set_busy(self, busy: bool) -> None:
         """Occupy (or leave) this worker's devices while it has sequences to decode."""
@@ -196,35 +237,19 @@ class SimRolloutWorker:
             (self.host.devices.acquire if busy else self.host.devices.release)(self.name, self.devices)
         self.busy = busy
 
-    def _timed(self, seconds: float):
-        if seconds > 0:
-            yield self.env.timeout(seconds)
-
     def _admit(self) -> list[SimSeq]:
         b = self.batch
         if self.mode == "wave" and b.active:
             return []
         room = self.slots - len(b.active)
         joining, self.queue = self.queue[:room], self.queue[room:]
+        now, step, active, ends = self.env.now, self.step_count, b.active, b.ends
         for s in joining:
-            s.started_at, s.s0 = self.env.now, self.step_count
-            b.active[s.sample_id] = s
+            s.started_at, s.s0 = now, step
+            active[s.sample_id] = s
             b.kv += s.prompt_tokens
-            heapq.heappush(b.ends, (self.step_count + s.length, s.sample_id))
+            heapq.heappush(ends, (step + s.length, s.sample_id))
         return joining
-
-    def _pop_finished(self) -> None:
-        b = self.batch
-        while b.ends and b.ends[0][0] <= self.step_count:
-            _, sid = heapq.heappop(b.ends)
-            s = b.active.pop(sid, None)
-            if s is None:  # lazily deleted (evicted / aborted)
-                continue
-            self._close(s, s.s0 + s.length)
-            s.finished_at = self.env.now
-            self._finish(s)
-        if self.mode == "wave" and not b.active:
-            self._flush_wave()
 
     def _close(self, s: SimSeq, end_step: int) -> None:
         """Fix the sequence's tokens [s0, end_step) and their version spans; free its KV."""
@@ -233,18 +258,21 @@ class SimRolloutWorker:
         self.batch.kv -= s.prompt_tokens + s.generated
 
     def _spans(self, a: int, b: int) -> tuple[tuple[int, int], ...]:
-        last_step, last_version = self.changes[-1]
-        if last_step <= a:  # (the common case: no weight change since it joined)
-            return ((last_version, b - a),) if b > a else ()
-        out: list[tuple[int, int]] = []
-        i = bisect_right(self.changes, (a, float("inf"))) - 1
-        while a < b:
-            nxt = self.changes[i + 1][0] if i + 1 < len(self.changes) else b
-            end = min(b, nxt)
-            if end > a:
-                out.append((self.changes[i][1], end - a))
-            a, i = end, i + 1
-        return tuple(out)
+        """The versions of steps [a, b) as (version, steps) runs: change points i..j-1 fall in
+        it, i the last one at or before a, j the first one at or after b (the change steps
+        increase strictly)."""
+        steps, versions = self.change_steps, self.change_versions
+        if b <= a:
+            return ()
+        if steps[-1] <= a:  # (no weight change since it joined)
+            return ((versions[-1], b - a),)
+        i, j = bisect_right(steps, a) - 1, bisect_left(steps, b)
+        runs = []
+        for k in range(i, j):
+            end = steps[k + 1] if k + 1 < j else b
+            runs.append((versions[k], end - a))
+            a = end
+        return tuple(runs)
 
     def _finish(self, s: SimSeq) -> None:
         """Report now (continuous) or with the rest of the wave (wave)."""
@@ -265,12 +293,8 @@ class SimRolloutWorker:
         delay = self.host.costs.delivery()
         if delay <= 0:
             self._report(done)
-        else:
-            self.env.process(self._report_later(done, delay))
-
-    def _report_later(self, done: list[SimSeq], delay: float):
-        yield self.env.timeout(delay)
-        self._report(done)
+        else:  # (where a process waiting out the delay would start, and then wait)
+            call_soon(self.env, lambda: call_after(self.env, delay, lambda: self._report(done)))
 
     def _drop_evicted(self) -> None:
         for sid in sorted(self.evict):
@@ -283,21 +307,31 @@ class SimRolloutWorker:
         if self.mode == "wave" and not self.batch.active:
             self._flush_wave()
 
-    def _apply_sync(self):
+    def _apply_sync(self) -> None:
+        """Load the pending weights: paused for the transfer (then, ``recompute``, the batch's
+        prefill), the new version applies from the current step on."""
         action = self.pending_sync
         assert action is not None
         paused_from = self.env.now
         self._set_busy(True)  # loading weights occupies the worker's devices, and is slowed on shared ones
-        f = self._slowdown()  # (measured: two rollout workers on one core paused 1.12 ms, alone 0.51 ms)
-        yield from self._timed(self.host.costs.sync().pause_s * f)
-        b = self.batch
-        if action.pause_mode == "recompute" and b.active:
-            yield from self._timed(self.host.costs.prefill(b.kv) * f)
-        self.version = max(self.version, action.version)
-        if self.changes[-1][0] == self.step_count:
-            self.changes[-1] = (self.step_count, self.version)
+        f = self._slowdown() if self.shared else 1.0  # (measured: two rollout workers on one core paused
+                                                      # 1.12 ms, alone 0.51 ms)
+        self._timed(self.host.costs.sync().pause_s * f, lambda: self._recompute(action, paused_from, f))
+
+    def _recompute(self, action: SyncWeights, paused_from: float, f: float) -> None:
+        if action.pause_mode == "recompute" and self.batch.active:
+            self._timed(self.host.costs.prefill(self.batch.kv) * f, lambda: self._synced(action, paused_from))
         else:
-            self.changes.append((self.step_count, self.version))
+            self._synced(action, paused_from)
+
+    def _synced(self, action: SyncWeights, paused_from: float) -> None:
+        b = self.batch
+        self.version = max(self.version, action.version)
+        if self.change_steps[-1] == self.step_count:
+            self.change_versions[-1] = self.version
+        else:
+            self.change_steps.append(self.step_count)
+            self.change_versions.append(self.version)
         self.pending_sync = None
         if action.pause_mode == "abort" and b.active:
             for s in list(b.active.values()):
@@ -309,6 +343,7 @@ class SimRolloutWorker:
             self._flush_wave()
         self.host.send(WeightSyncFinished(self.env.now, self.name, action.version, self.sync_started,
                                          paused_s=self.env.now - paused_from))
+        self._run()
 
     def _report(self, done: list[SimSeq]) -> None:
         """Send ``done``'s results to the driver together, as one answer."""
