@@ -28,6 +28,7 @@ of attempts and workers, staleness.)
 from __future__ import annotations
 
 from collections import Counter, deque
+from itertools import islice
 from typing import Any, Callable, Collection, Iterable, Protocol, Sequence
 
 from asyncopd.control.ledger import (
@@ -96,6 +97,7 @@ class Controller:
         if not 1 <= teacher_min_batch <= teacher_max_batch:
             raise ValueError("teacher_min_batch must be between 1 and teacher_max_batch")
         self.policy = policy
+        self._all_scorable = type(policy).scorable is Policy.scorable  # (the base: every sample, at once)
         self.batch_size = batch_size
         self.total_steps = total_steps
         self.teacher_max_batch = teacher_max_batch
@@ -136,18 +138,6 @@ class Controller:
         self.stop_reason = ""
         self._out: list[Action] = []
         self._stop_reason: str | None = None  # a StopRequested arrived: stop at the next update boundary
-        self._handlers: dict[type, Callable[[Any], None]] = {
-            RunStarted: self._on_run_started,
-            PromptsAvailable: self._on_prompts,
-            GenerationFinished: self._on_generation_finished,
-            GenerationAborted: self._on_generation_aborted,
-            ScoringFinished: self._on_scoring_finished,
-            TrainStepFinished: self._on_train_finished,
-            WeightSyncFinished: self._on_sync_finished,
-            WorkerFailed: self._on_worker_failed,
-            WorkerRestarted: self._on_worker_restarted,
-            StopRequested: self._on_stop_requested,
-        }
 
     # ------------------------------------------------------------------ public
     def handle(self, event: Event) -> list[Action]:
@@ -155,7 +145,7 @@ class Controller:
         if self.done:
             return []
         self._out = []
-        self._handlers[type(event)](event)
+        self._HANDLERS[type(event)](self, event)
         if not self.done and self.started:
             self._schedule(event.t)
             if self.outstanding() == 0 and self._supply != 0:
@@ -477,17 +467,15 @@ class Controller:
         for tw in self.teachers.values():
             if not tw.alive or tw.batch_id is not None or not self._score_queue:
                 continue
-            take: list[int] = []
-            for sid in self._score_queue:
-                if not self.policy.scorable(self, self.samples[sid]):
-                    continue
-                take.append(sid)
-                if len(take) == self.teacher_max_batch:
-                    break
+            take = self._scorable_head()
             if not take or (len(take) < self.teacher_min_batch and self._status_counts[GENERATING] > 0):
                 return  # (a small batch waits only while more samples are on their way)
-            taken = set(take)
-            self._score_queue = deque(s for s in self._score_queue if s not in taken)
+            if self._all_scorable:  # (the batch is the head of the queue)
+                for _ in take:
+                    self._score_queue.popleft()
+            else:
+                taken = set(take)
+                self._score_queue = deque(s for s in self._score_queue if s not in taken)
             batch_id = self._next_score_batch
             self._next_score_batch += 1
             for sid in take:
@@ -497,6 +485,18 @@ class Controller:
             tw.batch_id, tw.sample_ids = batch_id, tuple(take)
             self._scoring += 1
             self._out.append(Score(batch_id, tuple(take), tw.name))
+
+    def _scorable_head(self) -> list[int]:
+        """The first ``teacher_max_batch`` samples of the scoring queue the policy lets a teacher score."""
+        if self._all_scorable:
+            return list(islice(self._score_queue, self.teacher_max_batch))
+        take: list[int] = []
+        for sid in self._score_queue:
+            if self.policy.scorable(self, self.samples[sid]):
+                take.append(sid)
+                if len(take) == self.teacher_max_batch:
+                    break
+        return take
 
     def _fill_rollout(self, t: float) -> None:
         """Admit while the policy allows, each prompt to the worker the pool offers. The
@@ -640,3 +640,18 @@ class Controller:
         if self.observer:
             self.observer.on_stop({"ok": ok, "reason": reason, "t_end": t, "version": self.version,
                                    "counters": dict(self.counters), "policy": self.policy.describe()})
+
+    # event type -> handler; functions, not bound methods, so that a controller holds no
+    # reference to itself and is freed as soon as its driver lets go of it
+    _HANDLERS: dict[type, Callable[[Controller, Any], None]] = {
+        RunStarted: _on_run_started,
+        PromptsAvailable: _on_prompts,
+        GenerationFinished: _on_generation_finished,
+        GenerationAborted: _on_generation_aborted,
+        ScoringFinished: _on_scoring_finished,
+        TrainStepFinished: _on_train_finished,
+        WeightSyncFinished: _on_sync_finished,
+        WorkerFailed: _on_worker_failed,
+        WorkerRestarted: _on_worker_restarted,
+        StopRequested: _on_stop_requested,
+    }

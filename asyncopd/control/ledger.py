@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asyncopd.control.messages import Spans
-from asyncopd.control.staleness import Staleness, sample_staleness
+from asyncopd.control.staleness import SpanTotals, Staleness, span_totals, staleness_of
 
 # Attempt states, in lifecycle order.
 GENERATING = "generating"
@@ -56,6 +56,7 @@ class Attempt:
 
     response_tokens: int = 0  # sum of the spans' token counts (set with the spans)
     start_version: int = -1  # oldest version among its tokens (issue-time version until spans are set)
+    totals: SpanTotals = (0, None, None, 0)  # its spans' span_totals: what its staleness depends on
 
     def __post_init__(self) -> None:
         self.start_version = self.issue_version
@@ -63,22 +64,13 @@ class Attempt:
     def set_spans(self, spans: Spans) -> None:
         """Record the generated tokens' versions (merged runs, generation order)."""
         self.spans = spans
-        if len(spans) == 1:  # (the common case: the loop below, unrolled)
-            v, n = spans[0]
-            if n > 0:
-                self.response_tokens, self.start_version = n, v
-                return
-        total, oldest = 0, None
-        for v, n in spans:
-            if n > 0:
-                total += n
-                oldest = v if oldest is None or v < oldest else oldest
-        self.response_tokens = total
-        if oldest is not None:
-            self.start_version = oldest
+        self.totals = totals = span_totals(spans)
+        self.response_tokens = totals[0]
+        if totals[1] is not None:
+            self.start_version = totals[1]
 
     def staleness_at(self, step: int) -> Staleness:
-        return sample_staleness(self.spans, step, self.start_version)
+        return staleness_of(self.totals, step, self.start_version)
 
     def record(self) -> dict[str, Any]:
         """The ``samples.jsonl`` record (schema in docs/trace-format.md)."""
@@ -150,13 +142,21 @@ class RolloutPool:
     with the most free slots; ties go to the worker whose slots changed most recently
     (usually the one that just finished a sequence and is admitting anyway). Found through a
     lazily updated heap: every change that frees a slot or ends a sync pushes a fresh entry,
-    and entries that went stale are skipped when popped."""
+    and entries that went stale are skipped when popped.
+
+    Only a worker's latest entry can ever be popped: the controller pushes a worker after
+    every change of its slots or state while it accepts, and after every pop, so while it
+    accepts its latest entry is current and outranks its older ones (same or other free
+    count, older stamp). When stale entries pile up (many releases between admissions) the
+    heap is rebuilt from the latest entries (``_compact``), which pops in the same order."""
 
     def __init__(self, slots: list[int], version: int) -> None:
         self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i, version=version)
                         for i, n in enumerate(slots)}
         self._heap: list[tuple[int, int, str]] = []  # (-free slots, -stamp, name)
         self._stamp = 0  # pushes so far: a later push wins ties
+        self._latest: dict[str, tuple[int, int, str]] = {}  # each worker's latest entry
+        self._compact_at = 4 * len(self.workers) + 64  # heap size that triggers a rebuild
         for w in reversed(self.workers.values()):  # (so that at first, ties go to the lowest index)
             self.push(w)
 
@@ -164,15 +164,26 @@ class RolloutPool:
         """``w``'s slots or state changed: offer it again if it accepts work."""
         if w.accepting:
             self._stamp += 1
-            heapq.heappush(self._heap, (len(w.running) - w.slots, -self._stamp, w.name))
+            entry = self._latest[w.name] = (len(w.running) - w.slots, -self._stamp, w.name)
+            heapq.heappush(self._heap, entry)
+            if len(self._heap) > self._compact_at:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Keep only the entries that can still be popped: each accepting worker's latest, if current."""
+        self._heap = [e for e in self._latest.values() if self._current(e)]
+        heapq.heapify(self._heap)
+
+    def _current(self, entry: tuple[int, int, str]) -> bool:
+        w = self.workers[entry[2]]
+        return w.accepting and len(w.running) - w.slots == entry[0]
 
     def pop_best(self) -> RolloutWorkerState | None:
         """Pop the accepting worker with the most free slots (None: no worker accepts)."""
         while self._heap:
-            neg_free, _, name = heapq.heappop(self._heap)
-            w = self.workers[name]
-            if w.accepting and len(w.running) - w.slots == neg_free:
-                return w
+            entry = heapq.heappop(self._heap)
+            if self._current(entry):
+                return self.workers[entry[2]]
         return None
 
     def newest_accepting(self) -> RolloutWorkerState:

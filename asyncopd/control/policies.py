@@ -28,6 +28,7 @@ The interface each one implements, and the parser, are in ``asyncopd/control/pol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import islice
 from typing import ClassVar, Iterable, Literal, Optional
 
@@ -117,7 +118,7 @@ class FullyAsyncPolicy(Policy):
         """Admitted samples (net of aborts and evictions) allowed at learner version ``version``."""
         return (self.eta + version + 1) * batch_size
 
-    @property
+    @cached_property  # (asked for every generated and every scored sample)
     def evicts(self) -> bool:
         return self.max_staleness is not None and self.on_exceed == "evict"
 

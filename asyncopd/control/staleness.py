@@ -15,6 +15,7 @@ for degenerate inputs) takes the staleness of the version it started with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from asyncopd.control.messages import Spans
 
@@ -26,23 +27,36 @@ class Staleness:
     min: int
 
 
-def sample_staleness(spans: Spans, step: int, start_version: int) -> Staleness:
+SpanTotals = tuple[int, Optional[int], Optional[int], int]  # (tokens, oldest, newest, version x tokens)
+
+
+def span_totals(spans: Spans) -> SpanTotals:
+    """What the staleness of ``spans`` at any step depends on, over the runs with tokens:
+    ``(sum n_i, min g_i, max g_i, sum g_i * n_i)`` (versions None: no tokens)."""
     if len(spans) == 1:  # (the common case, one version sampled every token: the loop below, unrolled)
         v, n = spans[0]
         if n > 0:
-            return Staleness(n * (step - v) / n, step - v, step - v)
-    total = weighted = 0
-    lo = hi = None
+            return n, v, v, v * n
+    tokens = version_tokens = 0
+    oldest = newest = None
     for v, n in spans:
         if n > 0:
-            total += n
-            weighted += n * (step - v)
-            lo = v if lo is None or v < lo else lo
-            hi = v if hi is None or v > hi else hi
-    if lo is None or hi is None:
+            tokens += n
+            version_tokens += v * n
+            oldest = v if oldest is None or v < oldest else oldest
+            newest = v if newest is None or v > newest else newest
+    return tokens, oldest, newest, version_tokens
+
+
+def staleness_of(totals: SpanTotals, step: int, start_version: int) -> Staleness:
+    """The staleness at update ``step`` of spans with these ``span_totals``. The mean's
+    numerator ``sum_i n_i (s - g_i) = s sum_i n_i - sum_i g_i n_i`` is an exact integer, so
+    this is the module docstring's ratio to the last bit, in O(1)."""
+    tokens, oldest, newest, version_tokens = totals
+    if oldest is None or newest is None:
         s = step - start_version
         return Staleness(float(s), s, s)
-    return Staleness(weighted / total, step - lo, step - hi)
+    return Staleness((step * tokens - version_tokens) / tokens, step - oldest, step - newest)
 
 
 def merge_spans(spans: Spans) -> Spans:
