@@ -67,7 +67,7 @@ class RunRecorder:
         self._consumed = 0
         self._tokens = 0
         self._status: Counter[str] = Counter()
-        self.queues = QueueTracker(Controller.QUEUES)
+        self.queues = QueueTracker(Controller.QUEUES, keep_timeline=run_dir is not None)  # (queues.csv)
         self.workers = dict(workers)
         self.summary: dict[str, Any] = {}
         self.summary_extra: dict[str, Any] = {}  # merged into summary.json (drivers add what they know)

@@ -42,13 +42,16 @@ class QueueTracker:
     ``observe(t, depths)`` is called after every controller event with a tuple of depths in
     the order of ``names``. It integrates each queue over time (for time averages, e.g.
     Little's law ``L = lambda * W``) and keeps a timeline for plots, thinned to at most
-    ``max_points`` points (every other point is dropped when full). Changes are buffered and
-    folded in with numpy every ``chunk`` changes: ``observe`` itself is one comparison and one
-    append, which matters at tens of thousands of events per simulated run.
+    ``max_points`` points (every other point is dropped when full; none with
+    ``keep_timeline=False``, for a run kept in memory). Changes are buffered and folded in
+    with numpy every ``chunk`` changes: ``observe`` itself is one comparison and one append,
+    which matters at tens of thousands of events per simulated run.
     """
 
-    def __init__(self, names: tuple[str, ...], max_points: int = 4000, chunk: int = 8192) -> None:
+    def __init__(self, names: tuple[str, ...], max_points: int = 4000, chunk: int = 8192,
+                 keep_timeline: bool = True) -> None:
         self.names = names
+        self.keep_timeline = keep_timeline
         self.max_points = max_points
         self.chunk = chunk
         self._integral = np.zeros(len(names))
@@ -77,8 +80,9 @@ class QueueTracker:
         dt = np.diff(np.concatenate(([self._last_t], times)))
         self._integral += (held * dt[:, None]).sum(axis=0)
         self._last_t, self._held = float(times[-1]), buf[-1][1]
-        for point in buf:
-            self._keep_thinned(point)
+        if self.keep_timeline:
+            for point in buf:
+                self._keep_thinned(point)
 
     def _keep_thinned(self, point: tuple[float, tuple[int, ...]]) -> None:
         """Keep every ``stride``-th point; when full, drop every other one and double the stride."""
