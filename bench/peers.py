@@ -139,15 +139,18 @@ def render_table(loss: str, rows: list[dict[str, Any]], budget: float, notes: di
     return table
 
 
-def footnotes(top_k: int, vocab: int, batch: int, async_policy: str, every: int) -> tuple[dict[str, str], list[str]]:
+def footnotes(top_k: int, vocab: int, batch: int, async_policy: str, every: int,
+              trl_threads: Optional[int] = 1) -> tuple[dict[str, str], list[str]]:
     """The table's "not like for like" cells, and the footnotes they refer to."""
+    threads = f"{trl_threads} thread{'s' if trl_threads > 1 else ''}" if trl_threads else "one thread per core"
     cells = {"trl": "[1] full vocab, [2] 1 process", "sync": f"[1] top-{top_k}, [2] 3 actors, [4]",
              "async": f"[1] top-{top_k}, [2] 3 actors, [3] stale, [4]"}
     text = [
         f"[1] loss support: TRL scores all V={vocab} ids at every completion token; asyncopd the teacher's top-{top_k} "
         "from its score cache (forward KL: the truncated sum, not renormalised; reverse KL: the top-k plus one tail "
         f"bucket). They coincide at k=V: --set teacher.top_k={vocab}.",
-        "[2] processes: TRL is one process (torch on 2 threads) that generates, scores and trains in turn, "
+        f"[2] processes: TRL is one process (torch on {threads}, --trl-threads) that generates, scores and trains "
+        "in turn, "
         f"generating the whole batch of {batch} in one HF generate call; asyncopd runs rollout (core 0), teacher and "
         "learner (core 1) as pinned Ray actors with one torch thread each, plus an unpinned driver; rollout decodes "
         "up to rollout.max_num_seqs sequences at once. 'cores busy': CPU seconds per training second, of 2.",
@@ -222,7 +225,9 @@ def run_trl_subprocess(spec: dict[str, Any], out: Path) -> dict[str, Any]:
     """One TRL run in a fresh Python process (``bench/peers_trl.py``), its output in out/trl.log."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps({**spec, "out": str(out)}, default=str))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    threads = {"OMP_NUM_THREADS": str(spec["threads"])} if spec.get("threads") else {}
+    env = {**os.environ, **threads, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     with open(out / "trl.log", "w") as logf:
@@ -245,6 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated, from: " + ", ".join(TRAINERS)
                     + " (trl is the reference: the time-to-reach columns need it)")
     ap.add_argument("--async-policy", default="fully_async(eta=2)", help="asyncopd's async pipeline policy")
+    ap.add_argument("--trl-threads", type=int, default=1, help="torch threads of the TRL process (0: torch's "
+                    "default, one per core; see bench/peers_trl.py for why 1)")
     ap.add_argument("--every", type=int, default=10, help="save the student every N updates for the curve")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for asyncopd "
                     "(repeatable); batch size, lr, max new tokens, temperature and task reach TRL too")
@@ -281,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "learner.lr_schedule=constant", "learner.warmup_steps=0", "learner.weight_decay=0"]
     labels = {"trl": "TRL DistillationTrainer", "sync": "asyncopd sync", "async": f"asyncopd {args.async_policy}"}
     notes, notes_text = footnotes(base.teacher.top_k, models.codec.vocab_size, base.learner.batch_size,
-                                  args.async_policy, args.every)
+                                  args.async_policy, args.every, args.trl_threads or None)
     runs: list[dict[str, Any]] = []
     order = run_order(seeds, losses, trainers)
     console.print(f"starting student: {start_acc:.1%} held-out; {len(order)} runs of {args.budget:g} s; out: {out}")
@@ -294,16 +301,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "beta": LOSSES[loss]["beta"], "seed": seed, "budget_s": args.budget, "every": args.every,
                     "batch_size": cfg.learner.batch_size, "lr": cfg.learner.lr,
                     "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature,
-                    "task": cfg.task.model_dump(mode="json")}
+                    "task": cfg.task.model_dump(mode="json"), "threads": args.trl_threads or None}
             r = run_trl_subprocess(spec, run_dir)
         else:
             policy = "sync" if name == "sync" else args.async_policy
             r = run_asyncopd(args.config, [*common, f"run.seed={seed}", f"algorithm.loss={LOSSES[loss]['asyncopd']}",
                                            f"pipeline.policy={policy}", *args.overrides], run_dir)
-        r.update(trainer=name, label=labels[name], loss=loss, seed=seed, curve=_snapshot_curve(r["snapshots"], start_acc))
+        load = os.getloadavg()[0]  # (1-minute load average right after the run: the host is shared)
+        r.update(trainer=name, label=labels[name], loss=loss, seed=seed, loadavg_1m=load,
+                 curve=_snapshot_curve(r["snapshots"], start_acc))
         runs.append(r)
         console.print(f"  {r['steps']} updates in {r['train_s']:.1f} s ({r['samples_per_s']:.1f} samples/s), "
-                      f"held-out {start_acc:.1%} -> {r['curve'][-1][1]:.1%}")
+                      f"held-out {start_acc:.1%} -> {r['curve'][-1][1]:.1%}; host load {load:.1f}")
         (out / "results.json").write_text(json.dumps({"budget_s": args.budget, "start_accuracy": start_acc,
                                                       "runs": runs}, indent=1, default=str))
     summary = summarize(runs, trainers)

@@ -24,7 +24,11 @@ Setup
     HF tokenizer does not add it). Prompts are the task's train split for the run's seed, in id
     order (``shuffle_dataset=False``), the stream asyncopd draws from. AdamW, constant learning
     rate, no warm-up, no weight decay, gradient clipping 1.0, float32, no gradient checkpointing,
-    one process on the CPU (torch's default: one thread per core).
+    one process on the CPU with ``threads`` torch threads. ``bench/peers.py`` gives it one: on the
+    shared 2-core host torch's default of two threads stalls for seconds at a time whenever another
+    process takes a core (each op's parallel region waits for its descheduled second thread;
+    measured: single updates of 10-50 s, 12-140 samples/s), while one thread ran 157 samples/s
+    without a stall; the tiny model's ops gain nothing from a second thread even on a quiet host.
 
 Clock
     ``WallClock`` (a ``TrainerCallback``) starts the clock at ``on_train_begin`` (after the models
@@ -113,18 +117,22 @@ def make_callback(budget_s: float, every: int, snapshot_dir: Path, student_dir: 
 
 def run_trl(*, student_dir: Path, teacher_dir: Path, out: Path, beta: float, seed: int, budget_s: float,
             every: int, batch_size: int, lr: float, max_new_tokens: int, temperature: float,
-            task_cfg: Any = None) -> dict[str, Any]:
+            threads: int | None = None, task_cfg: Any = None) -> dict[str, Any]:
     """Train with TRL's ``DistillationTrainer`` for ``budget_s`` training seconds; returns the
-    snapshots (version, training-clock time, path), steps, samples/s and where the time went."""
+    snapshots (version, training-clock time, path), steps, samples/s and where the time went.
+    ``threads``: torch's intra-op threads (None: torch's default, one per core)."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
     from transformers import AutoTokenizer
     from trl import DistillationConfig, DistillationTrainer
 
     t_setup = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(student_dir)
     tok.padding_side = "left"
-    # Enough prompts that the budget never exhausts them (a new epoch would re-use prompts).
-    n_prompts = batch_size * 20000
+    # Enough prompts that the budget never exhausts them (a new epoch would re-use prompts): 50 updates/s.
+    n_prompts = batch_size * int(max(1000, 50 * budget_s))
     args = DistillationConfig(
         output_dir=str(out / "trainer"), seed=seed, data_seed=seed, use_cpu=True, report_to="none",
         per_device_train_batch_size=batch_size, gradient_accumulation_steps=1, max_steps=10**6,

@@ -110,7 +110,7 @@ def test_end_to_end_against_trl(peers, tmp_path):
     runs = {r["trainer"]: r for r in res["runs"]}
     assert set(runs) == {"trl", "sync"}
     for r in runs.values():
-        assert r["steps"] >= 1 and r["train_s"] >= 6.0 and r["samples_per_s"] > 0
+        assert r["steps"] >= 1 and r["train_s"] > 3.0 and r["samples_per_s"] > 0  # (asyncopd: its last update)
         assert r["curve"][0] == [0.0, res["start_accuracy"]] and len(r["curve"]) >= 2
         assert all(0.0 <= a <= 1.0 for _, a in r["curve"])
     assert runs["trl"]["generate_s"] > 0 and runs["trl"]["steps"] * 16 == runs["trl"]["samples"]
