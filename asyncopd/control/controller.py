@@ -128,7 +128,7 @@ class Controller:
         self.counters: Counter[str] = Counter(counters or {})
         self.counters["consumed"] = batch_size * start_version
         self._attempts_before = self.counters["attempts"]  # attempts of the run before a resume
-        self._status_counts: Counter[str] = Counter()  # live attempts per status
+        self._status_counts = dict.fromkeys((GENERATING, GENERATED, SCORING, READY), 0)  # live attempts per status
         self._syncing = 0  # live rollout workers loading weights
         self._scoring = 0  # live teachers with a batch
         self._restarting = 0  # failed workers the driver is bringing back
@@ -161,7 +161,7 @@ class Controller:
     def outstanding(self) -> int:
         """Actions issued whose completion event has not arrived yet."""
         generating = self._status_counts[GENERATING]  # every generating attempt occupies a slot of a live worker
-        return generating + self._syncing + self._scoring + self._restarting + int(self.learner_busy)
+        return generating + self._syncing + self._scoring + self._restarting + self.learner_busy
 
     QUEUES = ("generating", "awaiting_teacher", "scoring", "ready", "live", "requeued")
 

@@ -94,7 +94,8 @@ class RunRecorder:
             self._log = self._open("log.jsonl", buffering)
             self._trace = self._open("trace.json", buffering)
             self._trace.write("[\n")
-        self._write_track_names()
+        if self.dir is not None:  # (the trace's track names; in memory there is no trace)
+            self._write_track_names()
 
     def _open(self, name: str, buffering: int, mode: str = "w") -> Any:
         return (self.dir / name).open(mode, buffering=buffering) if self.dir is not None else _NullSink()
