@@ -73,6 +73,7 @@ class SimRolloutWorker:
         if mode not in ("wave", "continuous"):
             raise ValueError(f"rollout batching must be 'wave' or 'continuous', got {mode!r}")
         self.host, self.env, self.name, self.slots, self.mode = host, host.env, name, slots, mode
+        self.costs = host.costs
         self.version = 0
         self.change_steps: list[int] = [0]  # the weight versions' change points: from step
         self.change_versions: list[int] = [0]  # change_steps[i] on, version change_versions[i]
@@ -102,7 +103,7 @@ class SimRolloutWorker:
 
     def request_sync(self, action: SyncWeights) -> None:
         self.pending_sync, self.sync_ready, self.sync_started = action, False, self.env.now
-        overlap = self.host.costs.sync().overlap_s
+        overlap = self.costs.sync().overlap_s
         if overlap > 0:  # (where a process waiting out the overlap would start, and then wait)
             call_soon(self.env, lambda: call_after(self.env, overlap, lambda: self._overlap_over(action)))
         else:
@@ -125,9 +126,15 @@ class SimRolloutWorker:
     # the same loop would: ``_run`` is the loop's head; each wait ends the current call and
     # names what continues after it.
     def _overlap_over(self, action: SyncWeights) -> None:
+        """The sync's overlap phase is over (a timeout's only callback, and the last thing it
+        does): a parked worker wakes at once. A poke's urgent event would be the very next one
+        processed (no urgent event of this time is pending while a normal one is processed),
+        so waking here is the same order of events, without one."""
         if self.pending_sync is action:
             self.sync_ready = True
-            self._poke()
+            if self._asleep:
+                self._asleep = False
+                self._woken(None)
 
     def _poke(self) -> None:
         """Something changed (a request, a sync, an eviction, the crowd on shared devices):
@@ -162,7 +169,7 @@ class SimRolloutWorker:
                 continue
             if not self.batch.active and self.queue:  # an idle worker receives its requests
                 self._set_busy(False)
-                self._timed(self.host.costs.rollout_dispatch(), self._plan)
+                self._timed(self.costs.rollout_dispatch(), self._plan)
             else:
                 self._plan()
             return
@@ -171,7 +178,7 @@ class SimRolloutWorker:
         """Admit from the queue, then park for the segment up to the next completion (a poke
         cuts it short), park idle with nothing to decode, or decode one step when a sync or
         an eviction waits."""
-        costs, b = self.host.costs, self.batch
+        costs, b = self.costs, self.batch
         joining = self._admit() if self.queue else None
         pre = 0.0  # prefill of the joining requests: the batch stalls for it before decoding on
         if joining:
@@ -290,7 +297,7 @@ class SimRolloutWorker:
         """Report ``done`` as one answer once the return path (``costs.delivery()``, one draw
         per answer) has passed; the worker does not wait for it (the driver, not the worker,
         is what is late)."""
-        delay = self.host.costs.delivery()
+        delay = self.costs.delivery()
         if delay <= 0:
             self._report(done)
         else:  # (where a process waiting out the delay would start, and then wait)
@@ -316,11 +323,11 @@ class SimRolloutWorker:
         self._set_busy(True)  # loading weights occupies the worker's devices, and is slowed on shared ones
         f = self._slowdown() if self.shared else 1.0  # (measured: two rollout workers on one core paused
                                                       # 1.12 ms, alone 0.51 ms)
-        self._timed(self.host.costs.sync().pause_s * f, lambda: self._recompute(action, paused_from, f))
+        self._timed(self.costs.sync().pause_s * f, lambda: self._recompute(action, paused_from, f))
 
     def _recompute(self, action: SyncWeights, paused_from: float, f: float) -> None:
         if action.pause_mode == "recompute" and self.batch.active:
-            self._timed(self.host.costs.prefill(self.batch.kv) * f, lambda: self._synced(action, paused_from))
+            self._timed(self.costs.prefill(self.batch.kv) * f, lambda: self._synced(action, paused_from))
         else:
             self._synced(action, paused_from)
 
