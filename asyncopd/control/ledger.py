@@ -140,50 +140,48 @@ class RolloutWorkerState:
 class RolloutPool:
     """The rollout workers and which of them takes the next sample: the accepting worker
     with the most free slots; ties go to the worker whose slots changed most recently
-    (usually the one that just finished a sequence and is admitting anyway). Found through a
-    lazily updated heap: every change that frees a slot or ends a sync pushes a fresh entry,
-    and entries that went stale are skipped when popped.
+    (usually the one that just finished a sequence and is admitting anyway).
 
-    Only a worker's latest entry can ever be popped: the controller pushes a worker after
-    every change of its slots or state while it accepts, and after every pop, so while it
-    accepts its latest entry is current and outranks its older ones (same or other free
-    count, older stamp). When stale entries pile up (many releases between admissions) the
-    heap is rebuilt from the latest entries (``_compact``), which pops in the same order."""
+    The controller offers a worker again (``push``) after every change of its slots or state
+    while it accepts, and after every ``pop_best``, so a worker's latest offer is current
+    whenever it accepts. The offers are kept in buckets by free slots, each in offer order
+    (a dict: a new offer moves the worker to the end of its bucket): the best is the last
+    worker of the fullest non-empty bucket. A worker found not accepting is dropped (it is
+    offered again when it accepts)."""
 
     def __init__(self, slots: list[int], version: int) -> None:
         self.workers = {f"rollout-{i}": RolloutWorkerState(f"rollout-{i}", n, i, version=version)
                         for i, n in enumerate(slots)}
-        self._heap: list[tuple[int, int, str]] = []  # (-free slots, -stamp, name)
-        self._stamp = 0  # pushes so far: a later push wins ties
-        self._latest: dict[str, tuple[int, int, str]] = {}  # each worker's latest entry
-        self._compact_at = 4 * len(self.workers) + 64  # heap size that triggers a rebuild
+        self._buckets: list[dict[str, None]] = [{} for _ in range(max(slots) + 1)]  # free slots -> offers
+        self._bucket_of: dict[str, int] = {}  # worker -> the bucket of its latest offer
+        self._top = 0  # no bucket above this one holds an offer
         for w in reversed(self.workers.values()):  # (so that at first, ties go to the lowest index)
             self.push(w)
 
     def push(self, w: RolloutWorkerState) -> None:
         """``w``'s slots or state changed: offer it again if it accepts work."""
         if w.accepting:
-            self._stamp += 1
-            entry = self._latest[w.name] = (len(w.running) - w.slots, -self._stamp, w.name)
-            heapq.heappush(self._heap, entry)
-            if len(self._heap) > self._compact_at:
-                self._compact()
-
-    def _compact(self) -> None:
-        """Keep only the entries that can still be popped: each accepting worker's latest, if current."""
-        self._heap = [e for e in self._latest.values() if self._current(e)]
-        heapq.heapify(self._heap)
-
-    def _current(self, entry: tuple[int, int, str]) -> bool:
-        w = self.workers[entry[2]]
-        return w.accepting and len(w.running) - w.slots == entry[0]
+            free = w.slots - len(w.running)
+            old = self._bucket_of.get(w.name)
+            if old is not None:
+                del self._buckets[old][w.name]
+            self._buckets[free][w.name] = None
+            self._bucket_of[w.name] = free
+            if free > self._top:
+                self._top = free
 
     def pop_best(self) -> RolloutWorkerState | None:
-        """Pop the accepting worker with the most free slots (None: no worker accepts)."""
-        while self._heap:
-            entry = heapq.heappop(self._heap)
-            if self._current(entry):
-                return self.workers[entry[2]]
+        """Take the accepting worker with the most free slots, the latest offered among equals
+        (None: no worker accepts)."""
+        while self._top > 0:
+            bucket = self._buckets[self._top]
+            while bucket:
+                name = next(reversed(bucket))
+                del bucket[name], self._bucket_of[name]
+                w = self.workers[name]
+                if w.accepting:  # (then its offer is current: free slots == this bucket)
+                    return w
+            self._top -= 1
         return None
 
     def newest_accepting(self) -> RolloutWorkerState:
