@@ -44,11 +44,15 @@ class SharedDevices:
         self.sharing = Sharing.coerce(sharing)
         self.busy: dict[int, set[str]] = defaultdict(set)
         self._listeners: dict[int, dict[str, Callable[[], None]]] = defaultdict(dict)
+        self._roles: dict[str, str] = {}  # holder -> role_of(holder) (asked for every busy holder, every plan)
 
     def slowdown(self, holder: str, devices: Iterable[int]) -> float:
         """How many times slower than alone ``holder`` runs on ``devices`` right now."""
-        return self.sharing.gang_slowdown(role_of(holder), ([role_of(o) for o in self.busy[d] if o != holder]
-                                                            for d in devices))
+        roles = self._roles
+        if holder not in roles:
+            roles[holder] = role_of(holder)
+        return self.sharing.gang_slowdown(roles[holder], ([roles[o] for o in self.busy[d] if o != holder]
+                                                          for d in devices))
 
     def acquire(self, holder: str, devices: Iterable[int]) -> None:
         self._change(holder, devices, add=True)
@@ -67,6 +71,8 @@ class SharedDevices:
 
     def _change(self, holder: str, devices: Iterable[int], *, add: bool) -> None:
         notify: dict[str, Callable[[], None]] = {}
+        if holder not in self._roles:
+            self._roles[holder] = role_of(holder)
         for d in devices:
             before = len(self.busy[d])
             (self.busy[d].add if add else self.busy[d].discard)(holder)
