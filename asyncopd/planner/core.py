@@ -230,11 +230,10 @@ def _space_options(cfg: OPDConfig, w: Workload, hw: Hardware, costs: CostModel) 
                         rollout_oversubscription=(1, 2) if w.batching == "wave" else (1,))
 
 
-def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progress: bool = True) -> PlanResult:
-    """Plan ``cfg``'s cluster (module docstring). No files are written here."""
-
-    t0 = time.perf_counter()
-    o = options or PlanOptions()
+def plan_candidates(cfg: OPDConfig, o: PlanOptions) -> tuple[PlanResult, list[Candidate], int]:
+    """The planner up to its simulations: the layouts that fit in memory, paired with the
+    policies and pruned by bound to ``o.budget_layouts`` (``res.counts`` and ``res.rejected``
+    filled in). Returns the result so far, the candidates to simulate and the seed."""
     o.check()
     seed = cfg.run.seed if o.seed is None else o.seed
     hw = get_hardware(cfg.cluster.hardware)
@@ -266,6 +265,15 @@ def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progr
                   "skipped_node_crossing": space.skipped_node_crossing, "rejected_memory": len(res.rejected),
                   "feasible_layouts": len(feasible), "policies": len(policies), "candidates": n_all,
                   "pruned_by_bound": n_all - len(cands), "simulated": len(cands)}
+    return res, cands, seed
+
+
+def plan_cluster(cfg: OPDConfig, options: Optional[PlanOptions] = None, *, progress: bool = True) -> PlanResult:
+    """Plan ``cfg``'s cluster (module docstring). No files are written here."""
+
+    t0 = time.perf_counter()
+    o = options or PlanOptions()
+    res, cands, seed = plan_candidates(cfg, o)
     settings = SearchSettings(final_steps=o.steps, screen_steps=o.screen_steps, eta=o.eta, finalists=o.finalists,
                               budget=o.budget_layouts, max_mean_staleness=o.max_mean_staleness,
                               max_staleness=o.max_staleness)
