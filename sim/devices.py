@@ -45,14 +45,25 @@ class SharedDevices:
         self.busy: dict[int, set[str]] = defaultdict(set)
         self._listeners: dict[int, dict[str, Callable[[], None]]] = defaultdict(dict)
         self._roles: dict[str, str] = {}  # holder -> role_of(holder) (asked for every busy holder, every plan)
+        # device -> holder -> its slowdown on that device, kept until the device's crowd changes
+        # (the same set, iterated in the same order, gives the same float)
+        self._factors: dict[int, dict[str, float]] = defaultdict(dict)
 
     def slowdown(self, holder: str, devices: Iterable[int]) -> float:
-        """How many times slower than alone ``holder`` runs on ``devices`` right now."""
+        """How many times slower than alone ``holder`` runs on ``devices`` right now: the
+        product over its devices of ``Sharing.slowdown``, as ``Sharing.gang_slowdown``
+        multiplies them (in the same order), each device's factor kept while its crowd stays."""
         roles = self._roles
         if holder not in roles:
             roles[holder] = role_of(holder)
-        return self.sharing.gang_slowdown(roles[holder], ([roles[o] for o in self.busy[d] if o != holder]
-                                                          for d in devices))
+        role, f = roles[holder], 1.0
+        for d in devices:
+            factors = self._factors[d]
+            fd = factors.get(holder)
+            if fd is None:
+                fd = factors[holder] = self.sharing.slowdown(role, [roles[o] for o in self.busy[d] if o != holder])
+            f *= fd
+        return f
 
     def acquire(self, holder: str, devices: Iterable[int]) -> None:
         self._change(holder, devices, add=True)
@@ -77,6 +88,7 @@ class SharedDevices:
             before = len(self.busy[d])
             (self.busy[d].add if add else self.busy[d].discard)(holder)
             if len(self.busy[d]) != before:
+                self._factors[d].clear()
                 notify.update({h: cb for h, cb in self._listeners[d].items() if h != holder})
         for cb in notify.values():
             cb()
