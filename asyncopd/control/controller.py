@@ -41,7 +41,6 @@ from asyncopd.control.messages import (
     StopRequested, TrainStepFinished, WeightSyncFinished, WorkerFailed, WorkerRestarted, role_of,
 )
 from asyncopd.control.policy_base import Admit, Policy, Requeued
-from asyncopd.control.staleness import merge_spans
 
 LEARNER = "learner-0"
 _NONE_READY: dict[int, None] = {}
@@ -279,7 +278,7 @@ class Controller:
             return
         a.started_at, a.finished_at = e.started_at, e.t if e.ended_at is None else e.ended_at
         a.delivered_at = e.t
-        a.set_spans(merge_spans(e.spans))
+        a.set_spans(e.spans)
         a.prompt_tokens = e.prompt_tokens
         args = {"sample_id": a.sample_id, "tokens": a.response_tokens}
         if e.wave_cpu_s is not None:

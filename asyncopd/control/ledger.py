@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asyncopd.control.messages import Spans
-from asyncopd.control.staleness import SpanTotals, Staleness, span_totals, staleness_of
+from asyncopd.control.staleness import SpanTotals, Staleness, merged_with_totals, staleness_of
 
 # Attempt states, in lifecycle order.
 GENERATING = "generating"
@@ -56,18 +56,17 @@ class Attempt:
 
     response_tokens: int = 0  # sum of the spans' token counts (set with the spans)
     start_version: int = -1  # oldest version among its tokens (issue-time version until spans are set)
-    totals: SpanTotals = (0, None, None, 0)  # its spans' span_totals: what its staleness depends on
+    totals: SpanTotals = (0, None, None, 0)  # what its staleness depends on (staleness.merged_with_totals)
 
     def __post_init__(self) -> None:
         self.start_version = self.issue_version
 
     def set_spans(self, spans: Spans) -> None:
-        """Record the generated tokens' versions (merged runs, generation order)."""
-        self.spans = spans
-        self.totals = totals = span_totals(spans)
-        self.response_tokens = totals[0]
-        if totals[1] is not None:
-            self.start_version = totals[1]
+        """Record the generated tokens' versions (runs in generation order; kept merged)."""
+        self.spans, self.totals = merged_with_totals(spans)
+        self.response_tokens = self.totals[0]
+        if self.totals[1] is not None:
+            self.start_version = self.totals[1]
 
     def staleness_at(self, step: int) -> Staleness:
         return staleness_of(self.totals, step, self.start_version)

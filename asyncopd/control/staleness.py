@@ -30,28 +30,10 @@ class Staleness:
 SpanTotals = tuple[int, Optional[int], Optional[int], int]  # (tokens, oldest, newest, version x tokens)
 
 
-def span_totals(spans: Spans) -> SpanTotals:
-    """What the staleness of ``spans`` at any step depends on, over the runs with tokens:
-    ``(sum n_i, min g_i, max g_i, sum g_i * n_i)`` (versions None: no tokens)."""
-    if len(spans) == 1:  # (the common case, one version sampled every token: the loop below, unrolled)
-        v, n = spans[0]
-        if n > 0:
-            return n, v, v, v * n
-    tokens = version_tokens = 0
-    oldest = newest = None
-    for v, n in spans:
-        if n > 0:
-            tokens += n
-            version_tokens += v * n
-            oldest = v if oldest is None or v < oldest else oldest
-            newest = v if newest is None or v > newest else newest
-    return tokens, oldest, newest, version_tokens
-
-
 def staleness_of(totals: SpanTotals, step: int, start_version: int) -> Staleness:
-    """The staleness at update ``step`` of spans with these ``span_totals``. The mean's
-    numerator ``sum_i n_i (s - g_i) = s sum_i n_i - sum_i g_i n_i`` is an exact integer, so
-    this is the module docstring's ratio to the last bit, in O(1)."""
+    """The staleness at update ``step`` of spans with these totals (``merged_with_totals``).
+    The mean's numerator ``sum_i n_i (s - g_i) = s sum_i n_i - sum_i g_i n_i`` is an exact
+    integer, so this is the module docstring's ratio to the last bit, in O(1)."""
     tokens, oldest, newest, version_tokens = totals
     if oldest is None or newest is None:
         s = step - start_version
@@ -59,17 +41,27 @@ def staleness_of(totals: SpanTotals, step: int, start_version: int) -> Staleness
     return Staleness((step * tokens - version_tokens) / tokens, step - oldest, step - newest)
 
 
-def merge_spans(spans: Spans) -> Spans:
-    """Join adjacent runs with the same version and drop empty runs."""
-    if len(spans) == 1:  # (the common case: one run)
+def merged_with_totals(spans: Spans) -> tuple[Spans, SpanTotals]:
+    """``spans`` with adjacent runs of the same version joined and empty runs dropped, and
+    what their staleness at any step depends on, over the runs with tokens:
+    ``(sum n_i, min g_i, max g_i, sum g_i * n_i)`` (versions None: no tokens); one pass."""
+    if len(spans) == 1:  # (the common case, one version sampled every token: the loop below, unrolled)
         v, n = spans[0]
-        return ((v, n),) if n > 0 else ()
+        return (((v, n),), (n, v, v, v * n)) if n > 0 else ((), (0, None, None, 0))
     out: list[tuple[int, int]] = []
+    tokens = version_tokens = 0
+    oldest = newest = None
     for v, n in spans:
         if n <= 0:
             continue
+        tokens += n
+        version_tokens += v * n
+        if oldest is None or v < oldest:
+            oldest = v
+        if newest is None or v > newest:
+            newest = v
         if out and out[-1][0] == v:
             out[-1] = (v, out[-1][1] + n)
         else:
             out.append((v, n))
-    return tuple(out)
+    return tuple(out), (tokens, oldest, newest, version_tokens)
