@@ -12,11 +12,13 @@ Batching modes (``sim.rollout_batching``):
 No event per token: the worker keeps a global decode-step counter ``S`` (``step_count``). A sequence that
 joins at step ``s0`` with response length ``L`` finishes at step ``s0 + L``; a heap gives the
 next completion. Between events the number of active sequences is constant, so the time of
-``k`` steps is ``segment_time`` (closed form) and the steps done by an interrupt (a new
-request, a weight sync, an eviction) come from ``segment_steps_within``. A request that arrives
-mid-step takes effect after that step, as in the real engines. Weight versions are recorded
-as ``(step, version)`` change points, so a sequence's version spans are read off in
-O(log changes) when it finishes.
+``k`` steps is ``segment_time`` (closed form) and the steps done when a poke cuts a segment
+short (a new request, a weight sync, an eviction, the crowd on shared devices) come from
+``segment_steps_within``. A request that arrives mid-step takes effect after that step, as in
+the real engines. Weight versions are recorded as ``(step, version)`` change points (two
+parallel lists), so a sequence's version spans are read off in O(log changes) when it
+finishes. The worker runs as plain callbacks in the event order a SimPy process would have
+(``sim/callbacks.py``).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class SimRolloutWorker:
         self.queue = [s for s in self.queue if s.sample_id not in ids]
         for s in queued:  # never started: drop at once
             s.aborted, s.started_at, s.finished_at = "evict", self.env.now, self.env.now
-            self._report(s)
+            self._report([s])
         self.evict |= ids & set(self.batch.active)
         if self.evict:
             self._poke()

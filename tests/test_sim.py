@@ -54,6 +54,17 @@ def test_policies_respect_their_bound(tmp_path, policy, bound, pause) -> None:
     validate_run_dir(tmp_path)
 
 
+def test_an_eviction_drops_a_request_still_queued_on_its_worker(tmp_path) -> None:
+    """A sample doomed while it waits in its worker's queue (wave batching on a shared core)
+    is reported evicted at once (this crashed the simulator: the report got one sequence, not
+    a list of them)."""
+    c = load_config("configs/default.yaml", ["pipeline.policy=fully_async(eta=3, max_staleness=0, on_exceed=evict)",
+                                             "run.total_steps=80", "layout.rollout={workers: 2, devices: [0, 0]}"])
+    s = simulate(c, tmp_path, progress=False)
+    assert s["ok"] and s["steps"] == 80 and s["sample_status"]["evicted"] > 0
+    validate_run_dir(tmp_path)
+
+
 def test_async_overlaps_and_beats_sync(tmp_path) -> None:
     common = ["sim.response_length.kind=lognormal", "sim.response_length.cv=1.0", "sim.prompt_tokens_mean=10",
               "run.total_steps=20"]
