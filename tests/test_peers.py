@@ -78,6 +78,17 @@ def test_summarize_and_table(peers):
     assert "37.5% (40.0%, 35.0%)" in out and "full vocab" in out
 
 
+def test_time_split(peers):
+    trl = {**_run("trl", 0, []), "samples": 1000, "train_s": 6.0, "generate_s": 4.0}
+    line = peers.time_split([trl], "TRL")
+    assert "6.00 ms wall per sample" in line and "generate 4.00 ms" in line and "the rest" in line and "2.00 ms" in line
+    eff = {"samples_per_s": 200.0, "device_s_per_sample": {"0": 0.005, "1": 0.002}}
+    a = {**_run("async", 0, [], samples_per_s=150.0), "efficiency": eff}
+    line = peers.time_split([a, {**a, "samples_per_s": 130.0}], "async")
+    assert "core 0 5.00 ms, core 1 2.00 ms" in line and "at most 200 samples/s; measured 140 (70% of that bound)" in line
+    assert peers.time_split([], "x") is None and peers.time_split([_run("sync", 0, [])], "sync") is None
+
+
 def test_plot_writes_png(peers, tmp_path):
     runs = [_run("trl", 0, [(0.0, 0.08), (60.0, 0.4)]), _run("sync", 0, [(0.0, 0.08), (30.0, 0.3), (60.0, 0.5)])]
     path = peers.plot(runs, tmp_path / "p.png")
