@@ -53,7 +53,7 @@ class SimDriver:
         if mode == "auto":
             mode = "wave" if cfg.rollout.backend == "torch" else "continuous"
         self.rollout = {n: SimRolloutWorker(self, n, s, mode) for n, s in lanes.items() if n.startswith("rollout")}
-        self.tokens: dict[int, tuple[int, int]] = {}  # sample_id -> (prompt, response) tokens
+        self.tokens: dict[int, int] = {}  # sample_id -> prompt + response tokens
         self.finished = self.env.event()
         self._event_s = dict(cfg.sim.costs.driver_event_s) if cfg.sim.cost_model == "parametric" else {}
         self._inbox: deque[tuple[Event, ...]] = deque()  # answers waiting for the driver
@@ -148,7 +148,7 @@ class SimDriver:
         if isinstance(a, Generate):
             prompt = self.lengths.prompt_tokens(a.prompt_id)
             response = self.lengths.response_tokens(a.prompt_id, self.ctrl.version)
-            self.tokens[a.sample_id] = (prompt, response)
+            self.tokens[a.sample_id] = prompt + response
             self.rollout[a.worker].submit(SimSeq(a.sample_id, prompt, response))
         elif isinstance(a, AbortGeneration):
             self.rollout[a.worker].request_abort(a.sample_ids)
@@ -165,7 +165,7 @@ class SimDriver:
                 self.finished.succeed(a)
 
     def _batch_tokens(self, ids: tuple[int, ...]) -> int:
-        return sum([p + r for p, r in map(self.tokens.__getitem__, ids)])
+        return sum(map(self.tokens.__getitem__, ids))
 
     def _after(self, worker: str, work: float, make_event) -> None:
         """After the dispatch latency, run ``work`` uncontended seconds on ``worker``'s devices,
