@@ -216,7 +216,11 @@ def time_split(runs: list[dict[str, Any]], label: str) -> Optional[str]:
 
 # ------------------------------------------------------------------------------------- runs
 def _snapshot_curve(snapshots: list[dict[str, Any]], start_acc: float) -> list[tuple[float, float]]:
+    import torch
+
     from asyncopd.runtime.checkpoints import evaluate_checkpoint
+
+    torch.set_num_threads(1)  # (off the clock; two threads stall for seconds whenever another process takes a core)
 
     curve = [(0.0, start_acc)]
     for s in sorted(snapshots, key=lambda s: s["t"]):
