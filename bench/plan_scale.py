@@ -79,13 +79,18 @@ def main() -> None:
     if args.full_length is not None:
         print(f"candidates simulated at full length ({args.steps} updates) in {args.full_length:g} s, "
               f"{args.jobs} jobs, {CONFIG.name}")
-        print(f"{'GPUs':>5}{'space':>8}{'done':>7}{'sync':>6}{'errors':>8}{'cpu s':>8}{'ref loop s':>12}")
+        print(f"{'GPUs':>5}{'space':>8}{'done':>7}{'sync':>6}{'errors':>8}{'cpu s':>8}{'per cpu-min':>13}"
+              f"{'ref loop s':>12}")
         for n in args.devices:
             ref = reference_loop_s()
             r = full_length_count(n, args.steps, args.full_length, args.jobs)
-            print(f"{n:>5}{r['candidates']:>8}{r['done']:>7}{r['sync']:>6}{r['errors']:>8}{r['cpu_s']:>8.1f}{ref:>12.3f}")
+            per_min = 60 * r["done"] / r["cpu_s"] if r["cpu_s"] > 0 else 0.0
+            print(f"{n:>5}{r['candidates']:>8}{r['done']:>7}{r['sync']:>6}{r['errors']:>8}{r['cpu_s']:>8.1f}"
+                  f"{per_min:>13.0f}{ref:>12.3f}")
         print("(space: candidates of the whole space (layouts that fit x policies), drawn in a seeded shuffle;\n"
-              " done: simulated to the end within the budget, of which sync and errors (refused by the simulator))")
+              " done: simulated to the end within the budget, of which sync and errors (refused by the simulator);\n"
+              " cpu s: CPU seconds of those simulations; per cpu-min: done per CPU minute, which a busy host\n"
+              " (fewer CPU seconds in the budget) does not change; on an idle host cpu s is about jobs x SECONDS)")
         return
     rows = []
     for n in args.devices:
