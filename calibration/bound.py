@@ -24,13 +24,18 @@ calls and the learner's publishing (work nobody's stage needs), and waves that r
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
+from asyncopd.backends.base import GenRequest, TrainItem, WeightUpdate
 from asyncopd.config.placement import placement
-from asyncopd.trace.efficiency import bound_of
+from asyncopd.task import BuiltinTask
+from asyncopd.trace.efficiency import bound_of, run_efficiency, with_measured_bound
+from asyncopd.trace.schema import read_json
 
 
 def _timed(fn: Callable[[], Any], window_s: float, min_units: int = 3) -> tuple[float, float, Any]:
@@ -60,9 +65,6 @@ def _rollout_engine(bench: Any) -> Any:
 
 
 def _task_requests(cfg: Any, codec: Any, n: int, start: int) -> list[Any]:
-    from asyncopd.backends.base import GenRequest
-    from asyncopd.task import BuiltinTask
-
     task = BuiltinTask(cfg.task, seed=cfg.run.seed)
     return [GenRequest(start + i, p.prompt_id, codec.encode_prompt(p.prompt_text))
             for i, p in enumerate(task.problems(n, "train", start=start))]
@@ -70,7 +72,6 @@ def _task_requests(cfg: Any, codec: Any, n: int, start: int) -> list[Any]:
 
 def measure_stages(cfg: Any, models: Any, *, window_s: float = 3.0, progress: bool = True) -> dict[str, Any]:
     """Time each stage alone (module docstring); per-sample seconds and what they were measured on."""
-    from asyncopd.backends.base import TrainItem, WeightUpdate
     from calibration.profilers.bench import Bench  # (lazy: torch)
 
     bench = Bench(cfg, models, seed=cfg.run.seed)
@@ -155,12 +156,6 @@ def measure_bound(cfg: Any, models: Any, *, window_s: float = 3.0, progress: boo
 
 def attach_to_run(run_dir: Any, b: dict[str, Any]) -> dict[str, Any]:
     """Store the measured bound in a run's ``summary.json`` (``efficiency.measured_bound``)."""
-    import json
-    from pathlib import Path
-
-    from asyncopd.trace.efficiency import run_efficiency, with_measured_bound
-    from asyncopd.trace.schema import read_json
-
     path = Path(run_dir) / "summary.json"
     summary = read_json(path)
     if not summary.get("samples_consumed"):

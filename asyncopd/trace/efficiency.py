@@ -41,6 +41,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from asyncopd.config.placement import placement
+from asyncopd.config.schema import OPDConfig
+from asyncopd.trace.schema import read_json, read_trace
+
 ROLE_SPANS = ("generate", "score", "train", "sync")
 
 
@@ -131,10 +135,6 @@ def efficiency(samples: int, wall_s: float, work: Mapping[str, float], spans: Ma
 
 def run_efficiency(run_dir: str | Path) -> dict[str, Any]:
     """``efficiency`` of a finished run directory (its trace, layout and summary)."""
-    from asyncopd.config.placement import placement
-    from asyncopd.config.schema import OPDConfig
-    from asyncopd.trace.schema import read_json, read_trace
-
     d = Path(run_dir)
     cfg = OPDConfig.model_validate(read_json(d / "run.json")["config"])
     summary = read_json(d / "summary.json")
