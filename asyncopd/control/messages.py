@@ -12,11 +12,40 @@ has ``((3, a), (4, b))``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional, Union
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Literal, Mapping, Optional, TypeVar, Union
 
 PauseMode = Literal["keep", "abort", "recompute"]
 Spans = tuple[tuple[int, int], ...]
+_T = TypeVar("_T")
+
+
+def frozen_record(cls: type[_T]) -> type[_T]:
+    """``dataclass(frozen=True, slots=True)``, built faster. The ``__init__`` a frozen
+    dataclass gets calls ``object.__setattr__`` once per field (to get past the frozen
+    ``__setattr__``); this one sets each slot through its member descriptor: the same
+    instance (same fields, equality, hash, repr, immutability), in about half the time. The
+    simulator builds an event and an action per sample (~5% of a 64-GPU bench run). A class
+    with a ``default_factory``, keyword-only or non-init field, or ``__post_init__`` keeps
+    the dataclass's own ``__init__``."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    fs = fields(cls)  # type: ignore[arg-type]
+    if hasattr(cls, "__post_init__") or any(f.default_factory is not MISSING or f.kw_only or not f.init for f in fs):
+        return cls
+    scope: dict = {}
+    params, body = [], []
+    for i, f in enumerate(fs):
+        scope[f"_set_{i}"] = cls.__dict__[f.name].__set__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            scope[f"_default_{i}"] = f.default
+            params.append(f"{f.name}=_default_{i}")
+        body.append(f"    _set_{i}(self, {f.name})\n")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "".join(body), scope)
+    scope["__init__"].__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = scope["__init__"]  # type: ignore[misc]
+    return cls
 
 
 def role_of(worker: str) -> str:
@@ -25,18 +54,18 @@ def role_of(worker: str) -> str:
 
 
 # ----------------------------------------------------------------------------- events
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class RunStarted:
     t: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class PromptsAvailable:
     t: float
     count: int | None  # None: the source is unbounded
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class GenerationFinished:
     t: float
     sample_id: int
@@ -52,7 +81,7 @@ class GenerationFinished:
         return sum(n for _, n in self.spans)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class GenerationAborted:
     t: float
     sample_id: int
@@ -63,7 +92,7 @@ class GenerationAborted:
     ended_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class ScoringFinished:
     t: float
     batch_id: int
@@ -72,7 +101,7 @@ class ScoringFinished:
     cpu_s: Optional[float] = None  # the worker's CPU time on the batch (real runs; None: not measured)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class TrainStepFinished:
     t: float
     step: int
@@ -80,7 +109,7 @@ class TrainStepFinished:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class WeightSyncFinished:
     t: float
     worker: str
@@ -89,7 +118,7 @@ class WeightSyncFinished:
     paused_s: float | None = None  # of [started_at, t], how long generation was stopped (None: unknown)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class WorkerFailed:
     """``worker`` died. Its in-flight work is re-queued. ``restarting``: the driver is bringing it
     back (a ``WorkerRestarted`` follows, or a second ``WorkerFailed`` without ``restarting`` if the
@@ -101,7 +130,7 @@ class WorkerFailed:
     restarting: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class WorkerRestarted:
     """A failed worker is back, as a fresh process. A rollout worker holds the weights of
     ``version`` (a fresh process loads the run's initial student: version 0); the controller
@@ -112,7 +141,7 @@ class WorkerRestarted:
     version: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class StopRequested:
     """End the run at the next update boundary (e.g. a wall-clock budget ran out): no new
     update starts; the one in flight, if any, finishes and is recorded; then ``Stop(ok=True)``."""
@@ -136,7 +165,7 @@ Event = Union[
 
 
 # ---------------------------------------------------------------------------- actions
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Generate:
     sample_id: int
     prompt_id: int
@@ -144,34 +173,34 @@ class Generate:
     slot: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class AbortGeneration:
     worker: str
     sample_ids: tuple[int, ...]
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Score:
     batch_id: int
     sample_ids: tuple[int, ...]
     worker: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Train:
     step: int
     sample_ids: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class SyncWeights:
     worker: str
     version: int
     pause_mode: PauseMode
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Stop:
     ok: bool
     reason: str

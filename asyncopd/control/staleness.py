@@ -14,13 +14,12 @@ for degenerate inputs) takes the staleness of the version it started with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
-from asyncopd.control.messages import Spans
+from asyncopd.control.messages import Spans, frozen_record
 
 
-@dataclass(frozen=True, slots=True)
+@frozen_record
 class Staleness:
     mean: float
     max: int
