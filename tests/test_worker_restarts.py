@@ -101,7 +101,7 @@ def test_killed_rollout_and_teacher_workers_come_back_and_nothing_is_lost(ray_se
     assert all(r["recovery_s"] > 0 for r in faults["restarts"]) and faults["still_down"] == []
     recs = assert_every_prompt_once(run_dir, steps, 8)
     redone = [r for r in recs if r.get("end_reason") == "worker_failed"]
-    assert len(redone) == c["redone_generations"]
+    assert len(redone) == c.get("redone_generations", 0)  # (absent when the kill found no wave in flight)
     # the restarted worker generated again, after it was synced (its samples start at a version > 0)
     late = [r for r in recs if r["worker"] == "rollout-1" and r["status"] == "consumed"
             and r["sample_id"] > max((x["sample_id"] for x in redone), default=-1)]
