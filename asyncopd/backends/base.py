@@ -177,6 +177,14 @@ class TrainMetrics:
         return {"loss": self.loss, "grad_norm": self.grad_norm, "lr": self.lr, "tokens": float(self.tokens), **self.extra}
 
 
+class RequestSource(Protocol):
+    """Where a continuous-batching engine (``RolloutEngine.serve``) takes its requests from."""
+
+    def take(self, most: int, least: int, wait: bool) -> list[GenRequest] | None:
+        """Up to ``most`` queued requests, or ``[]`` while fewer than ``least`` are queued; with
+        ``wait``, block until one is queued first. ``None`` once closed with nothing queued."""
+
+
 class RolloutEngine(Protocol):
     version: int
 

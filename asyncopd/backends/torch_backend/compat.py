@@ -13,6 +13,11 @@ that matter here:
 - ``Cache.batch_select_indices`` (drop rows of a dynamic KV cache) exists on ``DynamicCache``;
   other cache types (linear-attention/recurrent layers, quantised caches) may not support it.
   :func:`cache_select_rows` tries it and reports whether the rows were dropped.
+- Continuous batching joins new rows to a running batch and drops leading columns no row
+  attends to; transformers has no API for either, so :func:`cache_join_rows` and
+  :func:`cache_drop_columns` edit the per-layer ``keys``/``values`` tensors ``[batch, heads, T,
+  head_dim]`` of a full-attention dynamic cache directly, and refuse (return False) on anything
+  else (sliding-window, recurrent, quantised or offloaded layers).
 """
 
 from __future__ import annotations
@@ -78,6 +83,53 @@ def cache_select_rows(cache: Any, rows: torch.Tensor) -> bool:
         fn(rows)
     except (NotImplementedError, AttributeError, ValueError):
         return False
+    return True
+
+
+def editable_layers(cache: Any) -> list[Any] | None:
+    """The layers of a full-attention dynamic cache whose ``keys``/``values`` may be edited, or None."""
+    layers = getattr(cache, "layers", None)
+    if not layers or getattr(cache, "offloading", False):
+        return None
+    for layer in layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if (getattr(layer, "is_sliding", True) or not isinstance(keys, torch.Tensor)
+                or not isinstance(values, torch.Tensor) or keys.dim() != 4 or values.dim() != 4):
+            return None
+    return list(layers)
+
+
+def pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    extra = width - t.shape[dim]
+    if extra <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = extra
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def cache_join_rows(cache: Any, other: Any) -> bool:
+    """Append the rows of ``other`` to ``cache`` in place (rows of ``cache`` first), left-padding the
+    shorter one's positions with zeros (the caller left-pads the attention masks the same way, so
+    the padding is never attended). False, both untouched, when either cannot be edited."""
+    mine, theirs = editable_layers(cache), editable_layers(other)
+    if mine is None or theirs is None or len(mine) != len(theirs):
+        return False
+    for a, b in zip(mine, theirs):
+        width = max(a.keys.shape[2], b.keys.shape[2])
+        a.keys = torch.cat([pad_left(a.keys, width, 2), pad_left(b.keys, width, 2)])
+        a.values = torch.cat([pad_left(a.values, width, 2), pad_left(b.values, width, 2)])
+    return True
+
+
+def cache_drop_columns(cache: Any, n: int) -> bool:
+    """Drop the first ``n`` positions of every row in place (columns no row attends to). False,
+    untouched, when the cache cannot be edited."""
+    layers = editable_layers(cache)
+    if layers is None:
+        return False
+    for layer in layers:
+        layer.keys, layer.values = layer.keys[:, :, n:], layer.values[:, :, n:]
     return True
 
 

@@ -52,7 +52,7 @@ second generator, so the emitted tokens are the same with and without capture.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
 import torch
@@ -60,23 +60,22 @@ import torch
 import numpy as np
 
 from asyncopd.backends.base import (
-    GenRequest, GenResult, RolloutCapture, StepHook, WeightUpdate, check_sampling_args,
+    GenRequest, GenResult, RequestSource, RolloutCapture, StepHook, WeightUpdate, check_sampling_args,
 )
 from asyncopd.backends.torch_backend import compat
+from asyncopd.backends.torch_backend.decode_batch import DecodeBatch, DecodeSeq
 from asyncopd.backends.torch_backend.sampling import sample_from_logprobs, sampling_logprobs
 
 
-def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids`` for ``seqs``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        if s:
-            ids[r, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[r, width - len(s):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
-    return ids.to(device), mask.to(device), positions.to(device)
+class _Once:
+    """A ``RequestSource`` holding one wave: all of it at the first take, then closed."""
+
+    def __init__(self, requests: list[GenRequest]) -> None:
+        self.requests: list[GenRequest] | None = list(requests)
+
+    def take(self, most: int, least: int, wait: bool) -> list[GenRequest] | None:
+        out, self.requests = self.requests, None
+        return out
 
 
 class TorchRolloutEngine:
@@ -177,143 +176,160 @@ class TorchRolloutEngine:
         return logits[:, -1, :], new_cache
 
     def generate(self, requests: list[GenRequest], step_hook: StepHook | None = None) -> list[GenResult]:
-        """Generate one response per request (results in request order); see the module docstring."""
+        """Generate one response per request as one wave (results in request order); see the
+        module docstring."""
         if not requests:
             self.last_stats = {"decode_steps": 0, "generated_tokens": 0, "prefill_tokens": 0, "recomputes": 0, "seconds": 0.0}
             return []
         ids = [r.sample_id for r in requests]
         if len(set(ids)) != len(ids):
             raise ValueError("sample_id values in one generate() call must be unique")
-        for r in requests:
+        done: dict[int, GenResult] = {}
+        self._decode(_Once(requests), lambda results: done.update((r.sample_id, r) for r in results),
+                     step_hook, slots=len(requests), min_join=1)
+        return [done[i] for i in ids]
+
+    def serve(self, source: RequestSource, sink: Callable[[list[GenResult]], None],
+              step_hook: StepHook | None = None, *, slots: int, min_join: int = 1) -> None:
+        """Continuous batching: keep up to ``slots`` sequences decoding, pass each step's ended
+        ones to ``sink`` at once, and admit queued requests into the running batch (one prefill,
+        joined to the cache) whenever at least ``min(min_join, free slots)`` are waiting. An
+        idle engine blocks in ``source.take``; returns once the source is closed and every
+        admitted sequence has ended. Where the model's cache cannot take rows mid-flight, new
+        requests join only an empty batch (waves)."""
+        if slots < 1 or min_join < 1:
+            raise ValueError(f"slots and min_join must be >= 1, got {slots} and {min_join}")
+        self._decode(source, sink, step_hook, slots=slots, min_join=min_join)
+
+    def _admit(self, new: list[GenRequest], batch: DecodeBatch | None,
+               stats: dict[str, int]) -> tuple[DecodeBatch, bool]:
+        """Start ``new`` (a new batch, or rows joined to ``batch``); False when they could not join."""
+        for r in new:
             if not r.prompt_ids:
                 raise ValueError(f"sample {r.sample_id}: empty prompt")
-        with torch.inference_mode():
-            return self._generate(requests, step_hook)
+        now = time.time()
+        seqs = [DecodeSeq(r, now) for r in new]
+        if batch is None:
+            return DecodeBatch(seqs, self._forward, self.pad_id, self.device, stats), True
+        return batch, batch.join(seqs)
 
-    def _generate(self, requests: list[GenRequest], step_hook: Optional[StepHook]) -> list[GenResult]:
+    def _decode(self, source: RequestSource, sink: Callable[[list[GenResult]], None],
+                step_hook: Optional[StepHook], *, slots: int, min_join: int) -> None:
         started = time.time()
-        n = len(requests)
-        index_of = {r.sample_id: i for i, r in enumerate(requests)}
-        prompts = [list(r.prompt_ids) for r in requests]
-        responses: list[list[int]] = [[] for _ in range(n)]
-        logps: list[list[float]] = [[] for _ in range(n)]
-        versions: list[list[int]] = [[] for _ in range(n)]
-        cap_k: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]  # per token: (ids, log mu)
-        cap_mc: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
-        outcome: list[Optional[tuple[str, str, str, float]]] = [None] * n  # status, finish, abort, time
+        batch: DecodeBatch | None = None
+        refused: list[GenRequest] = []  # could not join the running batch: they start the next one
+        closed = False
         stats = {"decode_steps": 0, "generated_tokens": 0, "prefill_tokens": 0, "recomputes": 0}
+        max_new, eos = self.max_new_tokens, self.eos_ids
+        with torch.inference_mode():
+            while True:
+                # ---- admission: an empty engine waits for work; a running batch takes what is
+                # queued when enough slots are free and its cache can take rows mid-flight
+                if batch is None:
+                    new = refused or (None if closed else source.take(slots, 1, True))
+                    refused = []
+                    if new is None:
+                        break
+                    batch, _ = self._admit(new, None, stats)
+                elif not closed and not refused:
+                    live_n = sum(s.outcome is None for s in batch.seqs)
+                    free = slots - live_n
+                    if free > 0:
+                        new = source.take(free, min(min_join, free), False)
+                        if new is None:
+                            closed = True
+                        elif new:
+                            batch, joined = self._admit(new, batch, stats)
+                            if not joined:
+                                refused = new
+                # ---- sample one token for every in-flight row (rows kept in the batch after they
+                # ended, when the cache cannot drop rows, are skipped so that the random stream
+                # does not depend on whether rows could be dropped)
+                seqs = batch.seqs
+                live = [r for r, q in enumerate(seqs) if q.outcome is None]
+                if len(live) < len(seqs):
+                    live_idx = torch.as_tensor(live, dtype=torch.long, device=self.device)
+                    step_logits = batch.logits.index_select(0, live_idx)
+                else:
+                    step_logits = batch.logits
+                logp = sampling_logprobs(step_logits, self.temperature, self.top_p)
+                sampled = sample_from_logprobs(logp, self.generator)
+                tok_logp = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+                top = self._capture_top_k(logp)
+                draws = self._capture_mc(logp, sampled)
+                if len(live) < len(seqs):
+                    tok = torch.full((len(seqs),), self.pad_id, dtype=torch.long, device=self.device)
+                    tok[live_idx] = sampled
+                else:
+                    tok = sampled
+                now, version = time.time(), self.version
+                for j, (r, t, lp) in enumerate(zip(live, sampled.tolist(), tok_logp.tolist())):
+                    q = seqs[r]
+                    q.response.append(t)
+                    q.logps.append(lp)
+                    q.versions.append(version)
+                    if top is not None:
+                        q.cap_k.append((top[0][j], top[1][j]))
+                    if draws is not None:
+                        q.cap_mc.append((draws[0][j], draws[1][j]))
+                    if t in eos:
+                        q.end("finished", "eos", "", now)
+                    elif len(q.response) >= max_new:
+                        q.end("finished", "length", "", now)
+                stats["generated_tokens"] += len(live)
 
-        def finish(i: int, status: str, finish_reason: str, abort_reason: str, at: float) -> None:
-            if outcome[i] is None:
-                outcome[i] = (status, finish_reason, abort_reason, at)
+                # ---- between decode steps: evictions and weight updates
+                recompute = False
+                if step_hook is not None and any(q.outcome is None for q in seqs):
+                    update, evict = step_hook()
+                    now = time.time()
+                    for q in seqs:
+                        if q.req.sample_id in (evict or ()):
+                            q.end("aborted", "aborted", "evict", now)
+                    if update is not None:
+                        if update.pause_mode not in ("keep", "recompute", "abort"):
+                            raise ValueError(f"unknown pause_mode {update.pause_mode!r}")
+                        self._take(update)
+                        if update.pause_mode == "abort":
+                            for q in seqs:
+                                q.end("aborted", "aborted", "sync_abort", now)
+                        elif update.pause_mode == "recompute":
+                            recompute = True
 
-        def prefill(rows: list[int]) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
-            seqs = [prompts[i] + responses[i] for i in rows]
-            tok, mask, pos = _left_pad(seqs, self.pad_id, self.device)
-            stats["prefill_tokens"] += sum(len(s) for s in seqs)
-            logits, cache = self._forward(tok, mask, pos, None)
-            return logits, cache, mask, pos[:, -1] + 1
-
-        rows = list(range(n))  # batch row r holds sequence rows[r]
-        next_logits, cache, mask, next_pos = prefill(rows)
-        max_new = self.max_new_tokens
-        eos = self.eos_ids
-        while True:
-            # ---- sample one token for every in-flight row (rows kept in the batch after they
-            # finished, when the cache cannot drop rows, are skipped so that the random stream
-            # does not depend on whether rows could be dropped)
-            live = [r for r, i in enumerate(rows) if outcome[i] is None]
-            if len(live) < len(rows):
-                live_idx = torch.as_tensor(live, dtype=torch.long, device=self.device)
-                step_logits = next_logits.index_select(0, live_idx)
-            else:
-                step_logits = next_logits
-            logp = sampling_logprobs(step_logits, self.temperature, self.top_p)
-            sampled = sample_from_logprobs(logp, self.generator)
-            tok_logp = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
-            top = self._capture_top_k(logp)
-            draws = self._capture_mc(logp, sampled)
-            if len(live) < len(rows):
-                tok = torch.full((len(rows),), self.pad_id, dtype=torch.long, device=self.device)
-                tok[live_idx] = sampled
-            else:
-                tok = sampled
-            now = time.time()
-            version = self.version
-            for j, (r, t, lp) in enumerate(zip(live, sampled.tolist(), tok_logp.tolist())):
-                i = rows[r]
-                responses[i].append(t)
-                logps[i].append(lp)
-                versions[i].append(version)
-                if top is not None:
-                    cap_k[i].append((top[0][j], top[1][j]))
-                if draws is not None:
-                    cap_mc[i].append((draws[0][j], draws[1][j]))
-                stats["generated_tokens"] += 1
-                if t in eos:
-                    finish(i, "finished", "eos", "", now)
-                elif len(responses[i]) >= max_new:
-                    finish(i, "finished", "length", "", now)
-
-            # ---- between decode steps: evictions and weight updates
-            recompute = False
-            if step_hook is not None and any(outcome[i] is None for i in rows):
-                update, evict = step_hook()
-                now = time.time()
-                for sid in evict or ():
-                    i = index_of.get(sid)
-                    if i is not None:
-                        finish(i, "aborted", "aborted", "evict", now)
-                if update is not None:
-                    if update.pause_mode not in ("keep", "recompute", "abort"):
-                        raise ValueError(f"unknown pause_mode {update.pause_mode!r}")
-                    self._take(update)
-                    if update.pause_mode == "abort":
-                        for i in rows:
-                            finish(i, "aborted", "aborted", "sync_abort", now)
-                    elif update.pause_mode == "recompute":
-                        recompute = True
-
-            live = [r for r, i in enumerate(rows) if outcome[i] is None]
-            if not live:
-                break
-            if recompute:
-                rows = [rows[r] for r in live]
-                next_logits, cache, mask, next_pos = prefill(rows)
-                stats["recomputes"] += 1
-                continue
-            if len(live) < len(rows):
-                keep = torch.as_tensor(live, dtype=torch.long, device=self.device)
-                if compat.cache_select_rows(cache, keep):
-                    rows = [rows[r] for r in live]
-                    tok, mask, next_pos = tok[keep], mask[keep], next_pos[keep]
-            # ---- one decode step for the whole batch
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-            next_logits, cache = self._forward(tok.unsqueeze(-1), mask, next_pos.unsqueeze(-1), cache)
-            next_pos = next_pos + 1
-            stats["decode_steps"] += 1
-
+                # ---- hand over what ended this step; drop it from the batch
+                ended = [q for q in seqs if q.outcome is not None and not q.handed]
+                for q in ended:
+                    q.handed = True
+                if ended:
+                    sink([self._result(q) for q in ended])
+                live = [r for r, q in enumerate(seqs) if q.outcome is None]
+                if not live:
+                    batch = None
+                    continue
+                if recompute:
+                    if len(live) < len(seqs):
+                        batch.seqs = [seqs[r] for r in live]
+                    batch.recompute()
+                    stats["recomputes"] += 1
+                    continue
+                if len(live) < len(seqs):
+                    dropped, tok = batch.keep(live, tok)
+                    if dropped:
+                        batch.trim()
+                # ---- one decode step for the whole batch
+                batch.step(tok)
+                stats["decode_steps"] += 1
         self.last_stats = {**{k: float(v) for k, v in stats.items()}, "seconds": time.time() - started}
-        results = []
-        for i, req in enumerate(requests):
-            status, finish_reason, abort_reason, at = outcome[i]  # type: ignore[misc]
-            results.append(
-                GenResult(
-                    sample_id=req.sample_id,
-                    prompt_id=req.prompt_id,
-                    prompt_ids=list(req.prompt_ids),
-                    response_ids=responses[i],
-                    behaviour_logprobs=logps[i],
-                    token_versions=versions[i],
-                    started_at=started,
-                    finished_at=at,
-                    status=status,  # type: ignore[arg-type]
-                    abort_reason=abort_reason,
-                    finish_reason=finish_reason,  # type: ignore[arg-type]
-                    capture=self._assemble(cap_k[i], cap_mc[i]),
-                )
-            )
-        return results
+
+    def _result(self, q: DecodeSeq) -> GenResult:
+        status, finish_reason, abort_reason, at = q.outcome  # type: ignore[misc]
+        req = q.req
+        return GenResult(
+            sample_id=req.sample_id, prompt_id=req.prompt_id, prompt_ids=list(req.prompt_ids),
+            response_ids=q.response, behaviour_logprobs=q.logps, token_versions=q.versions,
+            started_at=q.started, finished_at=at, status=status,  # type: ignore[arg-type]
+            abort_reason=abort_reason, finish_reason=finish_reason,  # type: ignore[arg-type]
+            capture=self._assemble(q.cap_k, q.cap_mc))
 
     # ------------------------------------------------------------------ capture
     def _capture_top_k(self, logp: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
