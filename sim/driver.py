@@ -49,10 +49,9 @@ class SimDriver:
         use = Counter(d for devs in self.placement.values() for d in devs)
         self.shared = {w for w, devs in self.placement.items() if any(use[d] > 1 for d in devs)}
         self.devices = SharedDevices(self.env, Sharing.of(cfg.sim.costs))
-        mode = cfg.sim.rollout_batching
-        if mode == "auto":
-            mode = "wave" if cfg.rollout.backend == "torch" else "continuous"
-        self.rollout = {n: SimRolloutWorker(self, n, s, mode) for n, s in lanes.items() if n.startswith("rollout")}
+        mode, min_join = cfg.simulated_batching()
+        self.rollout = {n: SimRolloutWorker(self, n, s, mode, min_join) for n, s in lanes.items()
+                        if n.startswith("rollout")}
         self.tokens: dict[int, int] = {}  # sample_id -> prompt + response tokens
         self.finished = self.env.event()
         self._event_s = dict(cfg.sim.costs.driver_event_s) if cfg.sim.cost_model == "parametric" else {}

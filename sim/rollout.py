@@ -7,7 +7,10 @@ Batching modes (``sim.rollout_batching``):
   wave (each with its own finish time); requests that arrive meanwhile wait for the next wave.
   Reports reach the driver ``costs.delivery()`` after the wave ends (``sim.costs.return_s``).
 - ``continuous`` — what vLLM does: requests join at the next decode iteration (after their
-  prefill) and leave as soon as they finish; each completion is reported at once.
+  prefill) and leave as soon as they finish; each completion is reported at once. The torch
+  backend's continuous batching (``rollout.batching: continuous``) is the same with
+  ``min_join``: queued requests join a running batch only once at least ``min(min_join, free
+  slots)`` wait (one prefill for them together); an idle worker takes whatever is queued.
 
 No event per token: the worker keeps a global decode-step counter ``S`` (``step_count``). A sequence that
 joins at step ``s0`` with response length ``L`` finishes at step ``s0 + L``; a heap gives the
@@ -71,10 +74,11 @@ class _Batch:
 
 
 class SimRolloutWorker:
-    def __init__(self, host: RolloutHost, name: str, slots: int, mode: str) -> None:
+    def __init__(self, host: RolloutHost, name: str, slots: int, mode: str, min_join: int = 1) -> None:
         if mode not in ("wave", "continuous"):
             raise ValueError(f"rollout batching must be 'wave' or 'continuous', got {mode!r}")
         self.host, self.env, self.name, self.slots, self.mode = host, host.env, name, slots, mode
+        self.min_join = min_join
         self.costs = host.costs
         self.version = 0
         self.change_steps: list[int] = [0]  # the weight versions' change points: from step
@@ -233,8 +237,7 @@ class SimRolloutWorker:
                 self._close(s, s.s0 + s.length)
                 s.finished_at = now
                 self._finish(s)
-            if self.mode == "wave" and not active:
-                self._flush_wave()
+            self._flush_if_due()
         self._run()
 
     def _slowdown(self) -> float:
@@ -251,6 +254,8 @@ class SimRolloutWorker:
         if self.mode == "wave" and b.active:
             return []
         room = self.slots - len(b.active)
+        if b.active and len(self.queue) < min(self.min_join, room):  # (continuous: too few to join yet)
+            return []
         joining, self.queue = self.queue[:room], self.queue[room:]
         now, step, active, ends = self.env.now, self.step_count, b.active, b.ends
         for s in joining:
@@ -284,11 +289,23 @@ class SimRolloutWorker:
         return tuple(runs)
 
     def _finish(self, s: SimSeq) -> None:
-        """Report now (continuous) or with the rest of the wave (wave)."""
-        if self.mode == "wave":
+        """Report now (continuous, ``min_join`` 1), or with the rest of the wave (wave) or of
+        the answer (continuous, ``min_join`` > 1: ``_flush_if_due``)."""
+        if self.mode == "wave" or self.min_join > 1:
             self.done.append(s)
         else:
             self._deliver([s])
+
+    def _flush_if_due(self) -> None:
+        """Report what ended once the answer is due: a wave when its batch is empty; the torch
+        engine's continuous answer (``RolloutWorker.exchange``) once ``min_join`` have ended
+        or the worker holds nothing else."""
+        if self.mode == "wave":
+            due = not self.batch.active
+        else:
+            due = len(self.done) >= self.min_join or not (self.batch.active or self.queue)
+        if due:
+            self._flush_wave()
 
     def _flush_wave(self) -> None:
         done, self.done = self.done, []
@@ -313,8 +330,7 @@ class SimRolloutWorker:
                 s.aborted, s.finished_at = "evict", self.env.now
                 self._finish(s)
         self.evict.clear()
-        if self.mode == "wave" and not self.batch.active:
-            self._flush_wave()
+        self._flush_if_due()
 
     def _apply_sync(self) -> None:
         """Load the pending weights: paused for the transfer (then, ``recompute``, the batch's

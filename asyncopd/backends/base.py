@@ -82,6 +82,8 @@ class GenResult:
     capture: Optional[RolloutCapture] = None  # student top-K / MC draws, when the loss needs them
     wave_cpu_s: Optional[float] = None  # the worker's CPU seconds on the whole call that returned it (shared
     # by that call's results; set by the rollout actor on CPU devices, None where not measured)
+    cpu_s: Optional[float] = None  # continuous batching: this sample's share of the worker's CPU seconds
+    # (an answer's CPU split evenly over its finished results; set on CPU devices)
 
     def spans(self) -> tuple[tuple[int, int], ...]:
         """Run-length encoding of ``token_versions``: ((version, n_tokens), ...)."""

@@ -137,6 +137,13 @@ class RolloutConfig(_VllmEngine):
     _role = "rollout"
     backend: Literal["torch", "vllm"] = "torch"
     max_num_seqs: int = Field(8, ge=1, description="concurrent sequences per rollout worker")
+    batching: Literal["wave", "continuous"] = Field(
+        "wave", description="torch backend: wave (a batch decodes until its longest sequence ends, results "
+        "return together) or continuous (requests join the running batch as slots free, each result returns "
+        "as it ends)")
+    min_join: Optional[int] = Field(None, ge=1, description="continuous batching: queued requests join the "
+                                    "running batch once at least min(min_join, free slots) wait (one prefill "
+                                    "each time); default max(1, max_num_seqs // 4)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of device memory a rollout or "
                                           "teacher worker takes when it is alone on its devices (see memory_share)")
     max_new_tokens: int = Field(64, ge=1)
@@ -145,6 +152,17 @@ class RolloutConfig(_VllmEngine):
     memory_share: MemoryShare = None
     kv_cache_gb: KvCacheGb = None
     engine_args: EngineArgs
+
+    @model_validator(mode="after")
+    def _continuous_is_torch(self) -> "RolloutConfig":
+        if self.batching == "continuous" and self.backend != "torch":
+            raise ValueError("batching: continuous is the torch backend's; the vLLM backend's offline engine "
+                             "runs waves here")
+        return self
+
+    def join_at(self) -> int:
+        """Continuous batching's ``min_join`` (field description)."""
+        return self.min_join if self.min_join is not None else max(1, self.max_num_seqs // 4)
 
 
 class TeacherConfig(_VllmEngine):
@@ -407,7 +425,7 @@ class SimConfig(_Section):
     cost_model: Literal[tuple(COST_MODEL_NAMES)] = Field(  # type: ignore[valid-type]
         "parametric", description="; ".join(f"{name}: {what}" for name, what in COST_MODEL_NAMES.items()))
     rollout_batching: Literal["auto", "wave", "continuous"] = Field(
-        "auto", description="auto: wave for the torch backend, continuous for vLLM")
+        "auto", description="auto: the torch backend's rollout.batching, continuous for vLLM")
     costs: SimCosts = SimCosts()
     analytic: AnalyticParams = AnalyticParams()
     response_length: LengthDistribution = LengthDistribution()
@@ -452,3 +470,11 @@ class OPDConfig(_Section):
 
     def policy(self) -> Policy:
         return self.pipeline.build_policy()
+
+    def simulated_batching(self) -> tuple[str, int]:
+        """The batching the simulator models (``sim.rollout_batching``) and its ``min_join``:
+        vLLM admits a request at the next decode iteration (1)."""
+        mode = self.sim.rollout_batching
+        if mode == "auto":
+            mode = self.rollout.batching if self.rollout.backend == "torch" else "continuous"
+        return mode, (self.rollout.join_at() if self.rollout.backend == "torch" else 1)

@@ -283,6 +283,8 @@ class Controller:
         args = {"sample_id": a.sample_id, "tokens": a.response_tokens}
         if e.wave_cpu_s is not None:
             args["wave_cpu_s"] = e.wave_cpu_s
+        if e.cpu_s is not None:
+            args["cpu_s"] = e.cpu_s
         self._emit_span("generate", a.worker, a.slot, e.started_at, a.finished_at, args)
         if a.doomed or self.policy.doomed(self, a):
             self._evict(a, "over_cap")

@@ -75,6 +75,7 @@ class GenerationFinished:
     prompt_tokens: int
     ended_at: float | None = None  # when its last token was sampled, if before delivery ``t``
     wave_cpu_s: float | None = None  # the worker's CPU seconds on the wave it came in (real runs on CPU)
+    cpu_s: float | None = None  # continuous batching: its share of the worker's CPU seconds (real runs on CPU)
 
     @property
     def response_tokens(self) -> int:

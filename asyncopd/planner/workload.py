@@ -76,9 +76,7 @@ class Workload:
         payload = (8 * cfg.teacher.top_k + 4 + 8 * queried + 8 * algo.teacher_samples()
                    + (4 * teacher.vocab_size if spec.teacher_full else 0))
         capture = 4 + 8 * algo.rollout_top_k() + 8 * algo.rollout_mc_samples()
-        batching = cfg.sim.rollout_batching
-        if batching == "auto":
-            batching = "wave" if cfg.rollout.backend == "torch" else "continuous"
+        batching, _ = cfg.simulated_batching()
         return cls(
             student=model_desc_for(cfg.models.student), teacher=teacher,
             dtype_bytes=4.0 if cfg.models.dtype == "float32" else 2.0,

@@ -8,6 +8,13 @@ The rollout actor is threaded (``max_concurrency``): ``generate`` runs a batched
 while ``load_weights`` and ``abort`` arrive on other threads. They hand their request to the
 decode loop through ``_hook``, which the engine calls between decode steps, so a weight
 update lands exactly on a step boundary, as the pause modes require.
+
+Continuous batching (``rollout.batching: continuous``): ``submit`` queues requests and starts
+the worker's serving thread (``TorchRolloutEngine.serve``) once; the engine takes queued
+requests into its running batch as slots free. ``exchange`` submits, then answers with what
+has ended since its last answer once ``min_join`` have (what frees enough slots for the next
+join) or the worker holds nothing else: one call per ``min_join`` samples, not one per sample.
+The thread is idle, and loads weights at once, while it has nothing in flight.
 """
 
 from __future__ import annotations
@@ -125,6 +132,11 @@ class RolloutWorker(_Adopted):
         self._generating = False
         self._pending: WeightUpdate | None = None
         self._evict: set[int] = set()
+        self._queue: list[GenRequest] = []  # continuous batching: submitted, not yet admitted
+        self._ended: list[GenResult] = []  # ended, not yet answered
+        self._ended_cpu = 0.0  # the serving thread's CPU seconds not yet handed out as ``cpu_s``
+        self._server: threading.Thread | None = None
+        self._server_error: BaseException | None = None
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         self._check_adopted()
@@ -144,6 +156,79 @@ class RolloutWorker(_Adopted):
                 if self._pending is not None:  # arrived after the last decode step
                     self.engine.set_weights(self._pending)
                     self._pending = None
+                self._lock.notify_all()
+
+    # ------------------------------------------------------------- continuous batching
+    def submit(self, requests: list[GenRequest], slots: int, min_join: int) -> None:
+        """Queue ``requests`` for the serving thread (started on first use)."""
+        self._check_adopted()
+        with self._lock:
+            self._queue.extend(requests)
+            if self._server is None:
+                self._server = threading.Thread(target=self._serve, args=(slots, min_join), daemon=True,
+                                                name=f"{self.name}-serve")
+                self._server.start()
+            self._lock.notify_all()
+
+    def exchange(self, requests: list[GenRequest], slots: int, min_join: int) -> list[GenResult]:
+        """Queue ``requests`` (``submit``), then return what ended since the last answer, once at
+        least ``min_join`` have, or once the worker holds nothing else. On CPU devices each
+        finished result carries ``cpu_s``, an equal share of the serving thread's CPU seconds
+        since the last answer that had a finished result (aborted ones carry none)."""
+        if requests:
+            self.submit(requests, slots, min_join)
+        self._check_adopted()
+        with self._lock:
+            self._lock.wait_for(lambda: len(self._ended) >= min_join or self._server_error is not None
+                                or (self._ended and not self._generating and not self._queue))
+            if self._server_error is not None and not self._ended:
+                raise RuntimeError(f"{self.name}: its serving thread failed: {self._server_error!r}")
+            out, self._ended = self._ended, []
+            finished = [r for r in out if r.status == "finished"]
+            if finished and not self.device.startswith("cuda"):  # (as ``cpu_seconds``)
+                share, self._ended_cpu = self._ended_cpu / len(finished), 0.0
+                for r in finished:
+                    r.cpu_s = share
+        return out
+
+    def take(self, most: int, least: int, wait: bool) -> list[GenRequest] | None:
+        """The engine's ``RequestSource`` (``backends/base.py``); never closed."""
+        with self._lock:
+            if wait and not self._queue:
+                self._idle()
+                self._lock.wait_for(lambda: bool(self._queue))
+            if len(self._queue) < max(1, least):
+                return []
+            out, self._queue = self._queue[:most], self._queue[most:]
+            self._generating = True
+            return out
+
+    def _idle(self) -> None:
+        """Nothing in flight (lock held): weights load at once from now on; apply one that arrived
+        after the last decode step."""
+        self._generating = False
+        self._evict.clear()
+        if self._pending is not None:
+            self.engine.set_weights(self._pending)
+            self._pending = None
+        self._lock.notify_all()
+
+    def _serve(self, slots: int, min_join: int) -> None:
+        mark = [time.thread_time()]
+
+        def ended(results: list[GenResult]) -> None:
+            now = time.thread_time()
+            with self._lock:
+                self._ended.extend(results)
+                self._ended_cpu += now - mark[0]
+                self._lock.notify_all()
+            mark[0] = now
+
+        try:
+            self.engine.serve(self, ended, self._hook, slots=slots, min_join=min_join)
+        except BaseException as e:  # (reported by the next exchange)
+            with self._lock:
+                self._server_error = e
                 self._lock.notify_all()
 
     def _hook(self) -> tuple[WeightUpdate | None, set[int]]:
@@ -215,8 +300,18 @@ class RolloutWorker(_Adopted):
         return loads.pop(version, None)
 
     def abort(self, sample_ids: list[int]) -> None:
+        """Evict ``sample_ids``: at the next step boundary if decoding, at once if still queued."""
         with self._lock:
-            self._evict.update(sample_ids)
+            ids = set(sample_ids)
+            queued = [r for r in self._queue if r.sample_id in ids]
+            if queued:
+                now = time.time()
+                self._queue = [r for r in self._queue if r.sample_id not in ids]
+                self._ended.extend(GenResult(r.sample_id, r.prompt_id, list(r.prompt_ids), [], [], [], now, now,
+                                             status="aborted", abort_reason="evict", finish_reason="aborted")
+                                   for r in queued)
+                self._lock.notify_all()
+            self._evict.update(ids - {r.sample_id for r in queued})
 
 
 class TeacherWorker(_Adopted):

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +27,7 @@ from asyncopd.control.controller import Controller
 from asyncopd.runtime import checkpoints
 from asyncopd.runtime.calls import Pending
 from asyncopd.runtime.cpu_accounting import CpuAccount
+from asyncopd.runtime.rollout_calls import EXCHANGE, RolloutCalls, WorkerQueue
 from asyncopd.runtime.setup import ResolvedModels, resolve_models, start_actors, start_ray
 from asyncopd.runtime.sync_orchestration import WeightSyncs
 from asyncopd.runtime.worker_faults import FaultHandling, WorkerLives
@@ -44,15 +45,7 @@ class SampleData:
     teacher: TeacherPayload | None = None
 
 
-@dataclass
-class WorkerQueue:
-    """Requests the controller assigned to a rollout worker while its previous wave runs."""
-
-    waiting: list[GenRequest] = field(default_factory=list)
-    in_wave: set[int] = field(default_factory=set)
-
-
-class RayDriver(FaultHandling):
+class RayDriver(FaultHandling, RolloutCalls):
     def __init__(self, cfg: OPDConfig, run_dir: str | Path, *, progress: bool = True,
                  models: ResolvedModels | None = None, evaluate: bool = True, resume: bool = False) -> None:
         self.cfg, self.progress, self.run_dir = cfg, progress, Path(run_dir)
@@ -209,7 +202,8 @@ class RayDriver(FaultHandling):
             return
         if not self.lives.current(p.worker, p.incarnation):
             return  # the answer of a process that has died since: its work was re-queued
-        self._cpu.calls.answered(p.kind, p.issued, value, self.t0)
+        if p.context != EXCHANGE:  # (an exchange's answer did not start when the call was submitted)
+            self._cpu.calls.answered(p.kind, p.issued, value, self.t0)
         with self._cpu.handling(p.kind, len(value) if p.kind == "gen" else 1), self._waves_after_dispatch():
             getattr(self, f"_on_{p.kind}")(p, value)
 
@@ -267,14 +261,6 @@ class RayDriver(FaultHandling):
         elif isinstance(a, messages.Stop):
             log.info("stop: %s", a.reason)
 
-    def _start_wave(self, worker: str) -> None:
-        q = self.queues[worker]
-        if q.in_wave or self._hold_waves or not q.waiting:
-            return
-        wave, q.waiting = q.waiting, []
-        q.in_wave = {r.sample_id for r in wave}
-        self._submit(self.rollout[worker].generate.remote(wave), Pending("gen", worker, wave))
-
     def _score_request(self, sid: int) -> ScoreRequest:
         """Teacher input for one sample, with the ids the loss wants ``log p_T`` at."""
         r = self.samples[sid].result
@@ -295,9 +281,11 @@ class RayDriver(FaultHandling):
 
     # ---------------------------------------------------------------- results
     def _on_gen(self, p: Pending, results: list[GenResult]) -> None:
-        """Deliver a finished wave. The next wave starts only after every result has reached
-        the controller (``_waves_after_dispatch``), so it takes all the slots they free."""
-        self.queues[p.worker].in_wave, now = set(), self._now()
+        """Deliver a finished wave (or a continuous worker's exchange). The next wave starts
+        only after every result has reached the controller (``_waves_after_dispatch``), so it
+        takes all the slots they free."""
+        self._delivered(p.worker, results)
+        now = self._now()
         for r in results:
             sd = self.samples.get(r.sample_id)
             if sd is None:
@@ -314,7 +302,7 @@ class RayDriver(FaultHandling):
             self.recorder.annotate(r.sample_id, correct=self.task.is_correct(self.task.problem(r.prompt_id), text),
                                    finish_reason=r.finish_reason)
             self._send(messages.GenerationFinished(now, r.sample_id, p.worker, started, r.spans(),
-                                                   len(r.prompt_ids), ended_at=ended, wave_cpu_s=r.wave_cpu_s))
+                                                   len(r.prompt_ids), ended_at=ended, wave_cpu_s=r.wave_cpu_s, cpu_s=r.cpu_s))
 
     def _on_score(self, p: Pending, value: tuple[list[TeacherPayload], float, float, float | None]) -> None:
         payloads, started, _, cpu = value

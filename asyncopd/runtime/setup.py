@@ -205,7 +205,7 @@ def start_actors(cfg: OPDConfig, models: ResolvedModels) -> Actors:
         i = p.index
         opts.update(max_restarts=cfg.run.worker_restarts, max_task_retries=0)  # (runtime/worker_faults.py)
         if p.role == "rollout":
-            return ray.remote(actors.RolloutWorker).options(max_concurrency=4, **opts).remote(
+            return ray.remote(actors.RolloutWorker).options(max_concurrency=6, **opts).remote(
                 name, str(models.student), **common, eos_id=models.codec.eos_id, pad_id=models.codec.pad_id,
                 max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p, seed=cfg.run.seed * 1000 + i, dtype=dtype,

@@ -184,7 +184,7 @@ class FaultHandling:
             return
         for sid in [r.sample_id for r in q.waiting] + sorted(q.in_wave):
             self.samples.pop(sid, None)
-        q.waiting, q.in_wave = [], set()
+        q.waiting, q.in_wave, q.collecting = [], set(), False
 
     def _on_restart(self, p: Pending, value: Any) -> None:
         """A dead worker's fresh process answered ``ready``: bring it up to date and tell the controller."""

@@ -21,8 +21,8 @@ count against the bound when ``c_w`` is measured alone, and does when it is meas
 
 - *In the run* (``work_from_trace``, written to every trained run's ``summary.json`` as
   ``efficiency``): each worker's own CPU seconds, which do not count the time it waited for a
-  core or for Ray — rollout waves' ``wave_cpu_s`` (once per wave), ``cpu_s`` of each teacher and
-  learner span, ``paused_s`` of each weight load; a span without CPU time (a GPU worker) counts
+  core or for Ray — rollout waves' ``wave_cpu_s`` (once per wave) or, under continuous batching,
+  each sample's ``cpu_s`` share, ``cpu_s`` of each teacher and learner span, ``paused_s`` of each weight load; a span without CPU time (a GPU worker) counts
   its wall time. All work counts, aborted or evicted samples' too.
 - *Alone* (``asyncopd bound CONFIG``, ``calibration/bound.py``): each stage's real work timed
   with nothing else running.
@@ -81,7 +81,9 @@ def work_from_trace(events: Iterable[Mapping[str, Any]]) -> tuple[dict[str, floa
         if name not in ROLE_SPANS or e.get("ph") != "X" or worker is None:
             continue
         start, dur = e["ts"] / 1e6, e.get("dur", 0.0) / 1e6
-        if name == "generate":
+        if name == "generate" and "cpu_s" in args:  # (continuous batching: its own share)
+            cpu = args["cpu_s"]
+        elif name == "generate":
             if (worker, start) in waves:  # one event per sample; the wave's wall is its longest
                 spans[worker].append((start, start + dur))
                 continue
