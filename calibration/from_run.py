@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from asyncopd.config.schema import DRIVER_EVENT_KINDS, SimCosts
 from asyncopd.runtime.call_latency import stall_free_mean
 from asyncopd.trace.schema import read_jsonl
 from calibration.contention import PHI_GRID, DeviceCrowd
+from calibration.continuous_rollout import COLUMNS as CONTINUOUS_COLUMNS, continuous_rows
 from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
 from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval,
@@ -113,7 +114,8 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
     if len(waves) >= 5:
         cal.stages["rollout dispatch"] = _latency_fit(waves, "rollout_dispatch_s")
     _submission_latencies(d, cal)
-    rollout = _fit_rollout(_rollout_data(samples, syncs), crowd, phi)
+    data = _continuous_data(samples, syncs) if _is_continuous(d) else _rollout_data(samples, syncs)
+    rollout = _fit_rollout(data, crowd, phi)
     if rollout is not None:
         cal.stages["rollout"] = rollout
     driver = _driver_costs(d)
@@ -286,6 +288,7 @@ class _RolloutData:
     rows: np.ndarray
     spans: list[tuple[str, float, float]]
     pauses: list[list[tuple[float, float]]]
+    columns: list[str] = field(default_factory=lambda: ["prefill_per_token_s", "decode_step_s", "decode_per_seq_s"])
 
 
 def _rollout_data(samples: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> _RolloutData:
@@ -311,14 +314,28 @@ def _rollout_data(samples: list[dict[str, Any]], syncs: list[dict[str, Any]]) ->
     return _RolloutData(np.array(rows, dtype=float).reshape(-1, 3), spans, inside)
 
 
+def _continuous_data(samples: list[dict[str, Any]], syncs: list[dict[str, Any]]) -> _RolloutData:
+    rows, spans, inside = continuous_rows(samples, syncs)
+    return _RolloutData(rows, spans, inside, CONTINUOUS_COLUMNS)
+
+
+def _is_continuous(d: Path) -> bool:
+    """Whether the run's torch rollout batched continuously (its ``config.yaml``)."""
+    try:
+        cfg = load_config(d / "config.yaml")
+    except Exception:  # (no or an old config: the wave fit, as before)
+        return False
+    return cfg.rollout.backend == "torch" and cfg.rollout.batching == "continuous"
+
+
 def _fit_rollout(data: _RolloutData, crowd: DeviceCrowd | None = None, phi: Sharing | float = 1.0) -> StageFit | None:
     """The decode model over finished sequences. A sequence's work is its span's uncontended
     work less that of the sync pauses inside it (a pause is not decoding)."""
-    if len(data.rows) < 3:
+    if len(data.rows) < len(data.columns):
         return None
     ys = np.array([_work(crowd, w, t0, t1, phi) - sum(_work(crowd, w, a, b, phi) for a, b in inside)
                    for (w, t0, t1), inside in zip(data.spans, data.pauses)])
-    return _linear(data.rows, ys, ["prefill_per_token_s", "decode_step_s", "decode_per_seq_s"], "decode_cv")
+    return _linear(data.rows, ys, data.columns, "decode_cv")
 
 
 def write_profile(cal: RunCalibration, path: str | Path) -> Path:

@@ -4,7 +4,7 @@ With ``c = sim.costs`` (``SimCosts``; defaults measured on a 2-core CPU for the 
 replaced by ``asyncopd calibrate``)::
 
     decode step of n sequences   c.decode_step_s + c.decode_per_seq_s * n      (alpha of (1); no KV term)
-    rollout prefill of T tokens  c.prefill_per_token_s * T
+    rollout prefill of T tokens  c.prefill_fixed_s + c.prefill_per_token_s * T
     teacher batch of T tokens    c.teacher_fixed_s + c.teacher_per_token_s * T
     learner update of T tokens   c.learner_fixed_s + c.learner_per_token_s * T / N + dp_comm(N)
     weight sync                  overlap c.dispatch_s;
@@ -70,7 +70,8 @@ class ParametricCosts(CostModel):
         return (self.costs.decode_step_s + self.costs.decode_per_seq_s * n, 0.0, 0.0, 0.0)
 
     def prefill(self, tokens: int) -> float:
-        return self.costs.prefill_per_token_s * tokens
+        c = self.costs
+        return c.prefill_fixed_s + c.prefill_per_token_s * tokens if tokens > 0 else 0.0
 
     def teacher(self, tokens: int, seqs: int) -> float:
         return self.costs.teacher_fixed_s + self.costs.teacher_per_token_s * tokens

@@ -317,6 +317,8 @@ class SimCosts(_Section):
     decode_step_s: float = Field(0.0024, ge=0, description="fixed time per decode step of a batch")
     decode_per_seq_s: float = Field(1.1e-4, ge=0, description="extra time per active sequence per step")
     prefill_per_token_s: float = Field(3e-5, ge=0, description="rollout prefill, per prompt token")
+    prefill_fixed_s: float = Field(0.0, ge=0, description="rollout prefill, per call (fitted from continuous-"
+                                   "batching runs, whose joins each pay it)")
     teacher_fixed_s: float = Field(0.0092, ge=0)
     teacher_per_token_s: float = Field(4.1e-5, ge=0)
     learner_fixed_s: float = Field(0.0125, ge=0)
