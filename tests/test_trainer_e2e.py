@@ -203,3 +203,37 @@ def test_the_demo_calibrates_first_and_prints_its_prediction_error(ray_session, 
     err = json.loads((root / "prediction_error.json").read_text())
     assert err["calibration_steps"] == 4 and err["calibration_runs"] == 2 and math.isfinite(err["error"])
     assert err["predicted_samples_per_s"] == json.loads((root / "sim" / "summary.json").read_text())["samples_per_s"]
+
+
+def test_continuous_batching_trains_and_calibrates(ray_session, tmp_path) -> None:
+    """``rollout.batching: continuous``: requests join running batches (sequences of one worker
+    start at different times while others are in flight), weights stay bitwise equal to the
+    learner's across syncs that land mid-batch, every consumed sample's work is accounted
+    (``cpu_s``), and the run's trace fits with the continuous rollout model."""
+    from asyncopd.runtime.driver import train
+    from asyncopd.trace.schema import read_trace
+    from calibration.from_run import fit_run
+
+    cfg = load_config("configs/default.yaml", [*SMALL, "run.total_steps=10", "rollout.batching=continuous",
+                                               "rollout.min_join=2", "sync.verify=true",
+                                               "pipeline.policy=fully_async(eta=2, max_staleness=2)"])
+    summary = train(cfg, tmp_path / "run", progress=False, evaluate=False)
+    assert summary["ok"], summary["reason"]
+    recs = consumed(tmp_path / "run")
+    assert len(recs) == 10 * 8 and len({r["prompt_id"] for r in recs}) == len(recs)
+    assert max(r["staleness_max"] for r in recs) <= 2
+    for r in recs:
+        assert sum(n for _, n in r["version_spans"]) == r["response_tokens"] > 0
+        assert r["gen_start"] <= r["gen_end"] <= r["gen_delivered"]
+    joined = 0
+    for w in {r["worker"] for r in recs}:
+        mine = sorted((r["gen_start"], r["gen_end"]) for r in recs if r["worker"] == w)
+        joined += sum(any(s0 < s < e0 for s0, e0 in mine) for s, _ in mine)
+    assert joined > 0, "no sequence joined a batch in flight"
+    assert summary["sync_verified"] >= 1
+    gens = [e for e in read_trace(tmp_path / "run" / "trace.json") if e.get("name") == "generate" and e.get("ph") == "X"]
+    assert all(e["args"].get("cpu_s", -1) >= 0 for e in gens) and "wave_cpu_s" not in gens[0]["args"]
+    assert 0 < summary["efficiency"]["efficiency"] <= 1.05
+    fit = fit_run(tmp_path / "run").stages["rollout"]
+    assert "prefill_fixed_s" in fit.params and fit.n == len(gens)
+    validate_run_dir(tmp_path / "run")
