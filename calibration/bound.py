@@ -6,7 +6,9 @@ nothing else running, for ``window_s`` seconds each:
 
 - rollout: ``generate`` waves of ``rollout.max_num_seqs`` real task prompts (train split, in
   order), the student sampling with the config's temperature and stopping at EOS, as in a run;
-  ``c_rollout`` = wave seconds / samples of the wave;
+  ``c_rollout`` = wave seconds / samples of the wave. Under ``rollout.batching: continuous`` a
+  stream of ``8 * max_num_seqs`` prompts served continuously (``TorchRolloutEngine.serve``,
+  joining as slots free) is the unit instead;
 - teacher: ``score`` of ``min(teacher.max_batch_samples, learner.batch_size)`` of those rollouts
   (the largest batch the config lets it form); ``c_teacher`` = seconds / samples;
 - learner: ``train_step`` on ``learner.batch_size / ranks`` scored rollouts (one data-parallel
@@ -52,6 +54,19 @@ def _timed(fn: Callable[[], Any], window_s: float, min_units: int = 3) -> tuple[
     return sum(walls) / len(walls), sum(cpus) / len(cpus), out
 
 
+class _Stream:
+    """A ``RequestSource`` over a fixed list (continuous batching alone): closed once empty."""
+
+    def __init__(self, requests: list[Any]) -> None:
+        self.requests = list(requests)
+
+    def take(self, most: int, wait: bool) -> list[Any] | None:
+        if not self.requests:
+            return None
+        out, self.requests = self.requests[:most], self.requests[most:]
+        return out
+
+
 def _rollout_engine(bench: Any) -> Any:
     """The student engine as ``RolloutWorker`` builds it in a run: EOS on."""
     from asyncopd.backends.factory import build_rollout_engine  # (lazy: torch)
@@ -83,9 +98,17 @@ def measure_stages(cfg: Any, models: Any, *, window_s: float = 3.0, progress: bo
         engine = _rollout_engine(bench)
         waves = iter(range(10**9))
         results: list[Any] = []
+        if cfg.rollout.batching == "continuous":  # a stream of 8 batches' worth per call, joined as slots free
+            n *= 8
 
         def wave() -> list[Any]:
-            out = engine.generate(_task_requests(cfg, bench.codec, n, next(waves) * n))
+            requests = _task_requests(cfg, bench.codec, n, next(waves) * n)
+            if cfg.rollout.batching == "wave":
+                out = engine.generate(requests)
+            else:
+                out = []
+                engine.serve(_Stream(requests), out.extend, slots=cfg.rollout.max_num_seqs,
+                             min_join=cfg.rollout.join_at())
             results.extend(out)
             return out
 
@@ -115,7 +138,8 @@ def measure_stages(cfg: Any, models: Any, *, window_s: float = 3.0, progress: bo
         bench.restore()
         bar.close()
     return {
-        "rollout": {"s_per_sample": wave_s / n, "cpu_per_sample": wave_cpu / n, "unit": f"generate {n} prompts",
+        "rollout": {"s_per_sample": wave_s / n, "cpu_per_sample": wave_cpu / n,
+                    "unit": f"generate {n} prompts" + (" (continuous)" if cfg.rollout.batching == "continuous" else ""),
                     "unit_s": wave_s, "response_tokens_mean": tokens},
         "sync": {"s_per_sample": pause_s / B, "unit": "weight load on a rollout worker", "unit_s": pause_s},
         "teacher": {"s_per_sample": score_s / tb, "cpu_per_sample": score_cpu / tb, "unit": f"score {tb} rollouts",

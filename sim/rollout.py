@@ -9,8 +9,8 @@ Batching modes (``sim.rollout_batching``):
 - ``continuous`` — what vLLM does: requests join at the next decode iteration (after their
   prefill) and leave as soon as they finish; each completion is reported at once. The torch
   backend's continuous batching (``rollout.batching: continuous``) is the same with
-  ``min_join``: queued requests join a running batch only once at least ``min(min_join, free
-  slots)`` wait (one prefill for them together); an idle worker takes whatever is queued.
+  ``min_join``: queued requests join a running batch only once at least ``min(min_join,
+  slots)`` slots are free (one prefill for the group); an idle worker takes whatever is queued.
 
 No event per token: the worker keeps a global decode-step counter ``S`` (``step_count``). A sequence that
 joins at step ``s0`` with response length ``L`` finishes at step ``s0 + L``; a heap gives the
@@ -254,7 +254,7 @@ class SimRolloutWorker:
         if self.mode == "wave" and b.active:
             return []
         room = self.slots - len(b.active)
-        if b.active and len(self.queue) < min(self.min_join, room):  # (continuous: too few to join yet)
+        if b.active and room < min(self.min_join, self.slots):  # (continuous: too few free slots to join yet)
             return []
         joining, self.queue = self.queue[:room], self.queue[room:]
         now, step, active, ends = self.env.now, self.step_count, b.active, b.ends

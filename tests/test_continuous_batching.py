@@ -21,12 +21,11 @@ class Queue:
     def __init__(self, reqs: list[GenRequest]) -> None:
         self.reqs, self.takes = list(reqs), []
 
-    def take(self, most: int, least: int, wait: bool):
+    def take(self, most: int, wait: bool):
         if not self.reqs:
             return None
-        out = self.reqs[:most] if len(self.reqs) >= least else []
-        self.reqs = self.reqs[len(out):]
-        self.takes.append((most, least, wait, len(out)))
+        out, self.reqs = self.reqs[:most], self.reqs[most:]
+        self.takes.append((most, wait, len(out)))
         return out
 
 
@@ -48,7 +47,7 @@ def test_rows_join_a_running_batch_and_follow_the_model_exactly():
     engine = make_engine(model, eos_id=5, max_new_tokens=16, seed=3)
     out, src = serve(engine, reqs, slots=4)
     assert sorted(out) == sorted(r.sample_id for r in reqs)
-    joins = [t for t in src.takes if not t[2] and t[3] > 0]
+    joins = [t for t in src.takes if not t[1] and t[2] > 0]
     assert joins, "no request joined a running batch"
     assert {r.finish_reason for r in out.values()} == {"eos", "length"}
     for r in out.values():
@@ -76,12 +75,17 @@ def test_greedy_continuous_equals_each_request_alone():
 
 
 def test_min_join_waits_for_enough_free_slots():
+    """Requests join a running batch in groups: only once ``min_join`` slots are free."""
     model = tiny_lm(0)
     engine = make_engine(model, eos_id=5, max_new_tokens=16, seed=3)
-    out, src = serve(engine, many(), slots=4, min_join=2)
+    out, src = serve(engine, many(), slots=4, min_join=3)
     assert len(out) == 14
-    assert all(t[1] == min(2, t[0]) for t in src.takes if not t[2])
-    assert all(t[3] == 0 or t[3] >= t[1] for t in src.takes)
+    joins = [t for t in src.takes if not t[1]]
+    assert joins and all(most >= 3 for most, _, _ in joins)
+    assert all(n >= 3 for _, _, n in joins[:-1])  # (the last one takes what is left)
+    one, src1 = serve(make_engine(model, eos_id=5, max_new_tokens=16, seed=3), many(), slots=4, min_join=1)
+    assert len(one) == 14
+    assert sum(n > 0 for _, _, n in src.takes) < sum(n > 0 for _, _, n in src1.takes)  # fewer prefills
 
 
 def test_a_weight_update_applies_to_rows_in_flight_and_to_later_joins():
@@ -150,14 +154,12 @@ def test_an_idle_engine_waits_for_work_and_stops_when_closed():
     cond, queue, state = threading.Condition(), [], {"closed": False}
 
     class Live:
-        def take(self, most, least, wait):
+        def take(self, most, wait):
             with cond:
                 while wait and not queue and not state["closed"]:
                     cond.wait()
                 if not queue and state["closed"]:
                     return None
-                if len(queue) < least:
-                    return []
                 out = queue[:most]
                 del queue[:most]
                 return out

@@ -182,9 +182,9 @@ class TrainMetrics:
 class RequestSource(Protocol):
     """Where a continuous-batching engine (``RolloutEngine.serve``) takes its requests from."""
 
-    def take(self, most: int, least: int, wait: bool) -> list[GenRequest] | None:
-        """Up to ``most`` queued requests, or ``[]`` while fewer than ``least`` are queued; with
-        ``wait``, block until one is queued first. ``None`` once closed with nothing queued."""
+    def take(self, most: int, wait: bool) -> list[GenRequest] | None:
+        """Up to ``most`` queued requests (``[]`` if none); with ``wait``, block until one is
+        queued first. ``None`` once closed with nothing queued."""
 
 
 class RolloutEngine(Protocol):

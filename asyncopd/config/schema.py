@@ -142,8 +142,9 @@ class RolloutConfig(_VllmEngine):
         "return together) or continuous (requests join the running batch as slots free, each result returns "
         "as it ends)")
     min_join: Optional[int] = Field(None, ge=1, description="continuous batching: queued requests join the "
-                                    "running batch once at least min(min_join, free slots) wait (one prefill "
-                                    "each time); default max(1, max_num_seqs // 4)")
+                                    "running batch once at least min(min_join, max_num_seqs) slots are free (one "
+                                    "prefill per group), and a worker answers once min_join have ended; default "
+                                    "max(1, max_num_seqs // 4)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vLLM: share of device memory a rollout or "
                                           "teacher worker takes when it is alone on its devices (see memory_share)")
     max_new_tokens: int = Field(64, ge=1)

@@ -191,13 +191,13 @@ class RolloutWorker(_Adopted):
                     r.cpu_s = share
         return out
 
-    def take(self, most: int, least: int, wait: bool) -> list[GenRequest] | None:
+    def take(self, most: int, wait: bool) -> list[GenRequest] | None:
         """The engine's ``RequestSource`` (``backends/base.py``); never closed."""
         with self._lock:
-            if wait and not self._queue:
+            if wait:  # (the batch is empty: a weight update that came after its last step applies now)
                 self._idle()
                 self._lock.wait_for(lambda: bool(self._queue))
-            if len(self._queue) < max(1, least):
+            if not self._queue:
                 return []
             out, self._queue = self._queue[:most], self._queue[most:]
             self._generating = True
