@@ -22,7 +22,8 @@ the seed, in id order), the generation width (asyncopd's rollout decodes the who
 ``rollout.max_num_seqs`` = batch size, as TRL's generate call does; with the config's 8 its rollout waves
 cost 4.6 ms CPU per sample, with 16 2.9-3.1 ms) and the 2 CPU cores. asyncopd batches continuously
 (``rollout.batching: continuous``: 1.9 ms CPU per sample at 16 slots alone; ``--set
-rollout.batching=wave`` for waves). The training clock starts once the models are loaded
+rollout.batching=wave`` for waves) and its teacher scores at least half a batch at a time
+(``teacher.min_batch_samples``; continuous rollouts deliver samples in small groups). The training clock starts once the models are loaded
 (TRL: ``on_train_begin``; asyncopd: ``run.time_budget_s``'s clock, after its actors are up) and
 stops at the first update boundary past the budget.
 
@@ -167,7 +168,8 @@ def footnotes(top_k: int, vocab: int, batch: int, async_policy: str, every: int,
         f"rollout decodes up to {rollout_seqs or 'rollout.max_num_seqs'} sequences at once (the bench sets "
         "rollout.max_num_seqs to the batch size, as wide as TRL's generate call), "
         + ("batching continuously: a sequence that ends frees its slot for the next prompt, where HF generate "
-           "decodes until the batch's longest completion ends. " if batching == "continuous" else
+           "decodes until the batch's longest completion ends; its teacher waits for half a batch "
+           "(teacher.min_batch_samples) while generations are in flight. " if batching == "continuous" else
            "in waves that run until their longest sequence ends, as HF generate does. ")
         + "'cores busy': CPU seconds per "
         "training second, of 2; on a loaded host the scheduler shares the cores per thread, so asyncopd's three busy "
@@ -334,7 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"run.time_budget_s={args.budget}", f"run.checkpoint_every={args.every}", "run.keep_checkpoints=100000",
               "learner.lr_schedule=constant", "learner.warmup_steps=0", "learner.weight_decay=0",
               f"rollout.max_num_seqs={base.learner.batch_size}",  # (decode as wide as TRL's generate call)
-              "rollout.batching=continuous"]  # (asyncopd's faster rollout; --set rollout.batching=wave for waves)
+              "rollout.batching=continuous",  # (asyncopd's faster rollout; --set rollout.batching=wave for waves)
+              f"teacher.min_batch_samples={max(1, base.learner.batch_size // 2)}"]  # (scores in fuller batches)
     labels = {"trl": "TRL DistillationTrainer", "sync": "asyncopd sync", "async": f"asyncopd {args.async_policy}"}
     notes, notes_text = footnotes(base.teacher.top_k, models.codec.vocab_size, base.learner.batch_size,
                                   args.async_policy, args.every, args.trl_threads or None,
