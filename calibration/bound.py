@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from asyncopd.backends.base import GenRequest, TrainItem, WeightUpdate
+from asyncopd.backends.base import GenRequest, RequestList, TrainItem, WeightUpdate
 from asyncopd.config.placement import placement
 from asyncopd.task import BuiltinTask
 from asyncopd.trace.efficiency import bound_of, run_efficiency, with_measured_bound
@@ -52,19 +52,6 @@ def _timed(fn: Callable[[], Any], window_s: float, min_units: int = 3) -> tuple[
         walls.append(time.perf_counter() - t0)
         cpus.append(time.thread_time() - c0)
     return sum(walls) / len(walls), sum(cpus) / len(cpus), out
-
-
-class _Stream:
-    """A ``RequestSource`` over a fixed list (continuous batching alone): closed once empty."""
-
-    def __init__(self, requests: list[Any]) -> None:
-        self.requests = list(requests)
-
-    def take(self, most: int, wait: bool) -> list[Any] | None:
-        if not self.requests:
-            return None
-        out, self.requests = self.requests[:most], self.requests[most:]
-        return out
 
 
 def _rollout_engine(bench: Any) -> Any:
@@ -107,7 +94,7 @@ def measure_stages(cfg: Any, models: Any, *, window_s: float = 3.0, progress: bo
                 out = engine.generate(requests)
             else:
                 out = []
-                engine.serve(_Stream(requests), out.extend, slots=cfg.rollout.max_num_seqs,
+                engine.serve(RequestList(requests), out.extend, slots=cfg.rollout.max_num_seqs,
                              min_join=cfg.rollout.join_at())
             results.extend(out)
             return out

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from asyncopd.backends.base import GenRequest
+from asyncopd.backends.base import GenRequest, RequestList
 from asyncopd.backends.torch_backend import compat
 from asyncopd.backends.torch_backend.decode_batch import DecodeBatch
 
@@ -15,17 +15,17 @@ from tests.test_rollout_engine import Hook, _update, make_engine, requests, teac
 from tests.tiny_lm import one_thread, tiny_lm  # noqa: F401  (one_thread: autouse fixture)
 
 
-class Queue:
-    """A ``RequestSource`` over a fixed list, closed when empty; records every take."""
+class Queue(RequestList):
+    """``RequestList`` that records every take."""
 
     def __init__(self, reqs: list[GenRequest]) -> None:
-        self.reqs, self.takes = list(reqs), []
+        super().__init__(reqs)
+        self.takes: list[tuple[int, bool, int]] = []
 
     def take(self, most: int, wait: bool):
-        if not self.reqs:
-            return None
-        out, self.reqs = self.reqs[:most], self.reqs[most:]
-        self.takes.append((most, wait, len(out)))
+        out = super().take(most, wait)
+        if out is not None:
+            self.takes.append((most, wait, len(out)))
         return out
 
 

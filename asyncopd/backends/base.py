@@ -187,6 +187,20 @@ class RequestSource(Protocol):
         queued first. ``None`` once closed with nothing queued."""
 
 
+class RequestList:
+    """A ``RequestSource`` over a fixed list, closed once it is empty (a wave, or a stream
+    served alone)."""
+
+    def __init__(self, requests: list[GenRequest]) -> None:
+        self.requests = list(requests)
+
+    def take(self, most: int, wait: bool) -> list[GenRequest] | None:
+        if not self.requests:
+            return None
+        out, self.requests = self.requests[:most], self.requests[most:]
+        return out
+
+
 class RolloutEngine(Protocol):
     version: int
 

@@ -162,6 +162,9 @@ class RolloutWorker(_Adopted):
     def submit(self, requests: list[GenRequest], slots: int, min_join: int) -> None:
         """Queue ``requests`` for the serving thread (started on first use)."""
         self._check_adopted()
+        self._enqueue(requests, slots, min_join)
+
+    def _enqueue(self, requests: list[GenRequest], slots: int, min_join: int) -> None:
         with self._lock:
             self._queue.extend(requests)
             if self._server is None:
@@ -175,9 +178,9 @@ class RolloutWorker(_Adopted):
         least ``min_join`` have, or once the worker holds nothing else. On CPU devices each
         finished result carries ``cpu_s``, an equal share of the serving thread's CPU seconds
         since the last answer that had a finished result (aborted ones carry none)."""
-        if requests:
-            self.submit(requests, slots, min_join)
         self._check_adopted()
+        if requests:
+            self._enqueue(requests, slots, min_join)
         with self._lock:
             self._lock.wait_for(lambda: len(self._ended) >= min_join or self._server_error is not None
                                 or (self._ended and not self._generating and not self._queue))

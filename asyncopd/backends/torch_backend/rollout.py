@@ -72,22 +72,11 @@ import torch
 import numpy as np
 
 from asyncopd.backends.base import (
-    GenRequest, GenResult, RequestSource, RolloutCapture, StepHook, WeightUpdate, check_sampling_args,
+    GenRequest, GenResult, RequestList, RequestSource, RolloutCapture, StepHook, WeightUpdate, check_sampling_args,
 )
 from asyncopd.backends.torch_backend import compat
 from asyncopd.backends.torch_backend.decode_batch import DecodeBatch, DecodeSeq
 from asyncopd.backends.torch_backend.sampling import sample_from_logprobs, sampling_logprobs
-
-
-class _Once:
-    """A ``RequestSource`` holding one wave: all of it at the first take, then closed."""
-
-    def __init__(self, requests: list[GenRequest]) -> None:
-        self.requests: list[GenRequest] | None = list(requests)
-
-    def take(self, most: int, wait: bool) -> list[GenRequest] | None:
-        out, self.requests = self.requests, None
-        return out
 
 
 class TorchRolloutEngine:
@@ -197,7 +186,7 @@ class TorchRolloutEngine:
         if len(set(ids)) != len(ids):
             raise ValueError("sample_id values in one generate() call must be unique")
         done: dict[int, GenResult] = {}
-        self._decode(_Once(requests), lambda results: done.update((r.sample_id, r) for r in results),
+        self._decode(RequestList(requests), lambda results: done.update((r.sample_id, r) for r in results),
                      step_hook, slots=len(requests), min_join=1)
         return [done[i] for i in ids]
 
