@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import simpy
-from simpy.events import URGENT
+from simpy.events import NORMAL, URGENT
 
 
 class Soon(simpy.Event):
@@ -35,6 +35,19 @@ class Soon(simpy.Event):
         env.schedule(self, URGENT)
 
 
+class Later(simpy.Event):
+    """``env.timeout(delay)`` with ``callback`` as its only callback, built without the
+    generic ``Timeout``'s checks and the list append: scheduled the same way (normal
+    priority, inserted now), so it takes the same place in the queue. ``delay`` >= 0."""
+
+    def __init__(self, env: simpy.Environment, delay: float, callback: Callable[[Any], None]) -> None:
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._ok = True
+        env.schedule(self, NORMAL, delay)
+
+
 def call_soon(env: simpy.Environment, fn: Callable[[], None]) -> None:
     """Run ``fn()`` where a process created now would start (or one interrupted now resume)."""
     Soon(env, lambda _: fn())
@@ -42,4 +55,4 @@ def call_soon(env: simpy.Environment, fn: Callable[[], None]) -> None:
 
 def call_after(env: simpy.Environment, seconds: float, fn: Callable[[], None]) -> None:
     """Run ``fn()`` where a process that now waits ``env.timeout(seconds)`` would resume."""
-    env.timeout(seconds).callbacks.append(lambda _: fn())
+    Later(env, seconds, lambda _: fn())

@@ -26,6 +26,7 @@ from asyncopd.control.messages import (
     Score, ScoringFinished, Stop, StopRequested, SyncWeights, Train, TrainStepFinished, WeightSyncFinished,
 )
 from asyncopd.trace.setup import start_run
+from sim.callbacks import Later
 from sim.costs import make_cost_model
 from sim.devices import SharedDevices, placement
 from sim.lengths import LengthModel
@@ -172,7 +173,7 @@ class SimDriver:
         delay = self.costs.dispatch()
         start = self.env.now + delay
         if worker not in self.shared:
-            self.env.timeout(delay + work).callbacks.append(lambda _: self.send(make_event(start)))
+            Later(self.env, delay + work, lambda _: self.send(make_event(start)))
             return
 
         def body():

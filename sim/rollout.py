@@ -36,7 +36,7 @@ import simpy
 from asyncopd.control.messages import (
     Event, GenerationAborted, GenerationFinished, SyncWeights, WeightSyncFinished,
 )
-from sim.callbacks import Soon, call_after, call_soon
+from sim.callbacks import Later, Soon, call_after, call_soon
 from sim.cost_model import CostModel, Segment, segment_steps_within, segment_time
 from sim.devices import SharedDevices
 
@@ -93,7 +93,7 @@ class SimRolloutWorker:
         self.evict: set[int] = set()
         self._asleep = False  # parked: idle, or decoding a segment a poke may cut short
         self._segment: tuple[float, float, float, Segment, int, float] | None = None  # (start, seconds,
-        self._segment_end: simpy.Timeout | None = None  # prefill, terms, steps, slowdown); None: idle
+        self._segment_end: Later | None = None  # prefill, terms, steps, slowdown); None: idle
         self.devices = host.placement[name]
         self.shared = name in host.shared
         self.busy = False
@@ -206,8 +206,7 @@ class SimRolloutWorker:
             return
         full = pre + segment_time(seg, steps) * f
         self._segment, self._asleep = (self.env.now, full, pre, seg, steps, f), True
-        self._segment_end = self.env.timeout(full)
-        self._segment_end.callbacks.append(self._segment_over)
+        self._segment_end = Later(self.env, full, self._segment_over)
 
     def _segment_over(self, _: object = None) -> None:
         """The parked segment ended, or was cut short: when woken early, finish the prefill and

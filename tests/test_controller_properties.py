@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from asyncopd.control.controller import Controller
 from asyncopd.control.policies import FullyAsyncPolicy, SyncPolicy
+from asyncopd.control.staleness import merged_with_totals, staleness_of
 from tests.controller_harness import FakeCluster, registered_policies
 
 policies = registered_policies()  # every registered policy, its parameters drawn from their declarations
@@ -188,3 +189,21 @@ def test_stop_requested_ends_at_an_update_boundary(setup: dict, seed: int, after
     assert ctrl.steps_issued == issued and ctrl.version == issued  # nothing new; the one in flight landed
     assert busy or ctrl.version == issued
     assert all(a.status in ("consumed", "evicted", "aborted", "unfinished") for a in ctrl.samples.values())
+
+
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(-2, 5)), max_size=8), st.integers(0, 12))
+@settings(max_examples=300, deadline=None)
+def test_merged_spans_and_staleness_match_token_by_token(spans: list[tuple[int, int]], step: int) -> None:
+    """``merged_with_totals`` and ``staleness_of``
+    against the definition, token by token: each token's staleness is ``step - version``."""
+    tokens = [v for v, n in spans for _ in range(max(n, 0))]  # the version of every token, in order
+    merged, totals = merged_with_totals(tuple(spans))
+    assert [v for v, n in merged for _ in range(n)] == tokens
+    assert all(n > 0 for _, n in merged) and all(a[0] != b[0] for a, b in zip(merged, merged[1:]))
+    st_ = staleness_of(totals, step, start_version=3)
+    if not tokens:
+        assert (st_.mean, st_.max, st_.min) == (step - 3, step - 3, step - 3)
+        return
+    exact = [step - v for v in tokens]
+    assert abs(st_.mean - sum(exact) / len(exact)) < 1e-12
+    assert (st_.max, st_.min) == (max(exact), min(exact))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from itertools import chain
 from pathlib import Path
 from typing import Iterable
 
@@ -58,7 +59,8 @@ class QueueTracker:
         self._last_t = 0.0
         self._last: tuple[int, ...] = (0,) * len(names)  # the newest depths observed
         self._held: tuple[int, ...] = self._last  # the depths from ``_last_t`` on, once folded
-        self._buf: list[tuple[float, tuple[int, ...]]] = []
+        self._times: list[float] = []  # the buffered changes: their times,
+        self._depths: list[tuple[int, ...]] = []  # and the depths from each on
         self._timeline: list[tuple[float, tuple[int, ...]]] = []
         self._stride = 1
         self._seen = 0
@@ -66,22 +68,26 @@ class QueueTracker:
     def observe(self, t: float, depths: tuple[int, ...]) -> None:
         if depths != self._last:
             self._last = depths
-            self._buf.append((t, depths))
-            if len(self._buf) >= self.chunk:
+            self._times.append(t)
+            self._depths.append(depths)
+            if len(self._times) >= self.chunk:
                 self._fold()
 
     def _fold(self) -> None:
         """Integrate the buffered changes and add them to the thinned timeline."""
-        buf, self._buf = self._buf, []
-        if not buf:
+        stamps, depths = self._times, self._depths
+        if not stamps:
             return
-        times = np.fromiter((t for t, _ in buf), float, len(buf))
-        held = np.array([self._held] + [d for _, d in buf[:-1]], dtype=float)  # value before each change
+        self._times, self._depths = [], []
+        n, width = len(stamps), len(self.names)
+        times = np.array(stamps, dtype=float)
+        after = np.fromiter(chain.from_iterable(depths), float, n * width).reshape(n, width)
+        held = np.vstack((np.array(self._held, dtype=float), after[:-1]))  # the value before each change
         dt = np.diff(np.concatenate(([self._last_t], times)))
         self._integral += (held * dt[:, None]).sum(axis=0)
-        self._last_t, self._held = float(times[-1]), buf[-1][1]
+        self._last_t, self._held = float(times[-1]), depths[-1]
         if self.keep_timeline:
-            for point in buf:
+            for point in zip(stamps, depths):
                 self._keep_thinned(point)
 
     def _keep_thinned(self, point: tuple[float, tuple[int, ...]]) -> None:
