@@ -23,7 +23,7 @@ from asyncopd.backends.base import TrainItem
 from asyncopd.config.algorithm import AlgorithmConfig
 from asyncopd.models.builtin import _quiet_transformers
 from asyncopd.models.loading import load_codec
-from asyncopd.runtime.actors import cpu_seconds, place, where_am_i
+from asyncopd.runtime.actors import cpu_seconds, freeze_heap, place, where_am_i
 from asyncopd.runtime.checkpoints import STATE_FILE, step_name, tmp_dir
 from asyncopd.task import BuiltinTask, TaskConfig
 
@@ -69,6 +69,7 @@ class LearnerWorker:
         self.learner = TorchLearner(self.model, device=self.device, parallel=parallel, **self._options)
 
     def ready(self) -> dict[str, Any]:
+        freeze_heap()
         return {**where_am_i(), "device": self.device, "rank": self.rank}
 
     # ------------------------------------------------------------ the data-parallel group
