@@ -236,4 +236,6 @@ def test_continuous_batching_trains_and_calibrates(ray_session, tmp_path) -> Non
     assert 0 < summary["efficiency"]["efficiency"] <= 1.05
     fit = fit_run(tmp_path / "run").stages["rollout"]
     assert "prefill_fixed_s" in fit.params and fit.n == len(gens)
+    placement = json.loads((tmp_path / "run" / "run.json").read_text())["placement"]
+    assert placement and all(p["gc_frozen"] > 10_000 for p in placement.values()), placement  # (freeze_heap: models, torch)
     validate_run_dir(tmp_path / "run")

@@ -90,7 +90,8 @@ def where_am_i() -> dict[str, Any]:
     ctx = ray.get_runtime_context()
     return {"pid": os.getpid(), "node": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(),
             "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "gpus": ray_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            "gpus": ray_gpu_ids(), "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "gc_frozen": gc.get_freeze_count()}  # (objects ``freeze_heap`` put out of the collector's reach)
 
 
 def _pin_other_threads(cores: set[int]) -> None:
