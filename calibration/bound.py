@@ -79,18 +79,19 @@ def measure_stages(cfg: Any, models: Any, *, window_s: float = 3.0, progress: bo
     bench = Bench(cfg, models, seed=cfg.run.seed)
     B, n = cfg.learner.batch_size, cfg.rollout.max_num_seqs
     ranks = len(cfg.layout.learner.devices)  # (one data-parallel rank per learner device: runtime/setup.py)
+    continuous = cfg.rollout.batching == "continuous"
     bar = tqdm(total=4, desc="bound", unit="stage", disable=not progress)
     try:
         bench.place("rollout")
         engine = _rollout_engine(bench)
         waves = iter(range(10**9))
         results: list[Any] = []
-        if cfg.rollout.batching == "continuous":  # a stream of 8 batches' worth per call, joined as slots free
+        if continuous:  # a stream of 8 batches' worth per call, joined as slots free
             n *= 8
 
         def wave() -> list[Any]:
             requests = _task_requests(cfg, bench.codec, n, next(waves) * n)
-            if cfg.rollout.batching == "wave":
+            if not continuous:
                 out = engine.generate(requests)
             else:
                 out = []
@@ -126,7 +127,7 @@ def measure_stages(cfg: Any, models: Any, *, window_s: float = 3.0, progress: bo
         bar.close()
     return {
         "rollout": {"s_per_sample": wave_s / n, "cpu_per_sample": wave_cpu / n,
-                    "unit": f"generate {n} prompts" + (" (continuous)" if cfg.rollout.batching == "continuous" else ""),
+                    "unit": f"generate {n} prompts" + (" (continuous)" if continuous else ""),
                     "unit_s": wave_s, "response_tokens_mean": tokens},
         "sync": {"s_per_sample": pause_s / B, "unit": "weight load on a rollout worker", "unit_s": pause_s},
         "teacher": {"s_per_sample": score_s / tb, "cpu_per_sample": score_cpu / tb, "unit": f"score {tb} rollouts",
