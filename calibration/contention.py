@@ -18,6 +18,10 @@ model). ``phi`` itself, per pair of roles the run shows sharing a device
 best: with the right ``phi`` a span's work depends on its tokens only, not on who else was
 running.
 
+On the core that also runs the unplaced work (the driver, Ray's processes: a load ``u``,
+``asyncopd/config/unplaced.py``) each factor gains ``u``, as in the simulator; a worker alone
+there runs at ``1 / (1 + u)``.
+
 Busy intervals come from the trace: ``train`` spans (learner), ``score`` spans (teachers) and
 the union of a rollout worker's ``generate`` spans (its waves or continuous batch).
 """
@@ -60,13 +64,16 @@ class DeviceCrowd:
     """Who was busy on each device over time, by role, and the uncontended work ``W`` of a
     worker's interval (see the module docstring)."""
 
-    def __init__(self, busy: Mapping[str, list[Interval]], placement: Mapping[str, tuple[int, ...]]) -> None:
+    def __init__(self, busy: Mapping[str, list[Interval]], placement: Mapping[str, tuple[int, ...]],
+                 background: Mapping[int, float] | None = None) -> None:
         self.placement = dict(placement)
+        self.background = dict(background or {})  # device -> unplaced load u (asyncopd/config/unplaced.py)
         users: dict[int, list[str]] = defaultdict(list)
         for worker, devs in placement.items():
             for d in devs:
                 users[d].append(worker)
-        self.shared = {w for w, devs in placement.items() if any(len(users[d]) > 1 for d in devs)}
+        self.shared = {w for w, devs in placement.items()
+                       if any(len(users[d]) > 1 or d in self.background for d in devs)}
         # per device: breakpoints t_0 < t_1 < ... and the busy workers of each role on [t_i, t_{i+1})
         self._steps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cache: dict[tuple[str, float, float], tuple[np.ndarray, list[np.ndarray]]] = {}
@@ -93,7 +100,7 @@ class DeviceCrowd:
         return self._cache[key]
 
     def _cut(self, worker: str, t0: float, t1: float) -> tuple[np.ndarray, list[np.ndarray]]:
-        devs = [d for d in self.placement[worker] if d in self._steps]
+        devs = self._crowded(worker)
         cuts = {t0, t1}
         for d in devs:
             times = self._steps[d][0]
@@ -117,9 +124,16 @@ class DeviceCrowd:
         phi = np.array(Sharing.coerce(sharing).row[role_of(worker)])
         dt, others = self._pieces(worker, t0, t1)
         slowdown = np.ones_like(dt)
-        for o in others:
-            slowdown *= 1.0 + o @ phi
+        for d, o in zip(self._crowded(worker), others):
+            slowdown *= 1.0 + o @ phi + self.background.get(d, 0.0)
+        for d in self.placement[worker]:  # a core it shares with the unplaced load alone
+            if d in self.background and d not in self._steps:
+                slowdown *= 1.0 + self.background[d]
         return float(np.sum(dt / slowdown))
+
+    def _crowded(self, worker: str) -> list[int]:
+        """``worker``'s devices that other workers share, in ``_cut``'s order."""
+        return [d for d in self.placement[worker] if d in self._steps]
 
     def overlap(self, worker: str, t0: float, t1: float) -> dict[str, float]:
         """Pair of roles -> seconds of ``[t0, t1]`` during which ``worker`` shared a device with

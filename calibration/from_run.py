@@ -52,7 +52,7 @@ from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.continuous_rollout import COLUMNS as CONTINUOUS_COLUMNS, continuous_rows
 from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
-from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval,
+from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval, unplaced_share,
                                   _read_run, _spans)
 
 
@@ -121,6 +121,9 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
     driver = _driver_costs(d)
     if driver is not None:
         cal.stages["driver"] = driver
+    share = unplaced_share(d)
+    if share is not None and crowd is not None and crowd.background:  # (a CPU run: asyncopd/config/unplaced.py)
+        cal.stages["unplaced"] = StageFit({"unplaced_share": share}, float("nan"), 1)
     return cal
 
 

@@ -10,6 +10,7 @@ layout) and which pairs of roles were busy on one device together, for how long 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 from asyncopd.config import load_config
 from asyncopd.config.colocation import role_of
 from asyncopd.config.placement import placement
+from asyncopd.config.unplaced import background_load
 from asyncopd.trace.schema import read_jsonl, read_trace
 from calibration.contention import INSEPARABLE, MIN_PAIR_SPANS, DeviceCrowd, busy_intervals, merge
 
@@ -82,7 +84,24 @@ def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, An
     for s in syncs:  # loading weights occupies the rollout worker's devices too
         busy.setdefault(s["args"]["worker"], []).append(_pause_interval(s))
     busy = {w: merge(iv) for w, iv in busy.items()}
-    return DeviceCrowd(busy, placement(load_config(cfg_file).layout))
+    cfg = load_config(cfg_file)
+    where = placement(cfg.layout)
+    share = unplaced_share(run_dir)
+    costs = cfg.sim.costs.model_copy(update={"unplaced_share": share or 0.0})
+    return DeviceCrowd(busy, where, background_load(costs, cfg.cluster, where))
+
+
+def unplaced_share(run_dir: Path) -> float | None:
+    """The share of one core the run's unplaced work took (``summary.json`` ``unplaced_cpu``:
+    the driver process and Ray's system processes; ``asyncopd/config/unplaced.py``); None for
+    simulated or older runs."""
+    try:
+        cpu = json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
+    except (OSError, ValueError):
+        return None
+    if "driver_share" not in cpu:
+        return None
+    return min(0.95, float(cpu["driver_share"]) + float(cpu.get("ray_system_share") or 0.0))
 
 
 def _read_run(d: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:

@@ -22,6 +22,10 @@ own, it is the single-device rule. Measured on 2 CPU cores: a 2-thread learner s
 cores with four other workers took 0.114 s per step of fixed cost against 0.034 s alone, far
 beyond the ``max`` over its devices that this model used before.
 
+A core that also runs the work no layout places (the driver, Ray's processes) adds its load
+``u`` to the slowdown of every busy worker there: ``s = 1 + sum_o phi(r, role(o)) + u``
+(``asyncopd/config/unplaced.py``).
+
 Work is measured in *uncontended seconds*; ``run_work`` turns it into simulated time,
 re-planning whenever the crowd on one of its devices changes. Workers on devices of their
 own never pay more than a dictionary lookup.
@@ -30,7 +34,7 @@ own never pay more than a dictionary lookup.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import simpy
 
@@ -39,9 +43,11 @@ from asyncopd.config.placement import placement, worker_devices  # noqa: F401  (
 
 
 class SharedDevices:
-    def __init__(self, env: simpy.Environment, sharing: Sharing | float = 1.0) -> None:
+    def __init__(self, env: simpy.Environment, sharing: Sharing | float = 1.0,
+                 background: Mapping[int, float] | None = None) -> None:
         self.env = env
         self.sharing = Sharing.coerce(sharing)
+        self.background = dict(background or {})  # device -> load no worker places (asyncopd/config/unplaced.py)
         self.busy: dict[int, set[str]] = defaultdict(set)
         self._listeners: dict[int, dict[str, Callable[[], None]]] = defaultdict(dict)
         self._roles: dict[str, str] = {}  # holder -> role_of(holder) (asked for every busy holder, every plan)
@@ -61,7 +67,10 @@ class SharedDevices:
             factors = self._factors[d]
             fd = factors.get(holder)
             if fd is None:
-                fd = factors[holder] = self.sharing.slowdown(role, [roles[o] for o in self.busy[d] if o != holder])
+                fd = self.sharing.slowdown(role, [roles[o] for o in self.busy[d] if o != holder])
+                if d in self.background:
+                    fd += self.background[d]
+                factors[holder] = fd
             f *= fd
         return f
 

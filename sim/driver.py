@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from asyncopd.config.colocation import Sharing
 from asyncopd.config.schema import OPDConfig
+from asyncopd.config.unplaced import background_load
 from asyncopd.control.messages import (
     AbortGeneration, Action, Event, Generate, GenerationAborted, GenerationFinished, PromptsAvailable, RunStarted,
     Score, ScoringFinished, Stop, StopRequested, SyncWeights, Train, TrainStepFinished, WeightSyncFinished,
@@ -48,8 +49,9 @@ class SimDriver:
         lanes = self.recorder.workers
         self.placement = placement(cfg.layout)
         use = Counter(d for devs in self.placement.values() for d in devs)
-        self.shared = {w for w, devs in self.placement.items() if any(use[d] > 1 for d in devs)}
-        self.devices = SharedDevices(self.env, Sharing.of(cfg.sim.costs))
+        background = background_load(cfg.sim.costs, cfg.cluster, self.placement)  # (the driver's own core)
+        self.shared = {w for w, devs in self.placement.items() if any(use[d] > 1 or d in background for d in devs)}
+        self.devices = SharedDevices(self.env, Sharing.of(cfg.sim.costs), background)
         mode, min_join = cfg.simulated_batching()
         self.rollout = {n: SimRolloutWorker(self, n, s, mode, min_join) for n, s in lanes.items()
                         if n.startswith("rollout")}

@@ -289,3 +289,28 @@ def test_a_weight_load_on_a_shared_core_is_slowed_and_the_fit_takes_that_out(tmp
     # (not exact: the simulator slows a pause by the crowd at its start, the fit integrates the
     # crowd over it, and the other worker now and then starts or stops inside a pause)
     assert fitted == pytest.approx(0.02, rel=0.005)
+
+
+def test_the_fit_takes_the_unplaced_load_out_of_the_costs_on_its_core(tmp_path) -> None:
+    """The driver (``unplaced_cpu`` in a real run's summary) shares core 1 with the teacher and
+    the learner in the default layout: the fit divides it out, so the profile's costs are the
+    roles' own, and it carries ``unplaced_share`` for the simulator to put back wherever the
+    load lands in another layout. Without the share the same spans fit inflated costs."""
+    import json
+
+    cfg = load_config(None, ["run.total_steps=60", "sim.response_length.kind=lognormal", "sim.prompt_tokens_mean=12",
+                             "sim.costs.model_bytes=0", "sim.costs.colocation_factor=1.0", "sim.costs.unplaced_share=0.3",
+                             *(f"sim.costs.{k}={v}" for k, v in TRUTH.items())])
+    simulate(cfg, tmp_path / "run", progress=False)
+    from asyncopd.config.colocation import Sharing
+
+    inflated = fit_run(tmp_path / "run", Sharing(1.0)).costs()  # (a simulated run records no unplaced_cpu)
+    assert inflated["teacher_per_token_s"] > 1.1 * TRUTH["teacher_per_token_s"]
+    summary = tmp_path / "run" / "summary.json"
+    data = json.loads(summary.read_text())
+    data["unplaced_cpu"] = {"driver_share": 0.25, "ray_system_share": 0.05}  # as a real run records it
+    summary.write_text(json.dumps(data))
+    got = fit_run(tmp_path / "run", Sharing(1.0)).costs()
+    assert got["unplaced_share"] == pytest.approx(0.3)
+    for k in ("teacher_fixed_s", "teacher_per_token_s", "learner_fixed_s", "learner_per_token_s", "decode_step_s"):
+        assert got[k] == pytest.approx(TRUTH[k], rel=1e-3), k

@@ -214,3 +214,56 @@ def test_prediction_intervals_have_their_closed_forms():
         throughput_interval([1.0], 0.1, calibration_runs=0)
     with pytest.raises(ValueError, match="level"):
         throughput_interval([1.0], 0.1, level=1.0)
+
+
+def test_the_unplaced_load_slows_every_busy_worker_on_its_core() -> None:
+    """The driver's core (``asyncopd/config/unplaced.py``): a worker alone there runs at
+    1 / (1 + u); two sharing it at 1 / (1 + phi + u); a worker on another core is untouched."""
+    from sim.devices import SharedDevices
+
+    import simpy
+
+    env = simpy.Environment()
+    dev = SharedDevices(env, 1.0, {1: 0.25})
+    done = {}
+
+    def job(name, devices, work, start):
+        yield env.timeout(start)
+        yield from dev.run_work(name, devices, work)
+        done[name] = env.now
+
+    env.process(job("teacher-0", (1,), 1.0, 0.0))
+    env.process(job("learner-0", (1,), 1.0, 1.0))
+    env.process(job("rollout-0", (0,), 1.0, 0.0))
+    env.run()
+    # teacher: 1.0 s at 1/1.25 (0.8 done), then 0.2 left at 1/2.25 -> 0.45 s: ends 1.45
+    # learner: 0.45 s at 1/2.25 (0.2 done), 0.8 left at 1/1.25 -> 1.0 s: ends 2.45
+    assert done == pytest.approx({"teacher-0": 1.45, "learner-0": 2.45, "rollout-0": 1.0})
+
+
+@pytest.mark.parametrize("layout, core", [
+    ({"rollout-0": (0,), "teacher-0": (1,), "learner-0": (1,)}, 1),  # the default: the teacher and learner's core
+    ({"rollout-0": (0,), "teacher-0": (0,), "learner-0": (0,)}, 1),  # every role on core 0: the free core
+    ({"rollout-0": (0,), "teacher-0": (0,), "learner-0": (1,)}, 1),  # the learner's core
+    ({"rollout-0": (1,), "teacher-0": (0,), "learner-0": (0,)}, 0),  # the core without the rollout
+    ({"rollout-0": (0,), "rollout-1": (1,), "teacher-0": (1,), "learner-0": (0, 1)}, 0),  # fewer workers
+    ({"rollout-0": (0,), "rollout-1": (1,), "learner-0": (0, 1)}, 1),  # a tie: the last core
+])
+def test_the_unplaced_load_lands_on_the_least_busy_core(layout, core) -> None:
+    from asyncopd.config.unplaced import unplaced_core
+
+    assert unplaced_core(layout, 2) == core
+
+
+def test_the_unplaced_load_is_off_on_gpus_and_its_core_is_checked() -> None:
+    from asyncopd.config.placement import placement
+    from asyncopd.config.unplaced import background_load
+
+    cfg = load_config(None, ["sim.costs.unplaced_share=0.2"])
+    assert background_load(cfg.sim.costs, cfg.cluster, placement(cfg.layout)) == {1: 0.2}
+    gpu = load_config(None, ["sim.costs.unplaced_share=0.2", "cluster.device_type=cuda", "cluster.hardware=h100-sxm"])
+    assert background_load(gpu.sim.costs, gpu.cluster, placement(gpu.layout)) == {}
+    pinned = load_config(None, ["sim.costs.unplaced_share=0.2", "sim.costs.unplaced_device=0"])
+    assert background_load(pinned.sim.costs, pinned.cluster, placement(pinned.layout)) == {0: 0.2}
+    with pytest.raises(ValueError, match="sim.costs.unplaced_device"):
+        load_config(None, ["sim.costs.unplaced_device=2"])

@@ -390,6 +390,13 @@ class SimCosts(_Section):
                                                "directed, {'rollout|teacher': 1.65} (what a busy teacher costs a "
                                                "rollout worker; wins over the pair's value); pairs not named use "
                                                "colocation_factor (asyncopd/config/colocation.py)")
+    unplaced_share: float = Field(0.0, ge=0, lt=1, description="CPU the layout does not place (the driver "
+                                  "process, Ray's own processes), as a fraction of one core: a background load on "
+                                  "one core (asyncopd/config/unplaced.py; CPU clusters only). `calibrate --from-run` "
+                                  "takes it from the run's unplaced_cpu")
+    unplaced_device: Optional[int] = Field(None, ge=0, description="the core that load runs on; None: the one with "
+                                           "the fewest rollout workers, then the fewest workers, then the highest "
+                                           "index")
 
     @field_validator("colocation_pairs")
     @classmethod
@@ -457,6 +464,9 @@ class OPDConfig(_Section):
                 if not 0 <= d < n:
                     raise ValueError(f"layout.{role}.devices: device {d} is outside the cluster "
                                      f"(cluster.num_devices={n})")
+        core = self.sim.costs.unplaced_device
+        if core is not None and core >= n:
+            raise ValueError(f"sim.costs.unplaced_device: core {core} is outside the cluster (cluster.num_devices={n})")
         if self.sim.cost_model == "analytic":
             try:
                 get_hardware(self.cluster.hardware)
