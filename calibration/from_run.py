@@ -52,8 +52,8 @@ from calibration.contention import PHI_GRID, DeviceCrowd
 from calibration.continuous_rollout import COLUMNS as CONTINUOUS_COLUMNS, continuous_rows
 from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
-from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval, unplaced_share,
-                                  _read_run, _spans)
+from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval,
+                                  _read_run, _spans, unplaced_cpu, unplaced_share)
 
 
 def _linear(X: np.ndarray, y: np.ndarray, names: list[str], cv_name: str) -> StageFit:
@@ -197,10 +197,7 @@ def _driver_costs(run_dir: Path) -> StageFit | None:
     time it was busy (``driver_event_wall_s``; runs older than it: the CPU time,
     ``driver_event_s``, which leaves out the time the unpinned driver was descheduled), what
     the simulator's driver queue charges. None for simulated or older runs."""
-    try:
-        cpu = json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
-    except (OSError, ValueError):
-        return None
+    cpu = unplaced_cpu(run_dir)
     measured = cpu.get("driver_event_wall_s") or cpu.get("driver_event_s") or {}
     per = {k: float(v) for k, v in measured.items() if k in DRIVER_EVENT_KINDS}
     if not per:

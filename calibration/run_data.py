@@ -91,14 +91,19 @@ def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, An
     return DeviceCrowd(busy, where, background_load(costs, cfg.cluster, where))
 
 
-def unplaced_share(run_dir: Path) -> float | None:
-    """The share of one core the run's unplaced work took (``summary.json`` ``unplaced_cpu``:
-    the driver process and Ray's system processes; ``asyncopd/config/unplaced.py``); None for
-    simulated or older runs."""
+def unplaced_cpu(run_dir: Path) -> dict[str, Any]:
+    """A real run's ``summary.json`` ``unplaced_cpu`` (``asyncopd/runtime/cpu_accounting.py``);
+    empty for simulated or older runs."""
     try:
-        cpu = json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
+        return json.loads((run_dir / "summary.json").read_text()).get("unplaced_cpu") or {}
     except (OSError, ValueError):
-        return None
+        return {}
+
+
+def unplaced_share(run_dir: Path) -> float | None:
+    """The share of one core the run's unplaced work took (``unplaced_cpu``: the driver process
+    and Ray's system processes; ``asyncopd/config/unplaced.py``); None for simulated or older runs."""
+    cpu = unplaced_cpu(run_dir)
     if "driver_share" not in cpu:
         return None
     return min(0.95, float(cpu["driver_share"]) + float(cpu.get("ray_system_share") or 0.0))
