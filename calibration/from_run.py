@@ -53,7 +53,7 @@ from calibration.continuous_rollout import COLUMNS as CONTINUOUS_COLUMNS, contin
 from calibration.data_parallel import LearnerSteps, fit_learner
 from calibration.profile import model_spec, profile_overrides, write_profile_dict  # noqa: F401 (re-export)
 from calibration.run_data import (RunCalibration, StageFit, _crowd, _cv, _PairOverlap, _pause_interval,
-                                  _read_run, _spans, unplaced_cpu, unplaced_share)
+                                  _read_run, _spans, run_unplaced_share, unplaced_cpu, unplaced_share)
 
 
 def _linear(X: np.ndarray, y: np.ndarray, names: list[str], cv_name: str) -> StageFit:
@@ -121,9 +121,9 @@ def fit_run(run_dir: str | Path, sharing: Sharing | None = None) -> RunCalibrati
     driver = _driver_costs(d)
     if driver is not None:
         cal.stages["driver"] = driver
-    share = unplaced_share(d)
-    if share is not None and crowd is not None and crowd.background:  # (a CPU run: asyncopd/config/unplaced.py)
-        cal.stages["unplaced"] = StageFit({"unplaced_share": share}, float("nan"), 1)
+    share, measured = run_unplaced_share(d), unplaced_share(d) is not None  # (the load divided out above, on
+    if share is not None and (share > 0 or measured):                        # a CPU run: the simulator puts it back)
+        cal.stages["unplaced"] = StageFit({"unplaced_share": share}, float("nan"), int(measured))
     return cal
 
 

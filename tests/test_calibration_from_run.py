@@ -304,13 +304,18 @@ def test_the_fit_takes_the_unplaced_load_out_of_the_costs_on_its_core(tmp_path) 
     simulate(cfg, tmp_path / "run", progress=False)
     from asyncopd.config.colocation import Sharing
 
-    inflated = fit_run(tmp_path / "run", Sharing(1.0)).costs()  # (a simulated run records no unplaced_cpu)
-    assert inflated["teacher_per_token_s"] > 1.1 * TRUTH["teacher_per_token_s"]
     summary = tmp_path / "run" / "summary.json"
     data = json.loads(summary.read_text())
-    data["unplaced_cpu"] = {"driver_share": 0.25, "ray_system_share": 0.05}  # as a real run records it
-    summary.write_text(json.dumps(data))
-    got = fit_run(tmp_path / "run", Sharing(1.0)).costs()
-    assert got["unplaced_share"] == pytest.approx(0.3)
-    for k in ("teacher_fixed_s", "teacher_per_token_s", "learner_fixed_s", "learner_per_token_s", "decode_step_s"):
-        assert got[k] == pytest.approx(TRUTH[k], rel=1e-3), k
+
+    def fit_with(measured: dict | None) -> dict:
+        summary.write_text(json.dumps(data | ({"unplaced_cpu": measured} if measured is not None else {})))
+        return fit_run(tmp_path / "run", Sharing(1.0)).costs()
+
+    for got in (fit_with(None),  # a simulated run: the load its config ran with
+                fit_with({"driver_share": 0.25, "ray_system_share": 0.05})):  # as a real run records it
+        assert got["unplaced_share"] == pytest.approx(0.3)
+        for k in ("teacher_fixed_s", "teacher_per_token_s", "learner_fixed_s", "learner_per_token_s", "decode_step_s"):
+            assert got[k] == pytest.approx(TRUTH[k], rel=1e-3), k
+    inflated = fit_with({"driver_share": 0.0})  # a run that measured no load: its spans' stretch stays in the costs
+    assert inflated["unplaced_share"] == 0.0
+    assert inflated["teacher_per_token_s"] > 1.1 * TRUTH["teacher_per_token_s"]
