@@ -18,7 +18,9 @@ time over the same role's mean alone, measured in the same round, is the slowdow
     s(r | C) = mean wall(unit of r, C busy) / mean wall(unit of r, alone)       (>= 1 ideally)
 
 Rounds repeat the combinations (alone first in each round), so host drift between rounds
-cancels. From the pairs,
+cancels; the table shows each slowdown's range over the rounds beside its mean (two rollout
+workers on one core read 1.94x-2.30x in six 3 s windows within minutes on the 2-core host, and
+probes hours apart read phi(rollout|rollout) 0.94 to 1.81: give that pair more rounds). From the pairs,
 
     phi(r | o) = s(r | {r, o}) - 1                                (directed: what o costs r)
     phi(r, o)  = 2 / (1 / s(r | {r,o}) + 1 / s(o | {r,o})) - 1    (symmetric, as the simulator
@@ -149,6 +151,7 @@ class ContentionResult:
     directed: dict[str, float]  # "r|o" -> phi(r | o)
     pairs: dict[str, float]  # pair key -> symmetric phi
     triple: dict[str, tuple[float, float]]  # role -> (measured s, additive prediction)
+    slowdown_range: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # min, max over rounds
     elapsed_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,6 +159,7 @@ class ContentionResult:
                 "slowdown": self.slowdown, "cpu_share": self.cpu_share, "cpu_inflation": self.cpu_inflation,
                 "directed": self.directed, "pairs": self.pairs,
                 "triple": {r: {"measured": m, "additive": a} for r, (m, a) in self.triple.items()},
+                "slowdown_range": {c: {k: list(v) for k, v in ms.items()} for c, ms in self.slowdown_range.items()},
                 "elapsed_s": self.elapsed_s}
 
 
@@ -169,17 +173,21 @@ def summarise(m: Measured, core: int, window_s: float, rounds: int) -> Contentio
     round's alone time, then rounds are averaged."""
     alone_combo = {_role(c[0]): c for c in m.wall if len(c) == 1}
 
-    def ratio(table: dict, combo: tuple[str, ...], worker: str) -> float:
+    def per_round(table: dict, combo: tuple[str, ...], worker: str) -> list[float]:
         base = table[alone_combo[_role(worker)]][f"{_role(worker)}0"]
-        vals = table[combo][worker]
-        return sum(v / b for v, b in zip(vals, base)) / len(vals)
+        return [v / b for v, b in zip(table[combo][worker], base)]
 
-    slow, share, infl = {}, {}, {}
+    def ratio(table: dict, combo: tuple[str, ...], worker: str) -> float:
+        vals = per_round(table, combo, worker)
+        return sum(vals) / len(vals)
+
+    slow, spread, share, infl = {}, {}, {}, {}
     for combo in m.wall:
         lab = label(combo)
         same = len({_role(w) for w in combo}) < len(combo)
         key = (lambda w: f"{_role(w)}#{w[-1]}") if same else _role
         slow[lab] = {key(w): ratio(m.wall, combo, w) for w in combo}
+        spread[lab] = {key(w): (min(v), max(v)) for w in combo for v in [per_round(m.wall, combo, w)]}
         infl[lab] = {key(w): ratio(m.cpu, combo, w) for w in combo}
         share[lab] = {key(w): sum(c / x for c, x in zip(m.cpu[combo][w], m.wall[combo][w])) / len(m.wall[combo][w])
                       for w in combo}
@@ -193,7 +201,7 @@ def summarise(m: Measured, core: int, window_s: float, rounds: int) -> Contentio
     triple_s = slow["+".join(ROLES)]
     triple = {r: (triple_s[r], 1.0 + sum(directed[f"{r}|{o}"] for o in ROLES if o != r)) for r in ROLES}
     alone = {r: sum(m.wall[c][f"{r}0"]) / rounds for r, c in alone_combo.items()}
-    return ContentionResult(core, window_s, rounds, alone, slow, share, infl, directed, pairs, triple)
+    return ContentionResult(core, window_s, rounds, alone, slow, share, infl, directed, pairs, triple, spread)
 
 
 def check_probe_config(cfg: Any) -> None:

@@ -56,7 +56,8 @@ def drift_table(res: Any) -> Table:
 
 def contention_table(res: Any) -> Table:
     """Slowdown of each role in each combination on one core (``calibration/contention_probe.py``),
-    with the CPU share it got and its CPU inflation, and the triple's additive check."""
+    with its range over the rounds, the CPU share it got and its CPU inflation, and the triple's
+    additive check."""
     t = Table(title=f"contention on core {res.core} ({res.rounds} rounds x {res.window_s:g} s per combination; "
                     f"alone: " + ", ".join(f"{r} {s * 1e3:.0f} ms/unit" for r, s in res.alone_s.items()) + ")",
               title_justify="left")
@@ -71,6 +72,8 @@ def contention_table(res: Any) -> Table:
             if combo == last:
                 m, a = res.triple[role]
                 add = f"{a:.2f} ({a / m - 1:+.0%})"
-            t.add_row(combo if i == 0 else "", role, f"{s:.2f}x", f"{res.cpu_share[combo][role]:.0%}",
+            lo, hi = res.slowdown_range.get(combo, {}).get(role, (s, s))
+            shown = f"{s:.2f}x" + (f" ({lo:.2f}-{hi:.2f})" if res.rounds > 1 else "")
+            t.add_row(combo if i == 0 else "", role, shown, f"{res.cpu_share[combo][role]:.0%}",
                       f"{res.cpu_inflation[combo][role]:.2f}x", add)
     return t

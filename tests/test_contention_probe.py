@@ -44,6 +44,7 @@ def test_phi_from_pairs_and_the_triple_check_by_hand() -> None:
             ("rollout0", "teacher0", "learner0"): {"rollout0": 4.0, "teacher0": 3.0, "learner0": 3.2}}
     r = summarise(_measured(alone, slow), core=1, window_s=3.0, rounds=2)
     assert r.slowdown["rollout+teacher"] == pytest.approx({"rollout": 2.6, "teacher": 2.0})  # drift cancels
+    assert r.slowdown_range["rollout+teacher"]["rollout"] == pytest.approx((2.6, 2.6))
     assert r.directed["rollout|teacher"] == pytest.approx(1.6) and r.directed["teacher|rollout"] == pytest.approx(1.0)
     assert r.directed["rollout|rollout"] == pytest.approx(1.5)  # mean of the two workers' 1.4 and 1.6
     assert r.pairs["rollout+teacher"] == pytest.approx(2 / (1 / 2.6 + 1 / 2.0) - 1)
@@ -95,3 +96,23 @@ def test_contention_refuses_gpu_configs_and_bad_windows(tmp_path: Path) -> None:
     r = runner.invoke(app, ["calibrate", "--contention", "configs/h100x8-qwen3.yaml", "--no-progress",
                             "--out", str(tmp_path / "x.yaml")])
     assert r.exit_code == 2 and "measures CPU cores" in r.output
+
+
+def test_each_slowdown_reports_its_range_over_the_rounds() -> None:
+    """Rounds that disagree (the host's caches at different moments): the mean is what the
+    simulator gets, the range is shown beside it."""
+    alone = {"rollout": 0.3, "teacher": 0.05, "learner": 0.1}
+    m = _measured(alone, {}, rounds=2)
+    pair = ("rollout0", "rollout1")
+    for w, walls in (("rollout0", [2.0, 2.4 * 1.5]), ("rollout1", [2.2, 2.2 * 1.5])):  # (round 2 drifts x1.5)
+        m.wall[pair][w] = [0.3 * x for x in walls]
+    r = summarise(m, core=1, window_s=3.0, rounds=2)
+    assert r.slowdown["rollout+rollout"]["rollout#0"] == pytest.approx(2.2)
+    assert r.slowdown_range["rollout+rollout"]["rollout#0"] == pytest.approx((2.0, 2.4))
+    assert r.slowdown_range["rollout+rollout"]["rollout#1"] == pytest.approx((2.2, 2.2))
+    from calibration.report import contention_table
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(contention_table(r))
+    assert "2.20x (2.00-2.40)" in console.export_text()
