@@ -28,27 +28,36 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, host_probe, interval_coverage, mape,
-                                  model_cv, run_fidelity)
+from calibration.fidelity import (COMBOS, LAYOUT_NOTE, calibrate_by_run, calibration_runs, host_probe,
+                                  interval_coverage, mape, model_cv, profile_from_runs, run_fidelity)
 from calibration.multi_run import run_scatter
 from calibration.profile import profile_costs
 
 
 def calibrate(config: str, steps: int, out: Path, contention: bool, console: Console, runs: int = 1) -> Path:
-    """The calibration run and its profile; with ``contention``, the sharing factors come from
-    ``calibrate --contention`` (measured first) and the run-fitted profile is kept beside it
-    (``calibration-fitted.yaml``) for comparison."""
+    """The calibration runs and their profile; with ``contention``, the sharing factors come
+    from ``calibrate --contention``'s probe, one round before each calibration run (at least
+    two rounds), so that they average over the same stretch of the host's time as the runs'
+    costs, and the run-fitted profile is kept beside it (``calibration-fitted.yaml``) for comparison."""
     from asyncopd.config import load_config
-    from calibration.command import contention_sharing
+    from asyncopd.runtime.setup import resolve_models
+    from calibration.command import probe_sharing
+    from calibration.contention_probe import ContentionProbe
     from calibration.from_run import fit_run, write_profile
+    from calibration.report import contention_table
 
     cfg = load_config(config, [f"run.total_steps={steps}"])
-    sharing = None
-    if contention:
-        sharing, _ = contention_sharing(cfg, console, window_s=3.0, rounds=2, progress=True)
-    path = calibrate_by_run(cfg, out / "calibration-run", out / "calibration.yaml", sharing=sharing, repeats=runs)
-    if contention:
-        write_profile(fit_run(out / "calibration-run"), out / "calibration-fitted.yaml")
+    run_dir, profile = out / "calibration-run", out / "calibration.yaml"
+    if not contention:
+        return calibrate_by_run(cfg, run_dir, profile, repeats=runs)
+    with ContentionProbe(cfg, resolve_models(cfg), window_s=3.0) as probe:
+        dirs = calibration_runs(cfg, run_dir, runs, before_each=probe.round)
+        if probe.rounds < 2:
+            probe.round()
+        res = probe.result()
+    console.print(contention_table(res))
+    path = profile_from_runs(dirs, profile, probe_sharing(res))
+    write_profile(fit_run(run_dir), out / "calibration-fitted.yaml")
     return path
 
 

@@ -26,7 +26,6 @@ from calibration.report import contention_table, drift_table, extras_table, fit_
 def contention_sharing(cfg: OPDConfig, console: Any, *, window_s: float, rounds: int, progress: bool):
     """Measure every combination on one core, print the table; the directed ``Sharing`` and
     the result (``calibration/contention_probe.py``)."""
-    from asyncopd.config.colocation import Sharing  # (lazy: heavy, per mode)
     from asyncopd.runtime.setup import resolve_models  # (lazy: heavy, per mode)
     from calibration.contention_probe import check_probe_config, measure_contention  # (lazy: heavy, per mode)
 
@@ -34,7 +33,14 @@ def contention_sharing(cfg: OPDConfig, console: Any, *, window_s: float, rounds:
     res = measure_contention(cfg, resolve_models(cfg, progress=progress), window_s=window_s, rounds=rounds,
                              progress=progress)
     console.print(contention_table(res))
-    return Sharing(1.0, {k: round(v, 3) for k, v in res.directed.items()}), res
+    return probe_sharing(res), res
+
+
+def probe_sharing(res: Any):
+    """The directed ``Sharing`` a contention probe's result measured (``ContentionResult``)."""
+    from asyncopd.config.colocation import Sharing  # (lazy: heavy, per mode)
+
+    return Sharing(1.0, {k: round(v, 3) for k, v in res.directed.items()})
 
 
 def measured_sharing(profile: Path):

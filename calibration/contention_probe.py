@@ -215,71 +215,113 @@ def check_probe_config(cfg: Any) -> None:
                          "teacher.backend=torch")
 
 
-def measure_contention(cfg: Any, models: Any, *, core: Optional[int] = None, window_s: float = 4.0,
-                       rounds: int = 2, progress: bool = True) -> ContentionResult:
-    """Run every combination ``rounds`` times on ``core`` (default: the last core this process
-    may use) and summarise (module docstring). Children are spawned, so nothing of this
-    process's torch state leaks into them."""
-    check_probe_config(cfg)
-    if window_s <= 0 or rounds < 1:
-        raise ValueError(f"window must be > 0 s and rounds >= 1, got {window_s:g} s, {rounds}")
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    core = usable[-1] if core is None else core
-    if core not in usable:
-        raise ValueError(f"core {core} is not one this process may use ({usable})")
-    t_start = time.perf_counter()
-    ctx = mp.get_context("spawn")
-    names = [f"{r}{i}" for r in ROLES for i in range(WORKERS_PER_ROLE)]
-    procs, conns = {}, {}
-    plan = [c for _ in range(rounds) for c in combos()]
-    bar = tqdm(total=len(names) + len(plan), desc="contention", unit="step", disable=not progress)
-    try:
-        for i, w in enumerate(names):
-            parent, child = ctx.Pipe()
-            procs[w] = ctx.Process(target=_serve, args=(child, cfg, models, _role(w), core, cfg.run.seed + i),
-                                   daemon=True)
-            procs[w].start()
-            child.close()  # else a child that dies leaves its end open here and recv never sees EOF
-            conns[w] = parent
-        for w in names:  # they build concurrently and report here
-            status, info = _recv(conns[w], w)
-            if status != "ready":
-                raise RuntimeError(f"contention probe {w}: {info}")
-            bar.update()
-        m = Measured()
-        alone: dict[str, float] = {}
+class ContentionProbe:
+    """The probe's six worker processes, built once, measuring one round of every combination
+    per ``round()``; ``result()`` summarises the rounds so far. Rounds may be spread out in
+    time (``bench/fidelity.py`` runs one before each calibration run), so the factors average
+    over more of the host's moments than back-to-back rounds do. A context manager: the
+    workers end with it. Children are spawned, so nothing of this process's torch state leaks
+    into them."""
+
+    def __init__(self, cfg: Any, models: Any, *, core: Optional[int] = None, window_s: float = 4.0,
+                 progress: bool = True) -> None:
+        check_probe_config(cfg)
+        if window_s <= 0:
+            raise ValueError(f"window must be > 0 s, got {window_s:g} s")
+        usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+        self.core = usable[-1] if core is None else core
+        if self.core not in usable:
+            raise ValueError(f"core {self.core} is not one this process may use ({usable})")
+        self.cfg, self.models, self.window_s, self.progress = cfg, models, window_s, progress
+        self.measured = Measured()
+        self.rounds = 0
+        self._alone: dict[str, float] = {}
+        self._procs: dict[str, Any] = {}
+        self._conns: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> "ContentionProbe":
+        ctx = mp.get_context("spawn")
+        names = [f"{r}{i}" for r in ROLES for i in range(WORKERS_PER_ROLE)]
+        bar = tqdm(total=len(names), desc="contention: build", unit="worker", disable=not self.progress)
+        try:
+            for i, w in enumerate(names):
+                parent, child = ctx.Pipe()
+                self._procs[w] = ctx.Process(target=_serve, args=(child, self.cfg, self.models, _role(w), self.core,
+                                                                  self.cfg.run.seed + i), daemon=True)
+                self._procs[w].start()
+                child.close()  # else a child that dies leaves its end open here and recv never sees EOF
+                self._conns[w] = parent
+            for w in names:  # they build concurrently and report here
+                status, info = _recv(self._conns[w], w)
+                if status != "ready":
+                    raise RuntimeError(f"contention probe {w}: {info}")
+                bar.update()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        finally:
+            bar.close()
+        return self
+
+    def round(self) -> None:
+        """Every combination once, alone first (module docstring)."""
+        plan = combos()
+        bar = tqdm(total=len(plan), desc=f"contention: round {self.rounds + 1}", unit="step",
+                   disable=not self.progress)
+        m, alone = self.measured, self._alone
         for combo in plan:
             bar.set_postfix_str(label(combo))
             # long enough for a few units of the slowest member even when it runs len(combo)x slower
-            span = max(window_s, 2.0 * len(combo) * max(alone.get(_role(w), 0.0) for w in combo))
+            span = max(self.window_s, 2.0 * len(combo) * max(alone.get(_role(w), 0.0) for w in combo))
             start = time.time() + START_LEAD_S
             for w in combo:
-                conns[w].send((start, start + span))
+                self._conns[w].send((start, start + span))
             for w in combo:
-                inside = [(t1 - t0, c) for t0, t1, c in _recv(conns[w], w) if t1 <= start + span]
+                inside = [(t1 - t0, c) for t0, t1, c in _recv(self._conns[w], w) if t1 <= start + span]
                 if not inside:
-                    raise RuntimeError(f"contention probe: no {_role(w)} unit finished inside a {window_s:g} s window "
-                                       f"of {label(combo)}; give a longer window")
+                    raise RuntimeError(f"contention probe: no {_role(w)} unit finished inside a {self.window_s:g} s "
+                                       f"window of {label(combo)}; give a longer window")
                 m.add(combo, w, sum(x for x, _ in inside) / len(inside), sum(c for _, c in inside) / len(inside))
                 if len(combo) == 1:
                     alone[_role(w)] = max(alone.get(_role(w), 0.0), m.wall[combo][w][-1])
             bar.update()
-    finally:
-        for w, c in conns.items():
+        bar.close()
+        self.rounds += 1
+
+    def result(self) -> ContentionResult:
+        if not self.rounds:
+            raise RuntimeError("contention probe: no round measured yet")
+        res = summarise(self.measured, self.core, self.window_s, self.rounds)
+        res.elapsed_s = round(time.perf_counter() - self._t0, 1)
+        return res
+
+    def __exit__(self, *exc: Any) -> None:
+        for c in self._conns.values():
             try:
                 c.send(None)
             except (BrokenPipeError, OSError):
                 pass
-        for p in procs.values():
+        for p in self._procs.values():
             if p.pid is None:
                 continue
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
-        bar.close()
-    res = summarise(m, core, window_s, rounds)
-    res.elapsed_s = round(time.perf_counter() - t_start, 1)
-    return res
+        self._conns.clear()
+        self._procs.clear()
 
 
-__all__ = ["ContentionResult", "Measured", "combos", "measure_contention", "summarise"]
+def measure_contention(cfg: Any, models: Any, *, core: Optional[int] = None, window_s: float = 4.0,
+                       rounds: int = 2, progress: bool = True) -> ContentionResult:
+    """Run every combination ``rounds`` times back to back on ``core`` (default: the last core
+    this process may use) and summarise (module docstring)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    with ContentionProbe(cfg, models, core=core, window_s=window_s, progress=progress) as probe:
+        for _ in range(rounds):
+            probe.round()
+        return probe.result()
+
+
+__all__ = ["ContentionProbe", "ContentionResult", "Measured", "combos", "measure_contention", "summarise"]

@@ -220,13 +220,27 @@ def calibrate_by_run(cfg: OPDConfig, run_dir: Path, profile: Path, *, progress: 
     with ``sharing`` measured by ``calibrate --contention``, as ``--from-run --contention`` does.
     ``repeats > 1`` trains the config again into ``run_dir-2``, ... and averages the fits
     (``calibration.multi_run.fit_runs``), which also measures ``run_cv``."""
+    return profile_from_runs(calibration_runs(cfg, run_dir, repeats, progress=progress), profile, sharing)
+
+
+def calibration_runs(cfg: OPDConfig, run_dir: Path, repeats: int = 1, *, progress: bool = False,
+                     before_each: Optional[Callable[[], None]] = None) -> list[Path]:
+    """Train ``cfg`` into ``run_dir``, ``run_dir-2``, ... (``repeats`` runs), calling
+    ``before_each()`` before each (e.g. a contention probe's round, spread between them)."""
     dirs = [run_dir] + [run_dir.with_name(f"{run_dir.name}-{k}") for k in range(2, repeats + 1)]
     for d in dirs:
+        if before_each is not None:
+            before_each()
         summary = train(cfg, d, progress=progress, evaluate=False)
         if not summary.get("ok"):  # (a fit to a run that failed would be a fit to its failure)
             raise CalibrationRunFailed(d, summary)
+    return dirs
+
+
+def profile_from_runs(dirs: list[Path], profile: Path, sharing: Optional[Sharing] = None) -> Path:
+    """The profile ``calibrate --from-run`` fits to ``dirs`` (repeats of one config averaged)."""
     if len(dirs) == 1:
-        return write_profile(fit_run(run_dir, sharing), profile)
+        return write_profile(fit_run(dirs[0], sharing), profile)
     return write_profile(fit_runs(dirs, sharing=sharing), profile)
 
 

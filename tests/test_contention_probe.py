@@ -116,3 +116,13 @@ def test_each_slowdown_reports_its_range_over_the_rounds() -> None:
     console = Console(width=200, record=True)
     console.print(contention_table(r))
     assert "2.20x (2.00-2.40)" in console.export_text()
+
+
+def test_a_probe_without_a_round_has_no_result() -> None:
+    from calibration.contention_probe import ContentionProbe
+
+    probe = ContentionProbe(load_config("configs/default.yaml"), None, window_s=1.0, progress=False)
+    with pytest.raises(RuntimeError, match="no round measured yet"):
+        probe.result()
+    with pytest.raises(ValueError, match="window must be > 0"):
+        ContentionProbe(load_config("configs/default.yaml"), None, window_s=0.0)
