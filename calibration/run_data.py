@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from asyncopd.config import load_config
+from asyncopd.config import OPDConfig, load_config
 from asyncopd.config.colocation import role_of
 from asyncopd.config.placement import placement
 from asyncopd.config.unplaced import background_load
@@ -86,17 +86,19 @@ def _crowd(run_dir: Path, events: list[dict[str, Any]], syncs: list[dict[str, An
     busy = {w: merge(iv) for w, iv in busy.items()}
     cfg = load_config(cfg_file)
     where = placement(cfg.layout)
-    costs = cfg.sim.costs.model_copy(update={"unplaced_share": run_unplaced_share(run_dir) or 0.0})
+    costs = cfg.sim.costs.model_copy(update={"unplaced_share": run_unplaced_share(run_dir, cfg) or 0.0})
     return DeviceCrowd(busy, where, background_load(costs, cfg.cluster, where))
 
 
-def run_unplaced_share(run_dir: Path) -> float | None:
+def run_unplaced_share(run_dir: Path, cfg: OPDConfig | None = None) -> float | None:
     """The unplaced load a run's spans carry on a CPU cluster: measured (``unplaced_share``), or
-    for a simulated run the ``sim.costs.unplaced_share`` it ran with; None on GPUs or without a config."""
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        return None
-    cfg = load_config(cfg_file)
+    for a simulated run the ``sim.costs.unplaced_share`` it ran with; None on GPUs or without a
+    config (``cfg``: the run's, when already loaded)."""
+    if cfg is None:
+        cfg_file = run_dir / "config.yaml"
+        if not cfg_file.is_file():
+            return None
+        cfg = load_config(cfg_file)
     if cfg.cluster.device_type != "cpu":
         return None
     measured = unplaced_share(run_dir)

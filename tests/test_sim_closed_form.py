@@ -118,26 +118,33 @@ def test_segment_time_is_the_sum_of_steps_and_inverts(alpha, beta, gamma, delta,
     assert math.isclose(segment_time(seg, got), total, rel_tol=1e-9) or got == k
 
 
-def test_colocated_roles_share_their_device(tmp_path) -> None:
-    """Processor sharing: a teacher batch and a learner update running together on one device
-    each take twice their own time; on separate devices they do not slow each other."""
+def _finish_times(background: dict[int, float], *, teacher: float, learner: float) -> dict[str, float]:
+    """When each of three 1 s jobs ends on ``SharedDevices`` (phi 1, ``background`` load): a
+    teacher and a learner on device 1 starting at the given times, a rollout on device 0 at 0."""
     from sim.devices import SharedDevices
 
     import simpy
 
     env = simpy.Environment()
-    dev = SharedDevices(env)
-    done = {}
+    dev = SharedDevices(env, 1.0, background)
+    done: dict[str, float] = {}
 
-    def job(name, devices, work, start):
+    def job(name, devices, start):
         yield env.timeout(start)
-        yield from dev.run_work(name, devices, work)
+        yield from dev.run_work(name, devices, 1.0)
         done[name] = env.now
 
-    env.process(job("teacher-0", (1,), 1.0, 0.0))
-    env.process(job("learner-0", (1,), 1.0, 0.5))
-    env.process(job("rollout-0", (0,), 1.0, 0.0))
+    env.process(job("teacher-0", (1,), teacher))
+    env.process(job("learner-0", (1,), learner))
+    env.process(job("rollout-0", (0,), 0.0))
     env.run()
+    return done
+
+
+def test_colocated_roles_share_their_device(tmp_path) -> None:
+    """Processor sharing: a teacher batch and a learner update running together on one device
+    each take twice their own time; on separate devices they do not slow each other."""
+    done = _finish_times({}, teacher=0.0, learner=0.5)
     # teacher: 0.5 s alone, then half speed: 0.5 s of work left takes 1 s -> ends at 1.5
     # learner: starts 0.5, half speed until 1.5 (0.5 done), alone for the rest -> ends at 2.0
     assert done == pytest.approx({"teacher-0": 1.5, "learner-0": 2.0, "rollout-0": 1.0})
@@ -219,23 +226,7 @@ def test_prediction_intervals_have_their_closed_forms():
 def test_the_unplaced_load_slows_every_busy_worker_on_its_core() -> None:
     """The driver's core (``asyncopd/config/unplaced.py``): a worker alone there runs at
     1 / (1 + u); two sharing it at 1 / (1 + phi + u); a worker on another core is untouched."""
-    from sim.devices import SharedDevices
-
-    import simpy
-
-    env = simpy.Environment()
-    dev = SharedDevices(env, 1.0, {1: 0.25})
-    done = {}
-
-    def job(name, devices, work, start):
-        yield env.timeout(start)
-        yield from dev.run_work(name, devices, work)
-        done[name] = env.now
-
-    env.process(job("teacher-0", (1,), 1.0, 0.0))
-    env.process(job("learner-0", (1,), 1.0, 1.0))
-    env.process(job("rollout-0", (0,), 1.0, 0.0))
-    env.run()
+    done = _finish_times({1: 0.25}, teacher=0.0, learner=1.0)
     # teacher: 1.0 s at 1/1.25 (0.8 done), then 0.2 left at 1/2.25 -> 0.45 s: ends 1.45
     # learner: 0.45 s at 1/2.25 (0.2 done), 0.8 left at 1/1.25 -> 1.0 s: ends 2.45
     assert done == pytest.approx({"teacher-0": 1.45, "learner-0": 2.45, "rollout-0": 1.0})
